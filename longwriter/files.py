@@ -1,0 +1,117 @@
+"""Reading stage inputs with precise errors, and writing outputs atomically.
+
+Every output goes to a temporary file in the same directory and is renamed into place, so a crash or
+Ctrl-C never leaves a half-written table or metrics file for DVC to cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from longwriter.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_table(df: pl.DataFrame, path: str | Path) -> None:
+    """Write ``df`` as Parquet, atomically."""
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` as pretty JSON (metrics), atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read_jsonl(path: str | Path) -> pl.DataFrame:
+    """Read a JSONL file of objects; malformed lines and non-UTF-8 bytes raise ``InputError`` with the row.
+
+    Blank lines are skipped (but still counted, so row numbers match an editor's line numbers).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    rows: list[dict[str, Any]] = []
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(path, f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r})",
+                                 row=lineno) from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(path, f"malformed JSON: {e.msg} at character {e.colno}", row=lineno) from None
+            if not isinstance(obj, dict):
+                raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", row=lineno)
+            obj["_row"] = lineno
+            rows.append(obj)
+    if not rows:
+        raise InputError(path, "file is empty")
+    try:
+        return pl.DataFrame(rows, infer_schema_length=None)
+    except (pl.exceptions.PolarsError, TypeError, ValueError) as e:
+        column = _first_mixed_column(rows)
+        if column is None:
+            raise InputError(path, f"cannot build a table: {e}") from None
+        name, lineno, kind = column
+        raise InputError(path, f"value of type {kind} does not match the column's other rows",
+                         row=lineno, column=name) from None
+
+
+def _first_mixed_column(rows: list[dict[str, Any]]) -> tuple[str, int, str] | None:
+    """Find the first value whose JSON type differs from its column's first non-null type."""
+    seen: dict[str, type] = {}
+    for row in rows:
+        for key, value in row.items():
+            if value is None:
+                continue
+            kind = float if isinstance(value, int | float) and not isinstance(value, bool) else type(value)
+            if key not in seen:
+                seen[key] = kind
+            elif seen[key] is not kind:
+                return key, row["_row"], type(value).__name__
+    return None
+
+
+def read_table(path: str | Path) -> pl.DataFrame:
+    """Read a stage table: Parquet (``.parquet``) or JSONL (``.jsonl``/``.json``), with a ``_row`` column."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in {".jsonl", ".json", ".ndjson"}:
+        return read_jsonl(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if suffix != ".parquet":
+        raise InputError(path, f"unsupported file type '{suffix}' (expected .parquet or .jsonl)")
+    try:
+        df = pl.read_parquet(path)
+    except Exception as e:  # polars raises several unrelated types for corrupt files
+        raise InputError(path, f"not a readable Parquet file: {e}") from None
+    return df.with_row_index("_row", offset=1).with_columns(pl.col("_row").cast(pl.Int64))

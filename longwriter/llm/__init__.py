@@ -1,0 +1,56 @@
+"""The LLM client package: model specs, the embedded llama.cpp server, the response cache, the client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from longwriter.errors import ConfigError
+from longwriter.llm.cache import ResponseCache
+from longwriter.llm.client import CallStats, Completion, Endpoint, LLMCallError, LLMClient
+from longwriter.llm.server import DEFAULT_ALIAS, embedded_identity, embedded_server
+from longwriter.llm.spec import ClientSettings, ModelSpec, Sampling
+
+__all__ = ["CallStats", "ClientSettings", "Completion", "Endpoint", "LLMCallError", "LLMClient", "ModelSpec",
+           "ResponseCache", "Sampling", "open_endpoint", "run_with_llm"]
+
+T = TypeVar("T")
+
+
+def _api_key(spec: ModelSpec) -> str:
+    # The one place a secret is read; it travels only inside Endpoint (repr=False), never into keys or logs.
+    if not spec.api_key_env:
+        return "not-needed"
+    key = os.environ.get(spec.api_key_env)
+    if not key:
+        raise ConfigError(f"model '{spec.model}': environment variable {spec.api_key_env} is not set")
+    return key
+
+
+@contextlib.contextmanager
+def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoint]:
+    """Make ``spec`` reachable for the duration of the block (starting the embedded server if needed)."""
+    mode = spec.resolved_structured_output()
+    if spec.provider == "embedded":
+        identity = embedded_identity(spec)
+        with embedded_server(spec, settings.cache_dir, settings.server_start_timeout_s) as url:
+            yield Endpoint(url, spec.model or DEFAULT_ALIAS, identity, mode)
+    else:
+        assert spec.base_url and spec.model
+        base = spec.base_url.rstrip("/")
+        yield Endpoint(base, spec.model, f"openai:{base}:{spec.model}", mode, api_key=_api_key(spec))
+
+
+def run_with_llm(spec: ModelSpec, settings: ClientSettings,
+                 work: Callable[[LLMClient], Awaitable[T]]) -> tuple[T, CallStats]:
+    """Run ``work(client)`` in an event loop with a client for ``spec``; return its result and call stats."""
+    with open_endpoint(spec, settings) as endpoint, \
+            ResponseCache(Path(settings.cache_dir) / "responses.sqlite") as cache:
+        async def main() -> tuple[T, CallStats]:
+            async with LLMClient(endpoint, cache, settings) as llm:
+                return await work(llm), llm.stats
+        return asyncio.run(main())

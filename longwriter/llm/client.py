@@ -1,0 +1,207 @@
+"""The one LLM client: AsyncOpenAI for every provider, with a cache, bounded concurrency and retries.
+
+Every stage calls ``LLMClient.complete``. A call is answered from the response cache when the same request
+(model identity, messages, sampling, schema, seed, sample index) completed before; otherwise it is sent
+with at most ``max_concurrency`` requests in flight, retried with exponential backoff and jitter on 429,
+5xx, timeouts, dropped connections and unreadable bodies, and stored the moment it succeeds. After
+``max_retries`` retries it raises ``LLMCallError`` carrying the last error, which stages record as a
+failed row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import openai
+
+from longwriter.errors import LongwriterError
+from longwriter.llm.cache import ResponseCache, request_key
+from longwriter.llm.spec import ClientSettings, Sampling
+
+# Client errors that retrying cannot fix (bad request, bad key, unknown model).
+_FATAL_STATUS = {400, 401, 403, 404, 422}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A reachable OpenAI-compatible server for one model spec."""
+
+    base_url: str
+    model: str
+    identity: str  # what the cache key uses: never the URL of an ephemeral port, never the key
+    structured_output: str  # json_schema | json_object | none
+    api_key: str = field(default="not-needed", repr=False)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    cached: bool
+    attempts: int
+
+
+class LLMCallError(LongwriterError):
+    """A call that still failed after its retries (or could not be retried)."""
+
+    def __init__(self, message: str, attempts: int):
+        super().__init__(message)
+        self.attempts = attempts
+
+
+@dataclass
+class CallStats:
+    calls: int = 0
+    cache_hits: int = 0
+    paid_calls: int = 0
+    retries: int = 0
+    failed_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    paid_completion_tokens: int = 0
+    paid_seconds: float = 0.0
+
+    def as_metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = asdict(self)
+        out["cache_hit_rate"] = round(self.cache_hits / self.calls, 4) if self.calls else 0.0
+        out["paid_seconds"] = round(self.paid_seconds, 2)
+        out["paid_tokens_per_s"] = (round(self.paid_completion_tokens / self.paid_seconds, 1)
+                                    if self.paid_seconds else 0.0)
+        return out
+
+
+class LLMClient:
+    """Use as ``async with LLMClient(endpoint, cache, settings) as llm: await llm.complete(...)``."""
+
+    def __init__(self, endpoint: Endpoint, cache: ResponseCache, settings: ClientSettings):
+        self.endpoint = endpoint
+        self.cache = cache
+        self.settings = settings
+        self.stats = CallStats()
+        self._client: openai.AsyncOpenAI | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    async def __aenter__(self) -> LLMClient:
+        self._client = openai.AsyncOpenAI(base_url=self.endpoint.base_url, api_key=self.endpoint.api_key,
+                                          timeout=self.settings.request_timeout_s, max_retries=0)
+        self._slots = asyncio.Semaphore(self.settings.max_concurrency)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+    def _response_format(self, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is None or self.endpoint.structured_output == "none":
+            return None
+        if self.endpoint.structured_output == "json_object":
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}}
+
+    async def complete(self, messages: list[dict[str, str]], sampling: Sampling, *,
+                       schema: dict[str, Any] | None = None, sample: int = 0) -> Completion:
+        """One chat completion; ``sample`` distinguishes repeated draws of the same request."""
+        assert self._client is not None and self._slots is not None, "use LLMClient as an async context manager"
+        response_format = self._response_format(schema)
+        request: dict[str, Any] = {
+            "messages": messages, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+            # a distinct seed per sample, so re-asks and best-of-n draws differ even at temperature > 0
+            "seed": sampling.seed + sample,
+        }
+        if response_format is not None:
+            request["response_format"] = response_format
+        key = request_key(self.endpoint.identity, {"request": request, "sample": sample})
+        self.stats.calls += 1
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.stats.cache_hits += 1
+            return self._account(Completion(**hit, cached=True, attempts=0))
+        completion = await self._send(request)
+        self.cache.put(key, self.endpoint.identity, {
+            k: v for k, v in asdict(completion).items() if k not in ("cached", "attempts")})
+        self.stats.paid_calls += 1
+        self.stats.paid_completion_tokens += completion.completion_tokens
+        self.stats.paid_seconds += completion.latency_s
+        return self._account(completion)
+
+    def _account(self, c: Completion) -> Completion:
+        self.stats.prompt_tokens += c.prompt_tokens
+        self.stats.completion_tokens += c.completion_tokens
+        return c
+
+    async def _send(self, request: dict[str, Any]) -> Completion:
+        assert self._client is not None and self._slots is not None
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after: float | None = None
+            try:
+                async with self._slots:
+                    started = time.perf_counter()
+                    resp = await self._client.chat.completions.create(model=self.endpoint.model, **request)
+                    latency = time.perf_counter() - started
+                if not resp.choices or resp.choices[0].message is None:
+                    raise _EmptyResponse("response has no choices")
+                choice = resp.choices[0]
+                text = choice.message.content
+                if text is None:
+                    raise _EmptyResponse("response message has no content")
+                usage = resp.usage
+                return Completion(
+                    text=text, finish_reason=choice.finish_reason or "unknown",
+                    prompt_tokens=usage.prompt_tokens if usage else 0,
+                    completion_tokens=usage.completion_tokens if usage else 0,
+                    latency_s=round(latency, 4), cached=False, attempts=attempt)
+            except asyncio.CancelledError:
+                raise
+            except openai.APIStatusError as e:
+                error = self._redact(f"HTTP {e.status_code}: {_short(e)}")
+                if e.status_code in _FATAL_STATUS:
+                    self.stats.failed_calls += 1
+                    raise LLMCallError(error, attempt) from None
+                retry_after = _retry_after(e)
+            except Exception as e:  # timeouts, dropped connections, malformed bodies, empty answers
+                error = self._redact(f"{type(e).__name__}: {_short(e)}")
+            if attempt > self.settings.max_retries:
+                self.stats.failed_calls += 1
+                raise LLMCallError(f"gave up after {attempt} attempts; last error: {error}", attempt)
+            self.stats.retries += 1
+            await asyncio.sleep(self._backoff(attempt, retry_after))
+
+    def _redact(self, text: str) -> str:
+        # error bodies are stored in failure tables; a server that echoes the key must not leak it there
+        key = self.endpoint.api_key
+        return text.replace(key, "***") if len(key) >= 8 else text
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        s = self.settings
+        delay = min(s.backoff_max_s, s.backoff_base_s * 2 ** (attempt - 1))
+        delay *= 0.5 + random.random() / 2  # jitter: clients that failed together do not retry together
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, s.backoff_max_s))
+        return delay
+
+
+class _EmptyResponse(Exception):
+    pass
+
+
+def _retry_after(e: openai.APIStatusError) -> float | None:
+    try:
+        value = e.response.headers.get("retry-after")
+        return float(value) if value is not None else None
+    except (AttributeError, ValueError):
+        return None
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text[:limit] + ("..." if len(text) > limit else "")

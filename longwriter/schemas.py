@@ -1,0 +1,173 @@
+"""One pandera model per table the stages exchange, and the check that names file, row and column.
+
+Stages call ``validate`` on every table they read and on every table before they write it, so bad data is
+stopped at the boundary where it appears rather than three stages later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional  # noqa: UP035 - pandera reads Optional[...] to mark a column as not required
+
+import pandera.polars as pa
+import polars as pl
+from pandera.errors import SchemaError, SchemaErrors
+
+from longwriter.errors import InputError
+
+LANGS = ["zh", "en"]
+MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
+
+
+def _not_blank(data: pa.PolarsData) -> pl.LazyFrame:
+    return data.lazyframe.select(pl.col(data.key).str.strip_chars().str.len_chars() > 0)
+
+
+class Pool(pa.DataFrameModel):
+    """A raw instruction pool (JSONL or Parquet) as users provide it; extra columns are ignored."""
+
+    prompt: str = pa.Field(nullable=False)
+    id: Optional[str] = pa.Field(nullable=False, unique=True)
+    source: Optional[str] = pa.Field(nullable=True)
+    required_words: Optional[int] = pa.Field(nullable=True, gt=0)
+
+    @pa.check("prompt", name="not_blank", error="prompt is empty or whitespace")
+    def prompt_not_blank(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return _not_blank(data)
+
+    class Config:
+        strict = False
+
+
+class Instructions(pa.DataFrameModel):
+    """Instructions chosen by ``select``: the input of AgentWrite."""
+
+    id: str = pa.Field(unique=True, str_length={"min_value": 1})
+    prompt: str
+    lang: str = pa.Field(isin=LANGS)
+    source: str
+    required_words: int = pa.Field(nullable=True, gt=0)
+    estimated_words: int = pa.Field(nullable=True, ge=0)
+
+    @pa.check("prompt", name="not_blank", error="prompt is empty or whitespace")
+    def prompt_not_blank(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return _not_blank(data)
+
+    class Config:
+        strict = True
+        ordered = False
+
+
+class Plans(pa.DataFrameModel):
+    """AgentWrite step I: one row per planned paragraph."""
+
+    instruction_id: str = pa.Field(str_length={"min_value": 1})
+    section: int = pa.Field(ge=1)
+    main_point: str = pa.Field(str_length={"min_value": 1})
+    words: int = pa.Field(ge=1)
+    attempts: int = pa.Field(ge=1)
+
+    class Config:
+        strict = True
+        unique = ["instruction_id", "section"]
+
+
+class Sections(pa.DataFrameModel):
+    """AgentWrite step II: one row per written paragraph."""
+
+    instruction_id: str = pa.Field(str_length={"min_value": 1})
+    section: int = pa.Field(ge=1)
+    text: str
+    words: int = pa.Field(ge=0)
+    budget: int = pa.Field(ge=1)
+    prompt_tokens: int = pa.Field(ge=0)
+    completion_tokens: int = pa.Field(ge=0)
+    latency_s: float = pa.Field(ge=0)
+    finish_reason: str
+    continuations: int = pa.Field(ge=0)
+    model: str
+
+    class Config:
+        strict = True
+        unique = ["instruction_id", "section"]
+
+
+class LongSamples(pa.DataFrameModel):
+    """Postprocessed AgentWrite answers in chat format: the long-output SFT data."""
+
+    id: str = pa.Field(unique=True, str_length={"min_value": 1})
+    lang: str = pa.Field(isin=LANGS)
+    source: str
+    messages: MESSAGES  # type: ignore[valid-type]
+    words: int = pa.Field(ge=1)
+    planned_words: int = pa.Field(ge=1)
+    sections: int = pa.Field(ge=1)
+
+    class Config:
+        strict = True
+
+
+class Failures(pa.DataFrameModel):
+    """Rows a stage could not produce or chose to drop, with the reason: nothing is lost silently."""
+
+    stage: str
+    instruction_id: str
+    section: int = pa.Field(nullable=True)
+    attempts: int = pa.Field(ge=0)
+    error: str
+
+    class Config:
+        strict = True
+
+
+def empty(model: type[pa.DataFrameModel]) -> pl.DataFrame:
+    """A table with ``model``'s columns and no rows (a stage with nothing to do still writes its outputs)."""
+    return pl.DataFrame(schema={name: col.dtype.type for name, col in model.to_schema().columns.items()})
+
+
+def failures_frame(rows: list[dict]) -> pl.DataFrame:
+    """A ``Failures`` table from row dicts (an empty list gives an empty table with the right columns)."""
+    return pl.DataFrame(rows, schema=empty(Failures).schema)
+
+
+def validate(df: pl.DataFrame, model: type[pa.DataFrameModel], path: str | Path) -> pl.DataFrame:
+    """Check ``df`` against ``model``; raise ``InputError`` naming ``path``, the row and the column.
+
+    A ``_row`` column (added by ``files.read_table``) maps failures back to the file's own row numbers and
+    is dropped from the result.
+    """
+    rows = df["_row"] if "_row" in df.columns else None
+    body = df.drop("_row") if rows is not None else df
+    try:
+        return model.validate(body, lazy=True)
+    except (SchemaErrors, SchemaError) as e:
+        cases = e.failure_cases if isinstance(e, SchemaErrors) else None
+        raise _input_error(path, model, e, cases, rows) from None
+
+
+def _input_error(path, model, err, cases, rows) -> InputError:
+    if cases is None or cases.height == 0:
+        return InputError(path, f"does not match table '{model.__name__}': {err}")
+    first = cases.sort("index", nulls_last=True).row(0, named=True)
+    column, check, value, index = first["column"], str(first["check"]), first["failure_case"], first["index"]
+    if check == "column_in_dataframe":
+        return InputError(path, f"missing column '{value}' required by table '{model.__name__}'")
+    if check == "column_in_schema":
+        return InputError(path, f"unexpected column '{value}' in table '{model.__name__}'")
+
+    def file_row(i: int) -> int:
+        return int(rows[i]) if rows is not None else i + 1
+
+    more = f" ({cases.height - 1} more problems)" if cases.height > 1 else ""
+    if check.startswith("dtype("):
+        return InputError(path, f"wrong type {value}, expected {check[6:-1]}{more}", row=file_row(0),
+                          column=column)
+    if "uniqueness" in check:
+        dup = cases.filter(pl.col("column") == column, pl.col("failure_case") == value)
+        where = ", ".join(str(file_row(int(i))) for i in dup["index"].sort().to_list())
+        return InputError(path, f"duplicate value {value!r} (rows {where})", row=file_row(int(dup["index"].max())),
+                          column=column)
+    row = file_row(int(index)) if index is not None else None
+    if check == "not_nullable":
+        return InputError(path, f"missing value{more}", row=row, column=column)
+    return InputError(path, f"value {str(value)[:60]!r} fails check {check}{more}", row=row, column=column)
