@@ -26,6 +26,7 @@ from longwriter.schemas import LANGS, Failures, Instructions, Pool, empty, failu
 
 @dataclass(frozen=True)
 class SelectConfig:
+    pools: tuple[str, ...] = ("data/pool/instructions.jsonl",)
     min_prompt_chars: int = 10
     max_prompt_chars: int = 4000
     # an instruction is kept when the selector says it needs a long answer of at least this many words
@@ -114,7 +115,7 @@ def _stable_ids(prompts: pl.Series) -> pl.Series:
     return pl.Series([hashlib.sha1(p.encode("utf-8")).hexdigest()[:12] for p in prompts], dtype=pl.Utf8)
 
 
-def load_pools(paths: list[str | Path]) -> pl.DataFrame:
+def load_pools(paths: list[str]) -> pl.DataFrame:
     """Read and validate each pool; returns id, prompt, source, required_words (one frame, pool order)."""
     frames = []
     for path in paths:
@@ -231,10 +232,10 @@ async def choose(llm: LLMClient, candidates: pl.DataFrame, cfg: SelectConfig,
     return validate(out, Instructions, "select output"), verdicts
 
 
-def run_select(pools: list[str | Path], output: str | Path, failures: str | Path, metrics: str | Path,
+def run_select(output: str | Path, failures: str | Path, metrics: str | Path,
                cfg: SelectConfig, settings: ClientSettings) -> dict[str, Any]:
     """The whole stage: read pools, prefilter, ask the selector, write table, failures and metrics."""
-    candidates, counts = prefilter(load_pools(pools), cfg)
+    candidates, counts = prefilter(load_pools(list(cfg.pools)), cfg)
 
     async def work(llm: LLMClient) -> tuple[pl.DataFrame, list[Verdict]]:
         with tqdm(total=candidates.height, desc="select: judged", unit="prompt", disable=None) as bar:

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import hashlib
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -114,9 +115,33 @@ def embedded_server(spec: ModelSpec, log_dir: str | Path, start_timeout_s: float
                 raise LongwriterError(f"embedded llama.cpp server did not answer within {start_timeout_s:.0f} s; "
                                       f"see {log_path}")
             time.sleep(0.2)
+        _smoke_test(base_url, spec.model or DEFAULT_ALIAS, proc, log_path)
         yield base_url
     finally:
         _stop(proc)
+
+
+def _smoke_test(base_url: str, model: str, proc: subprocess.Popen, log_path: Path) -> None:
+    """One tiny completion (a multi-token prompt) before real work: a llama.cpp build that crashes in its
+    CPU kernels answers /models fine and dies on the first prompt, and should fail here, loudly, not as
+    a stream of connection errors later."""
+    body = json.dumps({"model": model, "max_tokens": 2, "temperature": 0,
+                       "messages": [{"role": "user", "content": "Reply with one word: ready?"}]}).encode()
+    request = urllib.request.Request(f"{base_url}/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as r:
+            if r.status == 200:
+                return
+    except (urllib.error.URLError, OSError):
+        pass
+    time.sleep(0.5)
+    state = f"exited with code {proc.poll()}" if proc.poll() is not None else "is running but did not answer"
+    raise LongwriterError(
+        f"embedded llama.cpp server {state} on its first completion. If it crashed, llama-cpp-python was "
+        f"probably built for instructions this CPU mishandles: reinstall it with the portable build from the "
+        f"Makefile (CMAKE_ARGS=..., pip install --no-cache-dir --force-reinstall llama-cpp-python). "
+        f"Log {log_path} ends with:\n{_tail(log_path)}")
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -1,0 +1,23 @@
+# Two commands for a fresh machine:  `make run` (install + dvc repro)  and  `make test` (install + pytest).
+PYTHON ?= python3
+# llama.cpp is compiled from source. A -march=native build of ggml 0.3.36 crashed (general protection fault
+# in libggml-cpu during batched prompt evaluation) on the AVX-512 Xeons we test on; a portable AVX2 build
+# without the llamafile kernels runs everywhere x86-64-v3 does. Override for other CPUs or GPUs.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_LLAMAFILE=OFF
+
+.PHONY: install run test lint
+
+install:
+	# --no-cache-dir: never reuse a wheel pip cached from a build with other flags
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PYTHON) -m pip install --no-cache-dir "llama-cpp-python[server]==0.3.36"
+	$(PYTHON) -m pip install -e ".[dev]"
+
+run: install
+	$(PYTHON) -m dvc repro
+	$(PYTHON) -m dvc metrics show
+
+test: install
+	$(PYTHON) -m pytest
+
+lint:
+	$(PYTHON) -m ruff check .

@@ -1,0 +1,347 @@
+"""Stage ``plan`` (AgentWrite step I): an outline per instruction, one paragraph per line, each with its
+main point and word budget.
+
+Plans come back as JSON through a schema where the backend takes one, else in the paper's line format
+("Paragraph N - Main Point: ... - Word Count: N words"), parsed tolerantly. Either way the model's plan is
+checked and repaired in code, because a grammar enforces structure but not sense: small models repeat main
+points and ignore numeric bounds. A plan that cannot be repaired is asked for again, a bounded number of
+times, and then recorded as a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from tqdm import tqdm
+
+from longwriter.files import read_table, write_json, write_table
+from longwriter.llm import CallStats, ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
+from longwriter.llm.structured import extract_json
+from longwriter.schemas import Failures, Instructions, Plans, empty, failures_frame, validate
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    min_paragraphs: int = 3
+    max_paragraphs: int = 8
+    # per-paragraph budget bounds (the paper asks for 200-1000 words per paragraph)
+    min_words: int = 100
+    max_words: int = 1000
+    max_attempts: int = 3
+    generator: ModelSpec = field(default_factory=ModelSpec)
+    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=1024))
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_paragraphs <= self.max_paragraphs:
+            raise ValueError("need 1 <= min_paragraphs <= max_paragraphs")
+        if not 1 <= self.min_words <= self.max_words:
+            raise ValueError("need 1 <= min_words <= max_words")
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    main_point: str
+    words: int | None
+
+
+@dataclass
+class Repairs:
+    duplicates_dropped: int = 0
+    empty_dropped: int = 0
+    budgets_filled: int = 0
+    budgets_clamped: int = 0
+    rescaled: int = 0
+
+
+class UnusablePlan(ValueError):
+    pass
+
+
+def paragraph_bounds(required: int | None, cfg: PlanConfig) -> tuple[int, int]:
+    """How many paragraphs a plan may have, so that budgets within [min_words, max_words] can sum to
+    ``required`` (capped by max_paragraphs, where the per-paragraph maximum then has to give)."""
+    if required is None:
+        return cfg.min_paragraphs, cfg.max_paragraphs
+    fit = max(1, required // cfg.min_words)
+    lo = max(math.ceil(required / cfg.max_words), min(cfg.min_paragraphs, fit))
+    hi = max(lo, min(cfg.max_paragraphs, fit))
+    if lo > cfg.max_paragraphs:
+        lo = hi = cfg.max_paragraphs
+    return lo, hi
+
+
+# --- parsing -------------------------------------------------------------------------------------------
+
+PLAN_SCHEMA_ITEM: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "main_point": {"type": "string", "minLength": 4, "maxLength": 600},
+        "word_count": {"type": "integer", "minimum": 1},
+    },
+    "required": ["main_point", "word_count"],
+    "additionalProperties": False,
+}
+
+
+def plan_schema(lo: int, hi: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"paragraphs": {"type": "array", "items": PLAN_SCHEMA_ITEM, "minItems": lo, "maxItems": hi}},
+        "required": ["paragraphs"],
+        "additionalProperties": False,
+    }
+
+
+_NUMBER = re.compile(r"\d[\d,]*")
+_MARKUP = re.compile(r"[*_`#>]+")
+_POINT = re.compile(r"(?:main\s*points?|主要内容|要点|内容)\s*[:：]\s*(?P<point>.*)", re.IGNORECASE)
+_COUNT = re.compile(r"(?:word\s*count|words?|字数)\s*[:：]?\s*(?:about|approximately|around|roughly|~|约|大约)?\s*"
+                    r"(?P<n>\d[\d,]*)", re.IGNORECASE)
+_COUNT_SPLIT = re.compile(r"\s*[-–—|,;，；(（\[]*\s*(?:word\s*count|字数)\s*[:：]", re.IGNORECASE)
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        m = _NUMBER.search(value)
+        return int(m.group().replace(",", "")) if m else None
+    return None
+
+
+def parse_plan_json(text: str) -> list[Paragraph]:
+    """Paragraphs from a JSON plan: {"paragraphs": [{"main_point", "word_count"}]} or a bare list."""
+    obj = extract_json(text)
+    items = obj.get("paragraphs") if isinstance(obj, dict) else obj
+    if not isinstance(items, list):
+        raise UnusablePlan("no JSON list of paragraphs in the reply")
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        point = item.get("main_point") or item.get("main point") or item.get("point") or ""
+        words = _as_int(item.get("word_count", item.get("words")))
+        out.append(Paragraph(str(point).strip(), words))
+    return out
+
+
+def parse_plan_lines(text: str) -> list[Paragraph]:
+    """Paragraphs from the paper's line format, tolerant of markdown, bullets, Chinese labels, and a word
+    count on the line after its main point."""
+    out: list[Paragraph] = []
+    pending: str | None = None
+    for raw in text.splitlines():
+        line = _MARKUP.sub("", raw).strip(" \t-•")
+        if not line:
+            continue
+        point_match = _POINT.search(line)
+        count_match = _COUNT.search(line)
+        if point_match:
+            if pending is not None:
+                out.append(Paragraph(pending, None))
+            point = _COUNT_SPLIT.split(point_match.group("point"))[0].strip(" -–—|")
+            if count_match and count_match.start() > point_match.start():
+                out.append(Paragraph(point, int(count_match.group("n").replace(",", ""))))
+                pending = None
+            else:
+                pending = point
+        elif count_match and pending is not None:
+            out.append(Paragraph(pending, int(count_match.group("n").replace(",", ""))))
+            pending = None
+    if pending is not None:
+        out.append(Paragraph(pending, None))
+    if not out:
+        raise UnusablePlan("no 'Main Point: ... Word Count: ...' lines in the reply")
+    return out
+
+
+def format_plan(paragraphs: list[tuple[str, int]]) -> str:
+    """The plan in the paper's line format, as the write prompts show it."""
+    return "\n".join(f"Paragraph {i} - Main Point: {point} - Word Count: {words} words"
+                     for i, (point, words) in enumerate(paragraphs, start=1))
+
+
+# --- validation and repair ----------------------------------------------------------------------------
+
+def rescale(words: list[int], total: int, lo: int, hi: int) -> list[int]:
+    """Integer budgets proportional to ``words`` that sum exactly to ``total`` within [lo, hi] each.
+
+    Bounds that make the sum impossible are widened just enough. Proportional scaling, then clamping,
+    then the remainder is spread over the paragraphs that still have room, largest first.
+    """
+    n = len(words)
+    lo = min(lo, total // n)
+    hi = max(hi, math.ceil(total / n))
+    weight = sum(words) or n
+    scaled = [min(hi, max(lo, round(w * total / weight))) for w in words]
+    diff = total - sum(scaled)
+    order = sorted(range(n), key=lambda i: -words[i])
+    while diff != 0:
+        step = 1 if diff > 0 else -1
+        movable = [i for i in order if (scaled[i] < hi if step > 0 else scaled[i] > lo)]
+        share = max(1, abs(diff) // len(movable))
+        for i in movable:
+            room = (hi - scaled[i]) if step > 0 else (scaled[i] - lo)
+            delta = min(share, room, abs(diff))
+            scaled[i] += step * delta
+            diff -= step * delta
+            if diff == 0:
+                break
+    return scaled
+
+
+def _key(point: str) -> str:
+    return re.sub(r"\W+", " ", point.lower()).strip()
+
+
+def repair(paragraphs: list[Paragraph], required: int | None, cfg: PlanConfig,
+           repairs: Repairs) -> list[tuple[str, int]]:
+    """Validate and repair a parsed plan, or raise ``UnusablePlan``."""
+    lo, hi = paragraph_bounds(required, cfg)
+    kept: list[Paragraph] = []
+    seen: set[str] = set()
+    for p in paragraphs:
+        key = _key(p.main_point)
+        if len(key) < 2:
+            repairs.empty_dropped += 1
+            continue
+        if key in seen:
+            repairs.duplicates_dropped += 1
+            continue
+        seen.add(key)
+        kept.append(p)
+    if len(kept) < lo:
+        raise UnusablePlan(f"{len(kept)} distinct paragraphs, need at least {lo}")
+    if len(kept) > hi:
+        raise UnusablePlan(f"{len(kept)} paragraphs, at most {hi} allowed")
+    known = [p.words for p in kept if p.words and p.words > 0]
+    fill = round(sum(known) / len(known)) if known else (required or cfg.min_words * len(kept)) // len(kept)
+    words = []
+    for p in kept:
+        w = p.words if p.words and p.words > 0 else None
+        if w is None:
+            repairs.budgets_filled += 1
+            w = fill
+        if not cfg.min_words <= w <= cfg.max_words:
+            repairs.budgets_clamped += 1
+            w = min(cfg.max_words, max(cfg.min_words, w))
+        words.append(w)
+    if required is not None and sum(words) != required:
+        repairs.rescaled += 1
+        words = rescale(words, required, cfg.min_words, cfg.max_words)
+    return [(p.main_point, w) for p, w in zip(kept, words, strict=True)]
+
+
+# --- prompts and the stage -----------------------------------------------------------------------------
+
+PLAN_PROMPT = """Plan a long piece of writing that answers the instruction below. Split the work into \
+paragraphs; for each paragraph give its main point, described in detail, and how many words it should have.
+
+Instruction:
+<<<
+{instruction}
+>>>
+
+Rules:
+- Between {lo} and {hi} paragraphs that together cover everything the instruction asks for, in order.
+- Each paragraph between {min_words} and {max_words} words.{length_rule}
+- Every main point is different and specific; do not split the work too finely.
+{format_rule}"""
+
+JSON_RULE = ('Reply with a JSON object: {"paragraphs": [{"main_point": "...", "word_count": 300}, ...]} '
+             "and nothing else.")
+LINE_RULE = ("Reply with one line per paragraph and nothing else, exactly in this format:\n"
+             "Paragraph 1 - Main Point: [the main point, in detail] - Word Count: [N] words\n"
+             "Paragraph 2 - Main Point: [the main point, in detail] - Word Count: [N] words\n...")
+
+
+def plan_messages(instruction: str, required: int | None, cfg: PlanConfig, structured: bool) -> list[dict]:
+    lo, hi = paragraph_bounds(required, cfg)
+    length_rule = f"\n- The word counts add up to {required} words in total." if required else ""
+    content = PLAN_PROMPT.format(instruction=instruction, lo=lo, hi=hi, min_words=cfg.min_words,
+                                 max_words=cfg.max_words, length_rule=length_rule,
+                                 format_rule=JSON_RULE if structured else LINE_RULE)
+    return [{"role": "user", "content": content}]
+
+
+@dataclass
+class PlanOutcome:
+    instruction_id: str
+    paragraphs: list[tuple[str, int]] | None
+    attempts: int
+    error: str | None = None
+
+
+async def plan_one(llm: LLMClient, row: dict[str, Any], cfg: PlanConfig, repairs: Repairs) -> PlanOutcome:
+    required = row.get("required_words")
+    structured = llm.endpoint.structured_output != "none"
+    lo, hi = paragraph_bounds(required, cfg)
+    schema = plan_schema(lo, hi) if structured else None
+    messages = plan_messages(row["prompt"], required, cfg, structured)
+    error = "no attempt made"
+    for sample in range(cfg.max_attempts):
+        try:
+            reply = await llm.complete(messages, cfg.sampling, schema=schema, sample=sample)
+        except LLMCallError as e:
+            return PlanOutcome(row["id"], None, sample + 1, str(e))
+        try:
+            parsed = parse_plan_json(reply.text) if structured else parse_plan_lines(reply.text)
+            return PlanOutcome(row["id"], repair(parsed, required, cfg, repairs), sample + 1)
+        except UnusablePlan as e:
+            error = f"unusable plan: {e}"
+    return PlanOutcome(row["id"], None, cfg.max_attempts, error)
+
+
+def run_plan(instructions_path: str | Path, output: str | Path, failures: str | Path, metrics: str | Path,
+             cfg: PlanConfig, settings: ClientSettings) -> dict[str, Any]:
+    """The whole stage: read instructions, plan each, write plans, failures and metrics."""
+    instructions = validate(read_table(instructions_path), Instructions, instructions_path)
+    repairs = Repairs()
+
+    async def work(llm: LLMClient) -> list[PlanOutcome]:
+        with tqdm(total=instructions.height, desc="plan", unit="instr", disable=None) as bar:
+            async def one(row: dict[str, Any]) -> PlanOutcome:
+                outcome = await plan_one(llm, row, cfg, repairs)
+                bar.update(1)
+                return outcome
+            return await asyncio.gather(*(one(r) for r in instructions.iter_rows(named=True)))
+
+    outcomes, stats = run_with_llm(cfg.generator, settings, work) if instructions.height else ([], CallStats())
+    rows = [{"instruction_id": o.instruction_id, "section": i, "main_point": point, "words": words,
+             "attempts": o.attempts}
+            for o in outcomes if o.paragraphs for i, (point, words) in enumerate(o.paragraphs, start=1)]
+    plans = pl.DataFrame(rows, schema=empty(Plans).schema).sort("instruction_id", "section")
+    write_table(validate(plans, Plans, output), output)
+    failed = [o for o in outcomes if o.paragraphs is None]
+    write_table(validate(failures_frame([
+        {"stage": "plan", "instruction_id": o.instruction_id, "section": None, "attempts": o.attempts,
+         "error": o.error} for o in failed]), Failures, failures), failures)
+    planned = [o for o in outcomes if o.paragraphs]
+    sizes = [len(o.paragraphs or []) for o in planned]
+    result = {
+        "instructions": instructions.height,
+        "planned": len(planned),
+        "failed": len(failed),
+        "success_rate": round(len(planned) / len(outcomes), 4) if outcomes else 0.0,
+        "first_try_rate": round(sum(1 for o in planned if o.attempts == 1) / len(outcomes), 4) if outcomes else 0.0,
+        "attempts": dict(sorted(Counter(str(o.attempts) for o in outcomes).items())),
+        "structured_output": cfg.generator.resolved_structured_output(),
+        "paragraphs": {"total": sum(sizes), "min": min(sizes, default=0), "max": max(sizes, default=0),
+                       "mean": round(sum(sizes) / len(sizes), 2) if sizes else 0.0},
+        "planned_words": int(plans["words"].sum()) if plans.height else 0,
+        "repairs": vars(repairs),
+        "llm": stats.as_metrics(),
+    }
+    write_json(result, metrics)
+    return result

@@ -1,0 +1,152 @@
+"""Stage ``postprocess``: from written paragraphs to chat-format long-output training samples.
+
+As in the paper: strip the labels a model puts at a paragraph's start ("Paragraph 1:", "第1段"), and drop
+answers that came out too short or whose plan collapsed into too many steps. Beyond the paper: drop answers
+that degenerate into repetition, which small models do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from longwriter.files import read_table, write_json, write_table
+from longwriter.schemas import Failures, Instructions, LongSamples, Plans, Sections, empty, failures_frame, validate
+from longwriter.wordcount import count_words, word_units
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    # an answer below this fraction of its planned words is too short
+    min_words_ratio: float = 0.5
+    # more sections than this: the plan collapsed into too many steps
+    max_sections: int = 40
+    # share of repeated n-grams above which an answer counts as degenerate
+    max_repetition: float = 0.3
+    repetition_n: int = 4
+
+
+_NUM = r"(?:\d+|[一二三四五六七八九十百]+)"
+# A label at the very start of a paragraph: optional markdown heading/bold, then the label, then separators.
+_LABEL_EN = re.compile(rf"^\s*(?:#+\s*)?[*_]*\s*(?:paragraph|section)\s*{_NUM}\s*[*_]*\s*"
+                       r"(?:[:：.)\-–—]\s*|\s+(?=\S)|$)", re.IGNORECASE)
+_LABEL_ZH = re.compile(rf"^\s*(?:#+\s*)?[*_]*\s*第\s*{_NUM}\s*(?:段|部分)\s*[*_]*\s*(?:[:：、.\-–—]\s*)?")
+# A line that only echoes the plan ("Main Point: ... - Word Count: 300 words").
+_PLAN_ECHO = re.compile(r"^\s*[*_#\s-]*(?:main\s*point|word\s*count|主要内容|字数)\s*[:：].*$", re.IGNORECASE)
+
+
+def strip_label(text: str) -> tuple[str, bool]:
+    """Remove a leading "Paragraph N"-style label (and plan-echo lines) from a paragraph.
+
+    Returns the cleaned text and whether anything was removed. A heading that was only the label
+    disappears with its line; a label followed by real text keeps the text.
+    """
+    original = text
+    lines = text.lstrip("\n").split("\n")
+    while lines and _PLAN_ECHO.match(lines[0]):
+        lines.pop(0)
+    if lines:
+        first = lines[0]
+        for pattern in (_LABEL_EN, _LABEL_ZH):
+            m = pattern.match(first)
+            if m:
+                rest = first[m.end():].strip().strip("*_").strip()
+                rest = re.sub(r"^[-–—:：]\s*", "", rest)
+                if _PLAN_ECHO.match(rest):
+                    rest = ""
+                lines[0] = rest
+                break
+        while lines and (not lines[0].strip() or _PLAN_ECHO.match(lines[0])):
+            lines.pop(0)
+    cleaned = "\n".join(lines).strip()
+    return cleaned, cleaned != original.strip()
+
+
+def repetition(text: str, n: int = 4) -> float:
+    """Share of word n-grams that repeat an earlier one (0: none, near 1: one phrase over and over)."""
+    units = word_units(text)
+    if len(units) < n + 1:
+        return 0.0
+    grams = Counter(tuple(units[i:i + n]) for i in range(len(units) - n + 1))
+    total = sum(grams.values())
+    return round(1 - len(grams) / total, 4)
+
+
+def _distribution(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"count": 0}
+    s = pl.Series(values)
+    return {"count": len(values), "min": int(s.min()), "p25": float(s.quantile(0.25)), "median": float(s.median()),
+            "p75": float(s.quantile(0.75)), "max": int(s.max()), "mean": round(float(s.mean()), 1)}
+
+
+def build_samples(instructions: pl.DataFrame, plans: pl.DataFrame, sections: pl.DataFrame,
+                  cfg: PostprocessConfig) -> tuple[pl.DataFrame, list[dict[str, Any]], dict[str, int]]:
+    """Join, clean and filter. Returns samples, drop records, and counts of labels stripped."""
+    planned = {iid: (n, words) for iid, n, words in plans.group_by("instruction_id").agg(
+        pl.len(), pl.col("words").sum()).iter_rows()}
+    by_id: dict[str, list[str]] = {}
+    for row in sections.sort("instruction_id", "section").iter_rows(named=True):
+        by_id.setdefault(row["instruction_id"], []).append(row["text"])
+    samples, dropped = [], []
+    labels = 0
+    for inst in instructions.sort("id").iter_rows(named=True):
+        iid = inst["id"]
+        if iid not in by_id:
+            continue  # never planned or never written: already in an earlier stage's failures table
+        n_planned, planned_words = planned.get(iid, (0, 0))
+        texts = []
+        for text in by_id[iid]:
+            cleaned, stripped = strip_label(text)
+            labels += stripped
+            texts.append(cleaned)
+        answer = "\n\n".join(t for t in texts if t)
+        words = count_words(answer)
+        reason = None
+        if len(texts) != n_planned:
+            reason = f"incomplete: {len(texts)} of {n_planned} sections written"
+        elif len(texts) > cfg.max_sections:
+            reason = f"collapsed: {len(texts)} sections > max_sections {cfg.max_sections}"
+        elif words < cfg.min_words_ratio * planned_words:
+            reason = f"too_short: {words} words < {cfg.min_words_ratio} x {planned_words} planned"
+        elif (rep := repetition(answer, cfg.repetition_n)) > cfg.max_repetition:
+            reason = f"repetitive: {rep:.2f} of {cfg.repetition_n}-grams repeated > {cfg.max_repetition}"
+        if reason is not None:
+            dropped.append({"stage": "postprocess", "instruction_id": iid, "section": None, "attempts": 0,
+                            "error": reason})
+            continue
+        samples.append({"id": iid, "lang": inst["lang"], "source": inst["source"],
+                        "messages": [{"role": "user", "content": inst["prompt"]},
+                                     {"role": "assistant", "content": answer}],
+                        "words": words, "planned_words": planned_words, "sections": len(texts)})
+    frame = pl.DataFrame(samples, schema=empty(LongSamples).schema)
+    return frame, dropped, {"labels_stripped": labels}
+
+
+def run_postprocess(instructions_path: str | Path, plans_path: str | Path, sections_path: str | Path,
+                    output: str | Path, failures: str | Path, metrics: str | Path,
+                    cfg: PostprocessConfig) -> dict[str, Any]:
+    """The whole stage: build samples, write them, the drop records and metrics."""
+    instructions = validate(read_table(instructions_path), Instructions, instructions_path)
+    plans = validate(read_table(plans_path), Plans, plans_path)
+    sections = validate(read_table(sections_path), Sections, sections_path)
+    samples, dropped, extra = build_samples(instructions, plans, sections, cfg)
+    write_table(validate(samples, LongSamples, output), output)
+    write_table(validate(failures_frame(dropped), Failures, failures), failures)
+    reasons = Counter(d["error"].split(":")[0] for d in dropped)
+    result = {
+        "written": sections["instruction_id"].n_unique() if sections.height else 0,
+        "kept": samples.height,
+        "dropped": dict(sorted(reasons.items())),
+        **extra,
+        "words_by_lang": {lang: _distribution(samples.filter(pl.col("lang") == lang)["words"].to_list())
+                          for lang in ("zh", "en")},
+        "words_total": int(samples["words"].sum()) if samples.height else 0,
+    }
+    write_json(result, metrics)
+    return result

@@ -1,0 +1,275 @@
+"""Stage ``write`` (AgentWrite step II): one call per planned paragraph.
+
+``sequential`` (the paper's default): paragraph n sees the instruction, the whole plan, the text of
+paragraphs 1..n-1 and its own plan line, so the answer reads as one piece. ``parallel`` drops the history:
+all paragraphs of an instruction are written at once (the paper's "+Parallel" variant).
+
+Instructions run concurrently (bounded by the client's ``max_concurrency``); paragraphs of one instruction
+run in order. Beyond the paper, a paragraph that falls short of ``min_budget_ratio`` of its budget, or that
+stopped on the token limit mid-sentence, gets up to ``max_continuations`` "continue" calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from tqdm import tqdm
+
+from longwriter.errors import InputError
+from longwriter.files import read_table, write_json, write_table
+from longwriter.llm import CallStats, ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
+from longwriter.plan import format_plan
+from longwriter.schemas import Failures, Instructions, Plans, Sections, empty, failures_frame, validate
+from longwriter.wordcount import count_words
+
+
+@dataclass(frozen=True)
+class WriteConfig:
+    mode: Literal["sequential", "parallel"] = "sequential"
+    # a paragraph shorter than this fraction of its budget is continued
+    min_budget_ratio: float = 0.6
+    max_continuations: int = 1
+    # per-call max_tokens = budget * tokens_per_word + 64, capped by sampling.max_tokens
+    tokens_per_word: float = 2.0
+    # keep only the last N words of earlier paragraphs in the prompt (None: all, as in the paper)
+    history_words: int | None = None
+    generator: ModelSpec = field(default_factory=ModelSpec)
+    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=2048))
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_budget_ratio <= 1:
+            raise ValueError("min_budget_ratio must be within [0, 1]")
+        if self.max_continuations < 0 or self.tokens_per_word <= 0:
+            raise ValueError("max_continuations must be >= 0 and tokens_per_word > 0")
+
+
+WRITE_PROMPT = """You are writing a long piece in several steps. Below are the original writing instruction, \
+the plan of the whole piece, and {history_intro}
+
+Writing instruction:
+<<<
+{instruction}
+>>>
+
+Plan:
+<<<
+{plan}
+>>>
+{history}
+Now write paragraph {n} of the plan, and only that paragraph:
+{step}
+
+Write about {words} words. Follow on naturally from what comes before it and do not repeat it. You may \
+start with a short subtitle if it helps. Output only the text of this paragraph: no labels such as \
+"Paragraph {n}", no notes about the plan or the word count."""
+
+CONTINUE_PROMPT = ("Continue this paragraph from exactly where it stops, without repeating anything. "
+                   "Write about {words} more words. Output only the continuation.")
+
+_SENTENCE_END = re.compile(r"[.!?。！？…\"'”’)\]）」』》]\s*$")
+_CJK_END = re.compile(r"[\u4e00-\u9fff]$")
+
+
+def _tail_words(text: str, limit: int | None) -> str:
+    if limit is None:
+        return text
+    parts = text.split()
+    if len(parts) > limit:
+        return "[...] " + " ".join(parts[-limit:])
+    # Chinese has no spaces: fall back to a character budget
+    return text if len(text) <= limit * 2 else "[...]" + text[-limit * 2:]
+
+
+def section_messages(instruction: str, plan: list[tuple[str, int]], n: int, written: list[str],
+                     cfg: WriteConfig) -> list[dict[str, str]]:
+    """The prompt for paragraph ``n`` (1-based); ``written`` holds paragraphs 1..n-1 (ignored in parallel)."""
+    point, words = plan[n - 1]
+    if cfg.mode == "sequential":
+        so_far = _tail_words("\n\n".join(written), cfg.history_words) if written else "(nothing yet)"
+        history = f"\nText written so far:\n<<<\n{so_far}\n>>>\n"
+        intro = "the text written so far."
+    else:
+        history, intro = "", "the paragraph to write now."
+    content = WRITE_PROMPT.format(history_intro=intro, instruction=instruction, plan=format_plan(plan),
+                                  history=history, n=n, step=f"Paragraph {n} - Main Point: {point} - "
+                                  f"Word Count: {words} words", words=words)
+    return [{"role": "user", "content": content}]
+
+
+def _join(text: str, more: str) -> str:
+    more = more.strip()
+    if not more:
+        return text
+    if not text or text[-1].isspace() or _CJK_END.search(text):
+        return text + more
+    return text + " " + more
+
+
+def needs_more(text: str, budget: int, finish_reason: str, cfg: WriteConfig) -> bool:
+    """Short of its budget, or cut off by the token limit in mid-sentence."""
+    return (count_words(text) < cfg.min_budget_ratio * budget
+            or (finish_reason == "length" and not _SENTENCE_END.search(text)))
+
+
+@dataclass
+class Written:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    finish_reason: str = ""
+    continuations: int = 0
+
+
+async def write_section(llm: LLMClient, instruction: str, plan: list[tuple[str, int]], n: int,
+                        written: list[str], cfg: WriteConfig) -> Written:
+    """Write one paragraph, with continuation calls while it falls short."""
+    budget = plan[n - 1][1]
+    messages = section_messages(instruction, plan, n, written, cfg)
+    sampling = _sampling_for(budget, cfg)
+    reply = await llm.complete(messages, sampling)
+    out = Written(reply.text.strip(), reply.prompt_tokens, reply.completion_tokens, reply.latency_s,
+                  reply.finish_reason)
+    while out.continuations < cfg.max_continuations and needs_more(out.text, budget, out.finish_reason, cfg):
+        remaining = max(budget - count_words(out.text), budget // 4, 20)
+        follow = [*messages, {"role": "assistant", "content": out.text},
+                  {"role": "user", "content": CONTINUE_PROMPT.format(words=remaining)}]
+        reply = await llm.complete(follow, _sampling_for(remaining, cfg))
+        out.continuations += 1
+        out.prompt_tokens += reply.prompt_tokens
+        out.completion_tokens += reply.completion_tokens
+        out.latency_s += reply.latency_s
+        out.finish_reason = reply.finish_reason
+        before = count_words(out.text)
+        out.text = _join(out.text, reply.text)
+        if count_words(out.text) - before < 5:  # the model has nothing more to say
+            break
+    return out
+
+
+def _sampling_for(words: int, cfg: WriteConfig) -> Sampling:
+    s = cfg.sampling
+    return Sampling(s.temperature, s.top_p, min(s.max_tokens, math.ceil(words * cfg.tokens_per_word) + 64), s.seed)
+
+
+@dataclass
+class InstructionResult:
+    instruction_id: str
+    rows: list[dict[str, Any]]
+    error: str | None = None
+    failed_section: int | None = None
+    attempts: int = 0
+
+
+async def write_instruction(llm: LLMClient, instruction_id: str, instruction: str, plan: list[tuple[str, int]],
+                            cfg: WriteConfig, on_section: Any = None) -> InstructionResult:
+    """All paragraphs of one instruction; a paragraph that fails after retries fails the instruction (a
+    partial answer is not a training sample)."""
+    result = InstructionResult(instruction_id, [])
+
+    async def one(n: int, written: list[str]) -> Written:
+        started = time.perf_counter()
+        try:
+            w = await write_section(llm, instruction, plan, n, written, cfg)
+        except LLMCallError as e:
+            e.section = n  # type: ignore[attr-defined]
+            raise
+        if on_section is not None:
+            on_section(w, time.perf_counter() - started)
+        return w
+
+    try:
+        if cfg.mode == "sequential":
+            texts: list[str] = []
+            outs = []
+            for n in range(1, len(plan) + 1):
+                w = await one(n, texts)
+                texts.append(w.text)
+                outs.append(w)
+        else:
+            outs = list(await asyncio.gather(*(one(n, []) for n in range(1, len(plan) + 1))))
+    except LLMCallError as e:
+        result.error, result.attempts = str(e), e.attempts
+        result.failed_section = getattr(e, "section", None)
+        return result
+    for n, w in enumerate(outs, start=1):
+        result.rows.append({
+            "instruction_id": instruction_id, "section": n, "text": w.text, "words": count_words(w.text),
+            "budget": plan[n - 1][1], "prompt_tokens": w.prompt_tokens, "completion_tokens": w.completion_tokens,
+            "latency_s": round(w.latency_s, 4), "finish_reason": w.finish_reason, "continuations": w.continuations,
+            "model": llm.endpoint.model})
+    return result
+
+
+def plans_by_instruction(plans: pl.DataFrame) -> dict[str, list[tuple[str, int]]]:
+    out: dict[str, list[tuple[str, int]]] = {}
+    for row in plans.sort("instruction_id", "section").iter_rows(named=True):
+        out.setdefault(row["instruction_id"], []).append((row["main_point"], row["words"]))
+    return out
+
+
+def run_write(instructions_path: str | Path, plans_path: str | Path, output: str | Path, failures: str | Path,
+              metrics: str | Path, cfg: WriteConfig, settings: ClientSettings) -> dict[str, Any]:
+    """The whole stage: write every planned instruction, then the sections, failures and metrics."""
+    instructions = validate(read_table(instructions_path), Instructions, instructions_path)
+    plans = plans_by_instruction(validate(read_table(plans_path), Plans, plans_path))
+    prompts = dict(instructions.select("id", "prompt").iter_rows())
+    unknown = sorted(set(plans) - set(prompts))
+    if unknown:
+        raise InputError(plans_path, f"plans for unknown instruction ids: {', '.join(unknown[:5])}",
+                         column="instruction_id")
+    total_sections = sum(len(p) for p in plans.values())
+
+    async def work(llm: LLMClient) -> list[InstructionResult]:
+        with tqdm(total=total_sections, desc=f"write ({cfg.mode})", unit="sec", disable=None) as bar:
+            done = {"instructions": 0}
+            started = time.perf_counter()
+
+            def on_section(w: Written, _: float) -> None:
+                bar.update(1)
+                elapsed = max(time.perf_counter() - started, 1e-6)
+                bar.set_postfix(instr=f"{done['instructions']}/{len(plans)}", tokens=llm.stats.completion_tokens,
+                                tok_s=f"{llm.stats.paid_completion_tokens / elapsed:.0f}", refresh=False)
+
+            async def one(iid: str) -> InstructionResult:
+                r = await write_instruction(llm, iid, prompts[iid], plans[iid], cfg, on_section)
+                done["instructions"] += 1
+                return r
+
+            return list(await asyncio.gather(*(one(iid) for iid in sorted(plans))))
+
+    results, stats = run_with_llm(cfg.generator, settings, work) if plans else ([], CallStats())
+    rows = [row for r in results for row in r.rows]
+    sections = pl.DataFrame(rows, schema=empty(Sections).schema).sort("instruction_id", "section")
+    write_table(validate(sections, Sections, output), output)
+    failed = [r for r in results if r.error is not None]
+    write_table(validate(failures_frame([
+        {"stage": "write", "instruction_id": r.instruction_id, "section": r.failed_section,
+         "attempts": r.attempts, "error": r.error} for r in failed]), Failures, failures), failures)
+    result = {
+        "mode": cfg.mode,
+        "instructions": len(plans),
+        "written": len(results) - len(failed),
+        "failed": len(failed),
+        "sections": sections.height,
+        "words": int(sections["words"].sum()) if sections.height else 0,
+        "planned_words": int(sections["budget"].sum()) if sections.height else 0,
+        "written_to_planned": (round(sections["words"].sum() / sections["budget"].sum(), 4)
+                               if sections.height else 0.0),
+        "sections_continued": int((sections["continuations"] > 0).sum()) if sections.height else 0,
+        "continuation_calls": int(sections["continuations"].sum()) if sections.height else 0,
+        "sections_short": (int((sections["words"] < cfg.min_budget_ratio * sections["budget"]).sum())
+                           if sections.height else 0),
+        "finish_reasons": ({k: int(v) for k, v in sections.group_by("finish_reason").len().sort(
+            "finish_reason").iter_rows()} if sections.height else {}),
+        "llm": stats.as_metrics(),
+    }
+    write_json(result, metrics)
+    return result

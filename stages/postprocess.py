@@ -1,0 +1,32 @@
+"""postprocess: AgentWrite answers to chat-format long-output samples (params: postprocess).
+
+Joins each instruction's paragraphs, strips "Paragraph N"-style labels, drops answers that are too short,
+come from collapsed plans or degenerate into repetition, and writes user/assistant samples.
+"""
+
+import click
+
+from longwriter.config import build, read_params, section
+from longwriter.errors import stage_entry
+from longwriter.postprocess import PostprocessConfig, run_postprocess
+
+
+@click.command(help=__doc__)
+@click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
+@click.option("--instructions", default="data/selected.parquet", show_default=True, help="Input instructions.")
+@click.option("--plans", default="data/plans.parquet", show_default=True, help="Input plans.")
+@click.option("--sections", default="data/sections.parquet", show_default=True, help="Input sections.")
+@click.option("--output", default="data/long_samples.parquet", show_default=True, help="Long samples.")
+@click.option("--failures", default="data/failures/postprocess.parquet", show_default=True, help="Dropped.")
+@click.option("--metrics", default="metrics/postprocess.json", show_default=True, help="Metrics JSON.")
+@stage_entry
+def main(params_file: str, instructions: str, plans: str, sections: str, output: str, failures: str,
+         metrics: str) -> None:
+    params = read_params(params_file)
+    cfg = build(PostprocessConfig, section(params, "postprocess", params_file), f"{params_file}:postprocess")
+    result = run_postprocess(instructions, plans, sections, output, failures, metrics, cfg)
+    click.echo(f"postprocess: kept {result['kept']} of {result['written']} answers, dropped {result['dropped']}")
+
+
+if __name__ == "__main__":
+    main()

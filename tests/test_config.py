@@ -1,0 +1,204 @@
+"""params.yaml sections become typed dataclasses strictly, with errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from longwriter.config import build, read_params, section
+from longwriter.errors import ConfigError
+from longwriter.llm.spec import ClientSettings, ModelSpec, Sampling
+from longwriter.plan import PlanConfig
+from longwriter.select import SelectConfig
+
+WHERE = "params.yaml:select"
+
+
+def config_error(data, cls=SelectConfig, where=WHERE) -> str:
+    with pytest.raises(ConfigError) as info:
+        build(cls, data, where)
+    return str(info.value)
+
+
+# --- build: success -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data", [None, {}])
+def test_defaults_when_no_data(data) -> None:
+    cfg = build(SelectConfig, data, WHERE)
+    assert cfg == SelectConfig()
+    assert cfg.pools == ("data/pool/instructions.jsonl",)
+    assert cfg.per_lang == 3
+    assert cfg.selector == ModelSpec()
+    assert cfg.sampling == Sampling(temperature=0.0, max_tokens=96)
+
+
+def test_nested_dataclasses_built_from_dicts() -> None:
+    cfg = build(SelectConfig, {
+        "selector": {"provider": "openai", "model": "gpt-4o", "base_url": "https://api.example/v1",
+                     "api_key_env": "KEY"},
+        "sampling": {"temperature": 0.2, "top_p": 0.9, "max_tokens": 50, "seed": 7},
+    }, WHERE)
+    assert cfg.selector == ModelSpec(provider="openai", model="gpt-4o", base_url="https://api.example/v1",
+                                     api_key_env="KEY")
+    assert isinstance(cfg.selector, ModelSpec)
+    assert cfg.sampling == Sampling(temperature=0.2, top_p=0.9, max_tokens=50, seed=7)
+    assert isinstance(cfg.sampling, Sampling)
+
+
+def test_int_accepted_for_float_field() -> None:
+    cfg = build(SelectConfig, {"sampling": {"temperature": 1, "top_p": 1, "max_tokens": 96}}, WHERE)
+    assert cfg.sampling.temperature == 1.0
+    assert type(cfg.sampling.temperature) is float
+    assert type(cfg.sampling.top_p) is float
+
+
+def test_list_becomes_tuple() -> None:
+    cfg = build(SelectConfig, {"pools": ["a.jsonl", "b.parquet"]}, WHERE)
+    assert cfg.pools == ("a.jsonl", "b.parquet")
+    assert isinstance(cfg.pools, tuple)
+
+
+def test_optional_field_accepts_null() -> None:
+    cfg = build(SelectConfig, {"per_lang": None, "max_required_words": 3000}, WHERE)
+    assert cfg.per_lang is None
+    assert cfg.max_required_words == 3000
+
+
+def test_built_config_is_frozen() -> None:
+    cfg = build(SelectConfig, {}, WHERE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1  # type: ignore[misc]
+
+
+@pytest.mark.xfail(reason="a partial nested section is built from the nested class's defaults "
+                          "(Sampling: temperature 0.7, max_tokens 1024), not from the field's default_factory "
+                          "(select: temperature 0.0, max_tokens 96), so `sampling: {seed: 1}` silently changes "
+                          "temperature and max_tokens", strict=True)
+def test_partial_nested_section_keeps_field_defaults() -> None:
+    cfg = build(SelectConfig, {"sampling": {"seed": 1}}, WHERE)
+    assert cfg.sampling == Sampling(temperature=0.0, max_tokens=96, seed=1)
+
+
+# --- build: errors --------------------------------------------------------------------------------------
+
+def test_unknown_key_named() -> None:
+    msg = config_error({"max_concurrancy": 4, "seed": 1})
+    assert msg.startswith("params.yaml:select:")
+    assert "max_concurrancy" in msg
+    assert "unknown key" in msg
+
+
+def test_unknown_nested_key_named_with_path() -> None:
+    msg = config_error({"sampling": {"temprature": 0.1}})
+    assert msg.startswith("params.yaml:select.sampling:")
+    assert "temprature" in msg
+
+
+def test_wrong_type_names_dotted_key() -> None:
+    msg = config_error({"per_lang": "three"})
+    assert msg.startswith("params.yaml:select.per_lang:")
+    assert "'three'" in msg
+    assert "expected int" in msg
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"per_lang": True}, "params.yaml:select.per_lang"),  # bool is not an int here
+    ({"seed": 1.5}, "params.yaml:select.seed"),
+    ({"sampling": {"temperature": "hot"}}, "params.yaml:select.sampling.temperature"),
+    ({"sampling": {"temperature": True}}, "params.yaml:select.sampling.temperature"),
+    ({"pools": "a.jsonl"}, "params.yaml:select.pools"),
+    ({"pools": ["a.jsonl", 3]}, "params.yaml:select.pools[1]"),
+    ({"selector": "embedded"}, "params.yaml:select.selector"),
+])
+def test_wrong_types_rejected(data, key: str) -> None:
+    assert config_error(data).startswith(key + ":")
+
+
+def test_literal_violation() -> None:
+    msg = config_error({"selector": {"provider": "azure"}})
+    assert msg.startswith("params.yaml:select.selector.provider:")
+    assert "'azure'" in msg
+    assert "'embedded'" in msg and "'openai'" in msg
+
+
+def test_structured_output_literal_violation() -> None:
+    msg = config_error({"selector": {"structured_output": "xml"}})
+    assert msg.startswith("params.yaml:select.selector.structured_output:")
+
+
+@pytest.mark.parametrize("selector", [
+    {"provider": "openai", "model": "gpt-4o"},
+    {"provider": "openai", "base_url": "https://api.example/v1"},
+])
+def test_openai_needs_base_url_and_model(selector) -> None:
+    msg = config_error({"selector": selector})
+    assert msg.startswith("params.yaml:select.selector:")
+    assert "base_url" in msg
+
+
+def test_post_init_validation_becomes_config_error() -> None:
+    msg = config_error({"min_paragraphs": 5, "max_paragraphs": 2}, cls=PlanConfig, where="params.yaml:plan")
+    assert msg.startswith("params.yaml:plan:")
+    assert "min_paragraphs" in msg
+    msg = config_error({"max_concurrency": 0}, cls=ClientSettings, where="params.yaml:llm")
+    assert msg.startswith("params.yaml:llm:")
+    assert "max_concurrency" in msg
+
+
+def test_n_ctx_lower_bound() -> None:
+    assert "n_ctx" in config_error({"selector": {"n_ctx": 10}})
+
+
+# --- read_params / section ------------------------------------------------------------------------------
+
+def test_read_params_ok(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("select:\n  per_lang: 5\n  pools: [a.jsonl]\n", encoding="utf-8")
+    params = read_params(path)
+    assert params == {"select": {"per_lang": 5, "pools": ["a.jsonl"]}}
+    cfg = build(SelectConfig, section(params, "select"), WHERE)
+    assert (cfg.per_lang, cfg.pools) == (5, ("a.jsonl",))
+
+
+def test_read_params_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="params file not found") as info:
+        read_params(path)
+    assert str(path) in str(info.value)
+
+
+def test_read_params_invalid_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("select: [unclosed\n  per_lang: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_params(path)
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n", ""],
+                         ids=["list", "str", "int", "empty"])
+def test_read_params_non_mapping(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        read_params(path)
+
+
+def test_section_missing_is_empty_and_non_mapping_rejected() -> None:
+    assert section({}, "select") == {}
+    assert section({"select": None}, "select") == {}
+    with pytest.raises(ConfigError, match="'select' must be a mapping"):
+        section({"select": [1, 2]}, "select")
+
+
+# --- ModelSpec ------------------------------------------------------------------------------------------
+
+def test_resolved_structured_output() -> None:
+    assert ModelSpec().resolved_structured_output() == "json_object"
+    openai = ModelSpec(provider="openai", model="m", base_url="http://localhost:1/v1")
+    assert openai.resolved_structured_output() == "json_schema"
+    assert ModelSpec(structured_output="none").resolved_structured_output() == "none"
+    assert dataclasses.replace(openai, structured_output="none").resolved_structured_output() == "none"
+    assert ModelSpec(structured_output="json_schema").resolved_structured_output() == "json_schema"
+    assert dataclasses.replace(openai, structured_output="json_object").resolved_structured_output() == "json_object"

@@ -1,0 +1,131 @@
+"""The LLM client against a fault-injecting server: retries, give-up, fatal errors, cache, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from longwriter.llm import ClientSettings, Endpoint, LLMCallError, LLMClient, ResponseCache, Sampling
+
+MESSAGES = [{"role": "user", "content": "Write something."}]
+SAMPLING = Sampling(temperature=0.0, max_tokens=200)
+
+
+def settings(tmp_path: Path, **kw) -> ClientSettings:
+    base = {"cache_dir": str(tmp_path / "cache"), "max_retries": 6, "backoff_base_s": 0.01,
+            "backoff_max_s": 0.05, "request_timeout_s": 2.0, "max_concurrency": 2}
+    return ClientSettings(**(base | kw))
+
+
+def endpoint(srv, key: str = "sk-test-key", mode: str = "json_schema") -> Endpoint:
+    return Endpoint(srv.base_url, "fake-model", "openai:fake", mode, api_key=key)
+
+
+def run(srv, tmp_path: Path, coro_fn, key: str = "sk-test-key", **kw):
+    cfg = settings(tmp_path, **kw)
+    with ResponseCache(Path(cfg.cache_dir) / "responses.sqlite") as cache:
+        async def main():
+            async with LLMClient(endpoint(srv, key=key), cache, cfg) as llm:
+                return await coro_fn(llm), llm.stats
+        return asyncio.run(main())
+
+
+def test_retries_every_fault_kind_then_succeeds(fake_server, tmp_path):
+    faults = ["429", "500", "503", "malformed", "truncated", "drop"]
+    with fake_server(script=list(faults)) as srv:
+        completion, stats = run(srv, tmp_path, lambda llm: llm.complete(MESSAGES, SAMPLING))
+        outcomes = [e["outcome"] for e in srv.log]
+    assert outcomes == [*faults, "ok"]
+    assert completion.attempts == 7 and not completion.cached
+    assert completion.text and completion.completion_tokens > 0
+    assert stats.retries == 6 and stats.paid_calls == 1 and stats.failed_calls == 0
+
+
+def test_timeout_is_retried(fake_server, tmp_path):
+    with fake_server(script=["hang"], hang_s=5) as srv:
+        started = time.perf_counter()
+        completion, stats = run(srv, tmp_path, lambda llm: llm.complete(MESSAGES, SAMPLING), request_timeout_s=0.5)
+    assert completion.attempts == 2 and stats.retries == 1
+    assert time.perf_counter() - started < 4
+
+
+def test_gives_up_after_max_retries_and_caches_nothing(fake_server, tmp_path):
+    with fake_server(script=["500", "500", "500", "ok"]) as srv:
+        with pytest.raises(LLMCallError) as info:
+            run(srv, tmp_path, lambda llm: llm.complete(MESSAGES, SAMPLING), max_retries=2)
+        assert info.value.attempts == 3
+        assert "gave up after 3 attempts" in str(info.value) and "HTTP 500" in str(info.value)
+        # the failure was not cached: the next run pays for the call again, and gets it
+        completion, stats = run(srv, tmp_path, lambda llm: llm.complete(MESSAGES, SAMPLING), max_retries=2)
+        assert not completion.cached and stats.paid_calls == 1
+        assert [e["outcome"] for e in srv.log] == ["500", "500", "500", "ok"]
+
+
+def test_auth_error_is_not_retried_and_key_is_not_leaked(fake_server, tmp_path):
+    with fake_server(require_key="sk-right-key-123") as srv:
+        with pytest.raises(LLMCallError) as info:
+            run(srv, tmp_path, lambda llm: llm.complete(MESSAGES, SAMPLING), key="sk-wrong-key-456")
+        assert srv.requests_count() == 1
+    assert info.value.attempts == 1 and "HTTP 401" in str(info.value)
+    assert "sk-wrong-key-456" not in str(info.value)
+
+
+def test_retry_after_header_is_honoured(fake_server, tmp_path):
+    with fake_server(script=["429"], retry_after_s=0.4) as srv:
+        started = time.perf_counter()
+        run(srv, tmp_path, lambda llm: llm.complete(MESSAGES, SAMPLING), backoff_base_s=0.001, backoff_max_s=5)
+    assert time.perf_counter() - started >= 0.4
+
+
+def test_cache_hits_and_sample_index(fake_server, tmp_path):
+    async def three(llm):
+        a = await llm.complete(MESSAGES, SAMPLING)
+        b = await llm.complete(MESSAGES, SAMPLING)
+        c = await llm.complete(MESSAGES, SAMPLING, sample=1)
+        return a, b, c
+
+    with fake_server() as srv:
+        (a, b, c), stats = run(srv, tmp_path, three)
+        assert srv.requests_count() == 2
+        # a new process with the same cache file pays nothing
+        (a2, b2, c2), stats2 = run(srv, tmp_path, three)
+        assert srv.requests_count() == 2
+    assert not a.cached and b.cached and not c.cached
+    assert b.text == a.text and a2.text == a.text and c2.text == c.text
+    assert stats.calls == 3 and stats.cache_hits == 1 and stats.paid_calls == 2
+    assert stats2.cache_hits == 3 and stats2.paid_calls == 0 and stats2.as_metrics()["cache_hit_rate"] == 1.0
+    assert stats2.completion_tokens == stats.completion_tokens  # token accounting covers cached answers too
+
+
+def test_concurrency_is_bounded(fake_server, tmp_path):
+    async def six(llm):
+        return await asyncio.gather(*(llm.complete([{"role": "user", "content": f"n{i}"}], SAMPLING)
+                                      for i in range(6)))
+
+    with fake_server(base_latency_s=0.25) as srv:
+        started = time.perf_counter()
+        run(srv, tmp_path, six, max_concurrency=2)
+        elapsed = time.perf_counter() - started
+    assert elapsed >= 0.7  # 6 calls, 2 at a time: three waves of 0.25 s
+
+
+@pytest.mark.parametrize("mode,expected_type", [("json_object", "json_object"), ("json_schema", "json_schema")])
+def test_schema_request_forms(fake_server, tmp_path, mode, expected_type):
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"],
+              "additionalProperties": False}
+    cfg = settings(tmp_path)
+    with fake_server() as srv, ResponseCache(tmp_path / "c.sqlite") as cache:
+        llm = LLMClient(endpoint(srv, mode=mode), cache, cfg)
+        form = llm._response_format(schema)
+
+        async def main():
+            async with llm:
+                return await llm.complete(MESSAGES, SAMPLING, schema=schema)
+        reply = asyncio.run(main())
+    assert form["type"] == expected_type
+    assert (form.get("schema") or form["json_schema"]["schema"]) == schema
+    import json
+    assert isinstance(json.loads(reply.text)["x"], int)

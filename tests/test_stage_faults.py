@@ -1,0 +1,140 @@
+"""Stages under faults and crashes: failed rows are recorded, never dropped; a killed stage resumes from the
+cache without paying again for completed calls."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from longwriter.llm import ClientSettings, ModelSpec, Sampling
+from longwriter.plan import PlanConfig, run_plan
+from longwriter.write import WriteConfig, run_write
+
+ROOT = Path(__file__).parent.parent
+
+
+def write_instructions(path: Path, n: int) -> None:
+    pl.DataFrame({
+        "id": [f"i{k}" for k in range(n)], "prompt": [f"Write a long story number {k} about a lighthouse."
+                                                       for k in range(n)],
+        "lang": ["en"] * n, "source": ["test"] * n, "required_words": [300] * n, "estimated_words": [None] * n,
+    }, schema_overrides={"required_words": pl.Int64, "estimated_words": pl.Int64}).write_parquet(path)
+
+
+def write_plans(path: Path, n: int, sections: int) -> None:
+    pl.DataFrame([{"instruction_id": f"i{k}", "section": s, "main_point": f"Part {s} of story {k}", "words": 80,
+                   "attempts": 1} for k in range(n) for s in range(1, sections + 1)]).write_parquet(path)
+
+
+def fake_spec(srv) -> ModelSpec:
+    return ModelSpec(provider="openai", base_url=srv.base_url, model="fake-model")
+
+
+def fast_settings(tmp_path: Path, **kw) -> ClientSettings:
+    return ClientSettings(**({"cache_dir": str(tmp_path / "cache"), "max_retries": 1, "backoff_base_s": 0.01,
+                              "backoff_max_s": 0.02, "request_timeout_s": 2.0} | kw))
+
+
+def test_plan_records_every_failed_instruction(fake_server, tmp_path):
+    write_instructions(tmp_path / "in.parquet", 4)
+    with fake_server(faults={"500": 1.0}) as srv:
+        cfg = PlanConfig(generator=fake_spec(srv))
+        m = run_plan(tmp_path / "in.parquet", tmp_path / "plans.parquet", tmp_path / "fail.parquet",
+                     tmp_path / "m.json", cfg, fast_settings(tmp_path))
+    failures = pl.read_parquet(tmp_path / "fail.parquet")
+    assert m["failed"] == 4 and m["planned"] == 0 and m["llm"]["retries"] == 4
+    assert sorted(failures["instruction_id"]) == ["i0", "i1", "i2", "i3"]
+    assert all("gave up after 2 attempts" in e and "HTTP 500" in e for e in failures["error"])
+    assert set(failures["attempts"]) == {1}  # one plan request, retried once by the client
+    assert pl.read_parquet(tmp_path / "plans.parquet").height == 0
+
+
+def test_plan_under_faults_matches_fault_free_run(fake_server, tmp_path):
+    write_instructions(tmp_path / "in.parquet", 6)
+    outputs = []
+    for name, faults in (("clean", None), ("faulty", {"429": 0.1, "500": 0.1, "malformed": 0.1, "drop": 0.1})):
+        d = tmp_path / name
+        d.mkdir()
+        with fake_server(faults=faults, seed=3) as srv:
+            cfg = PlanConfig(generator=fake_spec(srv), sampling=Sampling(temperature=0.0))
+            m = run_plan(tmp_path / "in.parquet", d / "plans.parquet", d / "fail.parquet", d / "m.json", cfg,
+                         fast_settings(d, max_retries=8))
+        assert m["failed"] == 0
+        outputs.append((pl.read_parquet(d / "plans.parquet"), m))
+    assert outputs[0][0].equals(outputs[1][0])
+    assert outputs[1][1]["llm"]["retries"] > 0 and outputs[0][1]["llm"]["retries"] == 0
+
+
+def test_write_records_failed_instruction_with_its_section(fake_server, tmp_path):
+    write_instructions(tmp_path / "in.parquet", 1)
+    write_plans(tmp_path / "plans.parquet", 1, 3)
+    # sections 1 and 2 succeed; section 3 fails twice (max_retries=1) and fails the instruction
+    with fake_server(script=["ok", "ok", "503", "503"]) as srv:
+        cfg = WriteConfig(generator=fake_spec(srv), max_continuations=0)
+        m = run_write(tmp_path / "in.parquet", tmp_path / "plans.parquet", tmp_path / "s.parquet",
+                      tmp_path / "f.parquet", tmp_path / "m.json", cfg, fast_settings(tmp_path))
+    failures = pl.read_parquet(tmp_path / "f.parquet").to_dicts()
+    assert m["failed"] == 1 and m["sections"] == 0
+    assert failures == [{"stage": "write", "instruction_id": "i0", "section": 3, "attempts": 2,
+                         "error": failures[0]["error"]}]
+    assert "HTTP 503" in failures[0]["error"]
+
+
+def _params(path: Path, srv, cache_dir: Path) -> None:
+    path.write_text(yaml.safe_dump({
+        "llm": {"cache_dir": str(cache_dir), "max_concurrency": 2, "max_retries": 2, "backoff_base_s": 0.01},
+        "write": {"generator": {"provider": "openai", "base_url": srv.base_url, "model": "fake-model"},
+                  "max_continuations": 0},
+    }))
+
+
+def _run_write(workdir: Path, params: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "stages.write", "--params", str(params), "--instructions",
+         str(workdir / "in.parquet"), "--plans", str(workdir / "plans.parquet"), "--output",
+         str(workdir / "sections.parquet"), "--failures", str(workdir / "fail.parquet"), "--metrics",
+         str(workdir / "m.json")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_kill9_mid_stage_then_resume_pays_only_for_missing_calls(fake_server, tmp_path):
+    n, sections = 3, 4
+    for d in ("killed", "clean"):
+        (tmp_path / d).mkdir()
+        write_instructions(tmp_path / d / "in.parquet", n)
+        write_plans(tmp_path / d / "plans.parquet", n, sections)
+    with fake_server(base_latency_s=0.15) as srv:
+        killed = tmp_path / "killed"
+        _params(killed / "params.yaml", srv, killed / "cache")
+        proc = _run_write(killed, killed / "params.yaml")
+        deadline = time.monotonic() + 60
+        while sum(e["outcome"] == "ok" for e in srv.log) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (killed / "sections.parquet").exists()  # no half-written output
+        with sqlite3.connect(killed / "cache" / "responses.sqlite") as db:
+            cached = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+        assert 0 < cached < n * sections
+        before = len(srv.log)
+        proc = _run_write(killed, killed / "params.yaml")
+        out = proc.communicate(timeout=120)[0].decode()
+        assert proc.returncode == 0, out
+        resumed = srv.log[before:]
+        # the rerun paid exactly for the calls that had not completed before the kill
+        assert len(resumed) == n * sections - cached
+        # an uninterrupted run in a fresh workspace (own cache) produces the same table
+        clean = tmp_path / "clean"
+        _params(clean / "params.yaml", srv, clean / "cache")
+        proc = _run_write(clean, clean / "params.yaml")
+        assert proc.wait(timeout=120) == 0
+    a = pl.read_parquet(killed / "sections.parquet").drop("latency_s")
+    b = pl.read_parquet(clean / "sections.parquet").drop("latency_s")
+    assert a.height == n * sections and a.equals(b)
