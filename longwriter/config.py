@@ -56,14 +56,22 @@ def build(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        kwargs[name] = _convert(hints[name], value, f"{where}.{name}")
+        kwargs[name] = _convert(hints[name], value, f"{where}.{name}", _default(fields[name]))
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
 
-def _convert(hint: Any, value: Any, where: str) -> Any:
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _convert(hint: Any, value: Any, where: str, default: Any = None) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -72,7 +80,15 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, where) if len(inner) == 1 else value
     if dataclasses.is_dataclass(hint):
-        return build(hint, value, where)
+        nested = build(hint, value, where)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            # a partial nested section overrides the field's own default (select's sampling keeps
+            # temperature 0 when params set only its seed), not the nested class's defaults
+            try:
+                return dataclasses.replace(default, **{k: getattr(nested, k) for k in value})
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{where}: {e}") from None
+        return nested
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")

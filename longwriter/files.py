@@ -26,12 +26,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's private 0600 would survive the rename
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def write_table(df: pl.DataFrame, path: str | Path) -> None:
@@ -74,29 +81,33 @@ def read_jsonl(path: str | Path) -> pl.DataFrame:
             rows.append(obj)
     if not rows:
         raise InputError(path, "file is empty")
+    # polars would silently coerce a column of mixed types (2 -> "2", true -> 1): refuse it instead
+    mixed = _first_mixed_column(rows)
+    if mixed is not None:
+        name, lineno, kind, expected = mixed
+        raise InputError(path, f"value of type {kind} where earlier rows have {expected}", row=lineno, column=name)
     try:
         return pl.DataFrame(rows, infer_schema_length=None)
     except (pl.exceptions.PolarsError, TypeError, ValueError) as e:
-        column = _first_mixed_column(rows)
-        if column is None:
-            raise InputError(path, f"cannot build a table: {e}") from None
-        name, lineno, kind = column
-        raise InputError(path, f"value of type {kind} does not match the column's other rows",
-                         row=lineno, column=name) from None
+        raise InputError(path, f"cannot build a table: {e}") from None
 
 
-def _first_mixed_column(rows: list[dict[str, Any]]) -> tuple[str, int, str] | None:
-    """Find the first value whose JSON type differs from its column's first non-null type."""
-    seen: dict[str, type] = {}
+_JSON_KIND = {str: "string", bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+
+
+def _first_mixed_column(rows: list[dict[str, Any]]) -> tuple[str, int, str, str] | None:
+    """The first value whose JSON type differs from its column's first non-null type (ints and floats are
+    both numbers)."""
+    seen: dict[str, str] = {}
     for row in rows:
         for key, value in row.items():
             if value is None:
                 continue
-            kind = float if isinstance(value, int | float) and not isinstance(value, bool) else type(value)
+            kind = _JSON_KIND.get(type(value), type(value).__name__)
             if key not in seen:
                 seen[key] = kind
-            elif seen[key] is not kind:
-                return key, row["_row"], type(value).__name__
+            elif seen[key] != kind:
+                return key, row["_row"], kind, seen[key]
     return None
 
 

@@ -162,6 +162,11 @@ def _input_error(path, model, err, cases, rows) -> InputError:
     if check.startswith("dtype("):
         return InputError(path, f"wrong type {value}, expected {check[6:-1]}{more}", row=file_row(0),
                           column=column)
+    if "uniqueness" in check and column == model.__name__:
+        keys = list(getattr(model.Config, "unique", None) or [])
+        where = ", ".join(str(file_row(int(i))) for i in cases["index"].drop_nulls().unique().sort().to_list())
+        return InputError(path, f"duplicate ({', '.join(keys)}) in rows {where}",
+                          row=file_row(int(cases["index"].drop_nulls().max())), column=", ".join(keys))
     if "uniqueness" in check:
         dup = cases.filter(pl.col("column") == column, pl.col("failure_case") == value)
         where = ", ".join(str(file_row(int(i))) for i in dup["index"].sort().to_list())

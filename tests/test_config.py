@@ -72,10 +72,6 @@ def test_built_config_is_frozen() -> None:
         cfg.seed = 1  # type: ignore[misc]
 
 
-@pytest.mark.xfail(reason="a partial nested section is built from the nested class's defaults "
-                          "(Sampling: temperature 0.7, max_tokens 1024), not from the field's default_factory "
-                          "(select: temperature 0.0, max_tokens 96), so `sampling: {seed: 1}` silently changes "
-                          "temperature and max_tokens", strict=True)
 def test_partial_nested_section_keeps_field_defaults() -> None:
     cfg = build(SelectConfig, {"sampling": {"seed": 1}}, WHERE)
     assert cfg.sampling == Sampling(temperature=0.0, max_tokens=96, seed=1)

@@ -246,9 +246,6 @@ def test_plans_duplicate_instruction_section_rejected() -> None:
     assert err.row in (10, 20)
 
 
-@pytest.mark.xfail(reason="multi-column uniqueness: each failure_case is the whole serialized row, so the "
-                          "'rows ...' list only ever contains the first duplicate (says 'rows 10', not 10 and 20)",
-                   strict=True)
 def test_plans_duplicate_key_error_names_both_rows() -> None:
     df = plans_frame(instruction_id=["i1", "i1", "i2"], section=[1, 1, 1], main_point=["a", "b", "c"],
                      words=[100] * 3, attempts=[1] * 3).with_columns(pl.Series("_row", [10, 20, 30]))
@@ -257,8 +254,6 @@ def test_plans_duplicate_key_error_names_both_rows() -> None:
     assert err.row == 20
 
 
-@pytest.mark.xfail(reason="multi-column uniqueness: the error's column is the table name 'Plans' "
-                          "(pandera's failure_cases column), not a column of the table", strict=True)
 def test_plans_duplicate_key_error_column_is_not_the_table_name() -> None:
     df = plans_frame(section=[1, 1])
     err = raises(df, Plans)
