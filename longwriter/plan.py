@@ -201,6 +201,10 @@ def rescale(words: list[int], total: int, lo: int, hi: int) -> list[int]:
     return scaled
 
 
+_ENUMERATION = re.compile(r"^\s*(?:(?:paragraph|section|part)\s*\d+\s*[-:.)–—]?|\d+\s*[.)、:：]|第\s*\d+\s*段\s*[:：、]?)\s*",
+                          re.IGNORECASE)
+
+
 def _key(point: str) -> str:
     return re.sub(r"\W+", " ", point.lower()).strip()
 
@@ -212,6 +216,8 @@ def repair(paragraphs: list[Paragraph], required: int | None, cfg: PlanConfig,
     kept: list[Paragraph] = []
     seen: set[str] = set()
     for p in paragraphs:
+        # small models number their points ("1. Intro"); the plan's order already says that
+        p = Paragraph(_ENUMERATION.sub("", p.main_point).strip(), p.words)
         key = _key(p.main_point)
         if len(key) < 2:
             repairs.empty_dropped += 1

@@ -38,6 +38,11 @@ _LABEL_EN = re.compile(rf"^\s*(?:#+\s*)?[*_]*\s*(?:paragraph|section)\s*{_NUM}\s
 _LABEL_ZH = re.compile(rf"^\s*(?:#+\s*)?[*_]*\s*第\s*{_NUM}\s*(?:段|部分)\s*[*_]*\s*(?:[:：、.\-–—]\s*)?")
 # A line that only echoes the plan ("Main Point: ... - Word Count: 300 words").
 _PLAN_ECHO = re.compile(r"^\s*[*_#\s-]*(?:main\s*point|word\s*count|主要内容|字数)\s*[:：].*$", re.IGNORECASE)
+# Anywhere in a paragraph: lines that echo the prompt's scaffolding instead of writing (plan lines with their
+# word counts, delimiters, section headings of the prompt). Small models copy these.
+_ECHO_LINE = re.compile(r"^\s*(?:<<<|>>>|```\w*|\(nothing yet\)|#+\s*(?:writing instruction|plan of the whole "
+                        r"piece|text written so far.*|your task)\s*|.*\b(?:word\s*count|字数)\s*[:：].*)\s*$",
+                        re.IGNORECASE)
 
 
 def strip_label(text: str) -> tuple[str, bool]:
@@ -67,6 +72,17 @@ def strip_label(text: str) -> tuple[str, bool]:
     return cleaned, cleaned != original.strip()
 
 
+def clean_section(text: str) -> tuple[str, bool, int]:
+    """``strip_label`` plus removal of echoed prompt scaffolding anywhere in the paragraph.
+
+    Returns the text, whether a label was stripped, and how many echo lines were removed.
+    """
+    kept = [line for line in text.split("\n") if not _ECHO_LINE.match(line)]
+    echoes = text.count("\n") + 1 - len(kept)
+    cleaned, labelled = strip_label("\n".join(kept))
+    return re.sub(r"\n{3,}", "\n\n", cleaned), labelled, echoes
+
+
 def repetition(text: str, n: int = 4) -> float:
     """Share of word n-grams that repeat an earlier one (0: none, near 1: one phrase over and over)."""
     units = word_units(text)
@@ -94,7 +110,7 @@ def build_samples(instructions: pl.DataFrame, plans: pl.DataFrame, sections: pl.
     for row in sections.sort("instruction_id", "section").iter_rows(named=True):
         by_id.setdefault(row["instruction_id"], []).append(row["text"])
     samples, dropped = [], []
-    labels = 0
+    labels = echoes = 0
     for inst in instructions.sort("id").iter_rows(named=True):
         iid = inst["id"]
         if iid not in by_id:
@@ -102,8 +118,9 @@ def build_samples(instructions: pl.DataFrame, plans: pl.DataFrame, sections: pl.
         n_planned, planned_words = planned.get(iid, (0, 0))
         texts = []
         for text in by_id[iid]:
-            cleaned, stripped = strip_label(text)
+            cleaned, stripped, removed = clean_section(text)
             labels += stripped
+            echoes += removed
             texts.append(cleaned)
         answer = "\n\n".join(t for t in texts if t)
         words = count_words(answer)
@@ -125,7 +142,7 @@ def build_samples(instructions: pl.DataFrame, plans: pl.DataFrame, sections: pl.
                                      {"role": "assistant", "content": answer}],
                         "words": words, "planned_words": planned_words, "sections": len(texts)})
     frame = pl.DataFrame(samples, schema=empty(LongSamples).schema)
-    return frame, dropped, {"labels_stripped": labels}
+    return frame, dropped, {"labels_stripped": labels, "echo_lines_removed": echoes}
 
 
 def run_postprocess(instructions_path: str | Path, plans_path: str | Path, sections_path: str | Path,

@@ -7,7 +7,6 @@ stopped at the boundary where it appears rather than three stages later.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional  # noqa: UP035 - pandera reads Optional[...] to mark a column as not required
 
 import pandera.polars as pa
 import polars as pl
@@ -27,9 +26,9 @@ class Pool(pa.DataFrameModel):
     """A raw instruction pool (JSONL or Parquet) as users provide it; extra columns are ignored."""
 
     prompt: str = pa.Field(nullable=False)
-    id: Optional[str] = pa.Field(nullable=False, unique=True)
-    source: Optional[str] = pa.Field(nullable=True)
-    required_words: Optional[int] = pa.Field(nullable=True, gt=0)
+    id: str | None = pa.Field(nullable=False, unique=True)
+    source: str | None = pa.Field(nullable=True)
+    required_words: int | None = pa.Field(nullable=True, gt=0)
 
     @pa.check("prompt", name="not_blank", error="prompt is empty or whitespace")
     def prompt_not_blank(cls, data: pa.PolarsData) -> pl.LazyFrame:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-
 from tqdm import tqdm
 
 from longwriter.files import read_table, write_json, write_table

@@ -25,7 +25,6 @@ from tqdm import tqdm
 from longwriter.errors import InputError
 from longwriter.files import read_table, write_json, write_table
 from longwriter.llm import CallStats, ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
-from longwriter.plan import format_plan
 from longwriter.schemas import Failures, Instructions, Plans, Sections, empty, failures_frame, validate
 from longwriter.wordcount import count_words
 
@@ -50,25 +49,18 @@ class WriteConfig:
             raise ValueError("max_continuations must be >= 0 and tokens_per_word > 0")
 
 
-WRITE_PROMPT = """You are writing a long piece in several steps. Below are the original writing instruction, \
-the plan of the whole piece, and {history_intro}
+WRITE_PROMPT = """You are writing a long piece in several steps, one paragraph per step.
 
-Writing instruction:
-<<<
+## Writing instruction
 {instruction}
->>>
 
-Plan:
-<<<
+## Plan of the whole piece
 {plan}
->>>
 {history}
-Now write paragraph {n} of the plan, and only that paragraph:
-{step}
-
-Write about {words} words. Follow on naturally from what comes before it and do not repeat it. You may \
-start with a short subtitle if it helps. Output only the text of this paragraph: no labels such as \
-"Paragraph {n}", no notes about the plan or the word count."""
+## Your task
+Write paragraph {n} of the plan, and only that paragraph. Its main point: {point}
+Write about {words} words. {follow}You may start with a short subtitle. Output only the paragraph's text: \
+no labels such as "Paragraph {n}", no plan, no word counts."""
 
 CONTINUE_PROMPT = ("Continue this paragraph from exactly where it stops, without repeating anything. "
                    "Write about {words} more words. Output only the continuation.")
@@ -91,15 +83,14 @@ def section_messages(instruction: str, plan: list[tuple[str, int]], n: int, writ
                      cfg: WriteConfig) -> list[dict[str, str]]:
     """The prompt for paragraph ``n`` (1-based); ``written`` holds paragraphs 1..n-1 (ignored in parallel)."""
     point, words = plan[n - 1]
-    if cfg.mode == "sequential":
-        so_far = _tail_words("\n\n".join(written), cfg.history_words) if written else "(nothing yet)"
-        history = f"\nText written so far:\n<<<\n{so_far}\n>>>\n"
-        intro = "the text written so far."
-    else:
-        history, intro = "", "the paragraph to write now."
-    content = WRITE_PROMPT.format(history_intro=intro, instruction=instruction, plan=format_plan(plan),
-                                  history=history, n=n, step=f"Paragraph {n} - Main Point: {point} - "
-                                  f"Word Count: {words} words", words=words)
+    history, follow = "", ""
+    if cfg.mode == "sequential" and written:
+        so_far = _tail_words("\n\n".join(written), cfg.history_words)
+        history = f"\n## Text written so far (paragraphs 1 to {n - 1})\n{so_far}\n"
+        follow = "Continue naturally from the text written so far without repeating it. "
+    outline = "\n".join(f"{i}. {p} (about {w} words)" for i, (p, w) in enumerate(plan, start=1))
+    content = WRITE_PROMPT.format(instruction=instruction, plan=outline, history=history, n=n, point=point,
+                                  words=words, follow=follow)
     return [{"role": "user", "content": content}]
 
 
@@ -238,12 +229,19 @@ def run_write(instructions_path: str | Path, plans_path: str | Path, output: str
                 bar.set_postfix(instr=f"{done['instructions']}/{len(plans)}", tokens=llm.stats.completion_tokens,
                                 tok_s=f"{llm.stats.paid_completion_tokens / elapsed:.0f}", refresh=False)
 
+            # As many instructions in flight as requests may be: keeps every slot busy, and on a one-slot
+            # server (the embedded llama.cpp) consecutive requests share a prompt prefix it can reuse.
+            # Longest plans start first, which shortens the makespan.
+            in_flight = asyncio.Semaphore(settings.max_concurrency)
+
             async def one(iid: str) -> InstructionResult:
-                r = await write_instruction(llm, iid, prompts[iid], plans[iid], cfg, on_section)
+                async with in_flight:
+                    r = await write_instruction(llm, iid, prompts[iid], plans[iid], cfg, on_section)
                 done["instructions"] += 1
                 return r
 
-            return list(await asyncio.gather(*(one(iid) for iid in sorted(plans))))
+            order = sorted(plans, key=lambda iid: (-sum(w for _, w in plans[iid]), iid))
+            return list(await asyncio.gather(*(one(iid) for iid in order)))
 
     results, stats = run_with_llm(cfg.generator, settings, work) if plans else ([], CallStats())
     rows = [row for r in results for row in r.rows]

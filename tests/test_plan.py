@@ -16,8 +16,8 @@ from longwriter.plan import (
     parse_plan_json,
     parse_plan_lines,
     plan_schema,
-    rescale,
     repair,
+    rescale,
 )
 
 CFG = PlanConfig(min_paragraphs=3, max_paragraphs=8, min_words=100, max_words=1000)

@@ -30,9 +30,8 @@ class ModelSpec:
     structured_output: StructuredOutput = "auto"
 
     def __post_init__(self) -> None:
-        if self.provider == "openai":
-            if not self.base_url or not self.model:
-                raise ValueError("provider 'openai' needs base_url and model")
+        if self.provider == "openai" and (not self.base_url or not self.model):
+            raise ValueError("provider 'openai' needs base_url and model")
         if self.n_ctx < 256:
             raise ValueError("n_ctx must be at least 256")
 
