@@ -201,8 +201,8 @@ def rescale(words: list[int], total: int, lo: int, hi: int) -> list[int]:
     return scaled
 
 
-_ENUMERATION = re.compile(r"^\s*(?:(?:paragraph|section|part)\s*\d+\s*[-:.)–—]?|\d+\s*[.)、:：]|第\s*\d+\s*段\s*[:：、]?)\s*",
-                          re.IGNORECASE)
+_ENUMERATION = re.compile(
+    r"^\s*(?:(?:paragraph|section|part)\s*\d+\s*[-:.)–—]?|\d+\s*[.)、:：]|第\s*\d+\s*段\s*[:：、]?)\s*", re.IGNORECASE)
 
 
 def _key(point: str) -> str:

@@ -1,0 +1,99 @@
+"""The embedded llama.cpp server: found, started, answering through the client with a JSON schema, and
+never left running (normal exit, error, SIGTERM, kill -9 of the stage)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from longwriter.errors import LongwriterError
+from longwriter.llm import ClientSettings, Endpoint, LLMClient, ModelSpec, ResponseCache, Sampling
+from longwriter.llm.server import default_gguf, embedded_identity, embedded_server
+from longwriter.plan import PlanConfig, Repairs, parse_plan_json, plan_schema, repair
+
+ROOT = Path(__file__).parent.parent
+
+
+def servers() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "llama_cpp.server"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def test_default_model_is_the_packaged_gguf():
+    path = default_gguf()
+    assert path.name.endswith(".gguf") and path.stat().st_size > 50_000_000
+    assert embedded_identity(ModelSpec()).startswith("embedded:gguf-")
+
+
+def test_plan_with_schema_from_real_model(embedded_url, tmp_path):
+    cfg = PlanConfig(min_paragraphs=3, max_paragraphs=5, min_words=100, max_words=300)
+    endpoint = Endpoint(embedded_url, "smollm2-135m-instruct", "embedded:test", "json_object")
+
+    async def main():
+        with ResponseCache(tmp_path / "c.sqlite") as cache:
+            async with LLMClient(endpoint, cache, ClientSettings(cache_dir=str(tmp_path))) as llm:
+                from longwriter.plan import plan_messages
+                msgs = plan_messages("Write a 1000-word essay about lighthouses.", 1000, cfg, structured=True)
+                return await llm.complete(msgs, Sampling(temperature=0.0, max_tokens=600), schema=plan_schema(3, 5))
+
+    reply = asyncio.run(main())
+    paragraphs = parse_plan_json(reply.text)  # the grammar makes it well-formed JSON with 3-5 items
+    assert 3 <= len(paragraphs) <= 5
+    try:
+        plan = repair(paragraphs, 1000, cfg, Repairs())
+    except ValueError:
+        pytest.skip("the tiny model repeated its main points; repair rejected the plan (re-asked in the stage)")
+    assert sum(w for _, w in plan) == 1000
+
+
+def test_server_stops_on_error_inside_block(tmp_path):
+    before = servers()
+    with pytest.raises(RuntimeError), embedded_server(ModelSpec(n_ctx=512), tmp_path):
+        assert len(servers() - before) == 1
+        raise RuntimeError("boom")
+    assert servers() - before == set()
+
+
+def test_missing_gguf_is_a_clear_error(tmp_path):
+    with pytest.raises(LongwriterError, match="gguf_path .*missing.gguf: file not found"), \
+            embedded_server(ModelSpec(gguf_path=str(tmp_path / "missing.gguf")), tmp_path):
+        pass
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_no_orphan_server_when_stage_is_stopped(tmp_path, sig):
+    """A stage stopped by SIGTERM/Ctrl-C stops its server; one killed with -9 takes it down too (PDEATHSIG)."""
+    import polars as pl
+    pl.DataFrame({"id": ["a"], "prompt": ["Write a 2000-word essay about the sea."], "lang": ["en"],
+                  "source": ["t"], "required_words": [2000], "estimated_words": [None]},
+                 schema_overrides={"estimated_words": pl.Int64}).write_parquet(tmp_path / "in.parquet")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "llm": {"cache_dir": str(tmp_path / "cache")},
+        "plan": {"generator": {"provider": "embedded", "n_ctx": 1024},
+                 "sampling": {"max_tokens": 800, "temperature": 0.7, "top_p": 0.95, "seed": 0}}}))
+    before = servers()
+    proc = subprocess.Popen([sys.executable, "-m", "stages.plan", "--params", str(tmp_path / "params.yaml"),
+                             "--instructions", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "p.parquet"),
+                             "--failures", str(tmp_path / "f.parquet"), "--metrics", str(tmp_path / "m.json")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not (servers() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert servers() - before, "the stage never started its server"
+    time.sleep(2)  # let it reach the model call
+    os.kill(proc.pid, sig)
+    out = proc.communicate(timeout=60)[0].decode()
+    deadline = time.monotonic() + 20
+    while servers() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert servers() - before == set(), out
+    assert proc.returncode != 0
+    assert not (tmp_path / "p.parquet").exists()
