@@ -21,10 +21,10 @@ from typing import Any
 import polars as pl
 from tqdm import tqdm
 
-from longwriter.files import read_table, write_json, write_table
+from longwriter.files import read_table, write_json
 from longwriter.llm import CallStats, ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
 from longwriter.llm.structured import extract_json
-from longwriter.schemas import Failures, Instructions, Plans, empty, failures_frame, validate
+from longwriter.schemas import Instructions, Plans, empty, validate, write_checked, write_failures
 
 
 @dataclass(frozen=True)
@@ -328,11 +328,10 @@ def run_plan(instructions_path: str | Path, output: str | Path, failures: str | 
              "attempts": o.attempts}
             for o in outcomes if o.paragraphs for i, (point, words) in enumerate(o.paragraphs, start=1)]
     plans = pl.DataFrame(rows, schema=empty(Plans).schema).sort("instruction_id", "section")
-    write_table(validate(plans, Plans, output), output)
+    write_checked(plans, Plans, output)
     failed = [o for o in outcomes if o.paragraphs is None]
-    write_table(validate(failures_frame([
-        {"stage": "plan", "instruction_id": o.instruction_id, "section": None, "attempts": o.attempts,
-         "error": o.error} for o in failed]), Failures, failures), failures)
+    write_failures([{"stage": "plan", "instruction_id": o.instruction_id, "section": None, "attempts": o.attempts,
+                     "error": o.error} for o in failed], failures)
     planned = [o for o in outcomes if o.paragraphs]
     sizes = [len(o.paragraphs or []) for o in planned]
     result = {

@@ -15,8 +15,17 @@ from typing import Any
 
 import polars as pl
 
-from longwriter.files import read_table, write_json, write_table
-from longwriter.schemas import Failures, Instructions, LongSamples, Plans, Sections, empty, failures_frame, validate
+from longwriter.files import read_table, write_json
+from longwriter.schemas import (
+    Instructions,
+    LongSamples,
+    Plans,
+    Sections,
+    empty,
+    validate,
+    write_checked,
+    write_failures,
+)
 from longwriter.wordcount import count_words, word_units
 
 
@@ -153,8 +162,8 @@ def run_postprocess(instructions_path: str | Path, plans_path: str | Path, secti
     plans = validate(read_table(plans_path), Plans, plans_path)
     sections = validate(read_table(sections_path), Sections, sections_path)
     samples, dropped, extra = build_samples(instructions, plans, sections, cfg)
-    write_table(validate(samples, LongSamples, output), output)
-    write_table(validate(failures_frame(dropped), Failures, failures), failures)
+    write_checked(samples, LongSamples, output)
+    write_failures(dropped, failures)
     reasons = Counter(d["error"].split(":")[0] for d in dropped)
     result = {
         "written": sections["instruction_id"].n_unique() if sections.height else 0,

@@ -13,6 +13,7 @@ import polars as pl
 from pandera.errors import SchemaError, SchemaErrors
 
 from longwriter.errors import InputError
+from longwriter.files import write_table
 
 LANGS = ["zh", "en"]
 MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
@@ -127,6 +128,16 @@ def empty(model: type[pa.DataFrameModel]) -> pl.DataFrame:
 def failures_frame(rows: list[dict]) -> pl.DataFrame:
     """A ``Failures`` table from row dicts (an empty list gives an empty table with the right columns)."""
     return pl.DataFrame(rows, schema=empty(Failures).schema)
+
+
+def write_checked(df: pl.DataFrame, model: type[pa.DataFrameModel], path: str | Path) -> None:
+    """Validate ``df`` against ``model``, then write it atomically: no stage writes what its reader rejects."""
+    write_table(validate(df, model, path), path)
+
+
+def write_failures(rows: list[dict], path: str | Path) -> None:
+    """Write a stage's ``Failures`` table (possibly empty)."""
+    write_checked(failures_frame(rows), Failures, path)
 
 
 def validate(df: pl.DataFrame, model: type[pa.DataFrameModel], path: str | Path) -> pl.DataFrame:

@@ -17,10 +17,10 @@ from typing import Any
 import polars as pl
 from tqdm import tqdm
 
-from longwriter.files import read_table, write_json, write_table
+from longwriter.files import read_table, write_json
 from longwriter.llm import CallStats, ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
 from longwriter.llm.structured import extract_json
-from longwriter.schemas import LANGS, Failures, Instructions, Pool, empty, failures_frame, validate
+from longwriter.schemas import LANGS, Instructions, Pool, empty, validate, write_checked, write_failures
 
 
 @dataclass(frozen=True)
@@ -227,8 +227,7 @@ async def choose(llm: LLMClient, candidates: pl.DataFrame, cfg: SelectConfig,
                 pl.Series("estimated_words", [estimates[i] for i in accepted], dtype=pl.Int64)))
     if not chosen:
         return empty(Instructions), verdicts
-    out = pl.concat(chosen).select(empty(Instructions).columns).sort("lang", "id")
-    return validate(out, Instructions, "select output"), verdicts
+    return pl.concat(chosen).select(empty(Instructions).columns).sort("lang", "id"), verdicts
 
 
 def run_select(output: str | Path, failures: str | Path, metrics: str | Path,
@@ -245,10 +244,9 @@ def run_select(output: str | Path, failures: str | Path, metrics: str | Path,
     else:
         (chosen, verdicts), stats = (empty(Instructions), []), CallStats()
     failed = [v for v in verdicts if v.error is not None]
-    write_table(chosen, output)
-    write_table(validate(failures_frame([
-        {"stage": "select", "instruction_id": v.id, "section": None, "attempts": v.attempts, "error": v.error}
-        for v in failed]), Failures, failures), failures)
+    write_checked(chosen, Instructions, output)
+    write_failures([{"stage": "select", "instruction_id": v.id, "section": None, "attempts": v.attempts,
+                     "error": v.error} for v in failed], failures)
     counts |= {
         "judged": len(verdicts),
         "judged_long": sum(1 for v in verdicts if v.needs_long_answer),

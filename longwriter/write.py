@@ -12,6 +12,7 @@ stopped on the token limit mid-sentence, gets up to ``max_continuations`` "conti
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
 import time
@@ -23,9 +24,9 @@ import polars as pl
 from tqdm import tqdm
 
 from longwriter.errors import InputError
-from longwriter.files import read_table, write_json, write_table
+from longwriter.files import read_table, write_json
 from longwriter.llm import CallStats, ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
-from longwriter.schemas import Failures, Instructions, Plans, Sections, empty, failures_frame, validate
+from longwriter.schemas import Instructions, Plans, Sections, empty, validate, write_checked, write_failures
 from longwriter.wordcount import count_words
 
 
@@ -104,9 +105,10 @@ def _join(text: str, more: str) -> str:
 
 
 def needs_more(text: str, budget: int, finish_reason: str, cfg: WriteConfig) -> bool:
-    """Short of its budget, or cut off by the token limit in mid-sentence."""
-    return (count_words(text) < cfg.min_budget_ratio * budget
-            or (finish_reason == "length" and not _SENTENCE_END.search(text)))
+    """Short of its budget, or cut off by the token limit in mid-sentence before reaching the budget."""
+    words = count_words(text)
+    return (words < cfg.min_budget_ratio * budget
+            or (finish_reason == "length" and words < budget and not _SENTENCE_END.search(text)))
 
 
 @dataclass
@@ -147,7 +149,7 @@ async def write_section(llm: LLMClient, instruction: str, plan: list[tuple[str, 
 
 def _sampling_for(words: int, cfg: WriteConfig) -> Sampling:
     s = cfg.sampling
-    return Sampling(s.temperature, s.top_p, min(s.max_tokens, math.ceil(words * cfg.tokens_per_word) + 64), s.seed)
+    return dataclasses.replace(s, max_tokens=min(s.max_tokens, math.ceil(words * cfg.tokens_per_word) + 64))
 
 
 @dataclass
@@ -246,11 +248,10 @@ def run_write(instructions_path: str | Path, plans_path: str | Path, output: str
     results, stats = run_with_llm(cfg.generator, settings, work) if plans else ([], CallStats())
     rows = [row for r in results for row in r.rows]
     sections = pl.DataFrame(rows, schema=empty(Sections).schema).sort("instruction_id", "section")
-    write_table(validate(sections, Sections, output), output)
+    write_checked(sections, Sections, output)
     failed = [r for r in results if r.error is not None]
-    write_table(validate(failures_frame([
-        {"stage": "write", "instruction_id": r.instruction_id, "section": r.failed_section,
-         "attempts": r.attempts, "error": r.error} for r in failed]), Failures, failures), failures)
+    write_failures([{"stage": "write", "instruction_id": r.instruction_id, "section": r.failed_section,
+                     "attempts": r.attempts, "error": r.error} for r in failed], failures)
     result = {
         "mode": cfg.mode,
         "instructions": len(plans),

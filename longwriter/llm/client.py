@@ -113,6 +113,7 @@ class LLMClient:
         request: dict[str, Any] = {
             "messages": messages, "temperature": sampling.temperature, "top_p": sampling.top_p,
             "max_tokens": sampling.max_tokens,
+            "frequency_penalty": sampling.frequency_penalty, "presence_penalty": sampling.presence_penalty,
             # a distinct seed per sample, so re-asks and best-of-n draws differ even at temperature > 0
             "seed": sampling.seed + sample,
         }

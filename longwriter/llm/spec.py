@@ -49,6 +49,9 @@ class Sampling:
     top_p: float = 0.95
     max_tokens: int = 1024
     seed: int = 0
+    # OpenAI-style penalties (llama.cpp and vLLM take them too): small models loop and copy their context
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
 
 @dataclass(frozen=True)
