@@ -22,7 +22,7 @@ import polars as pl
 from tqdm import tqdm
 
 from longwriter.files import read_table, write_json
-from longwriter.llm import CallStats, ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
+from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
 from longwriter.llm.structured import extract_json
 from longwriter.schemas import Instructions, Plans, empty, validate, write_checked, write_failures
 
@@ -323,7 +323,7 @@ def run_plan(instructions_path: str | Path, output: str | Path, failures: str | 
                 return outcome
             return await asyncio.gather(*(one(r) for r in instructions.iter_rows(named=True)))
 
-    outcomes, stats = run_with_llm(cfg.generator, settings, work) if instructions.height else ([], CallStats())
+    outcomes, stats = run_with_llm(cfg.generator, settings, work)
     rows = [{"instruction_id": o.instruction_id, "section": i, "main_point": point, "words": words,
              "attempts": o.attempts}
             for o in outcomes if o.paragraphs for i, (point, words) in enumerate(o.paragraphs, start=1)]

@@ -18,7 +18,7 @@ import polars as pl
 from tqdm import tqdm
 
 from longwriter.files import read_table, write_json
-from longwriter.llm import CallStats, ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
+from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
 from longwriter.llm.structured import extract_json
 from longwriter.schemas import LANGS, Instructions, Pool, empty, validate, write_checked, write_failures
 
@@ -239,10 +239,7 @@ def run_select(output: str | Path, failures: str | Path, metrics: str | Path,
         with tqdm(total=candidates.height, desc="select: judged", unit="prompt", disable=None) as bar:
             return await choose(llm, candidates, cfg, bar)
 
-    if candidates.height:
-        (chosen, verdicts), stats = run_with_llm(cfg.selector, settings, work)
-    else:
-        (chosen, verdicts), stats = (empty(Instructions), []), CallStats()
+    (chosen, verdicts), stats = run_with_llm(cfg.selector, settings, work)
     failed = [v for v in verdicts if v.error is not None]
     write_checked(chosen, Instructions, output)
     write_failures([{"stage": "select", "instruction_id": v.id, "section": None, "attempts": v.attempts,

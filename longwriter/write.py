@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from longwriter.errors import InputError
 from longwriter.files import read_table, write_json
-from longwriter.llm import CallStats, ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
+from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
 from longwriter.schemas import Instructions, Plans, Sections, empty, validate, write_checked, write_failures
 from longwriter.wordcount import count_words
 
@@ -245,7 +245,7 @@ def run_write(instructions_path: str | Path, plans_path: str | Path, output: str
             order = sorted(plans, key=lambda iid: (-sum(w for _, w in plans[iid]), iid))
             return list(await asyncio.gather(*(one(iid) for iid in order)))
 
-    results, stats = run_with_llm(cfg.generator, settings, work) if plans else ([], CallStats())
+    results, stats = run_with_llm(cfg.generator, settings, work)
     rows = [row for r in results for row in r.rows]
     sections = pl.DataFrame(rows, schema=empty(Sections).schema).sort("instruction_id", "section")
     write_checked(sections, Sections, output)

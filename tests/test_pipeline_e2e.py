@@ -90,9 +90,16 @@ def test_second_repro_does_nothing(repo):
     assert "didn't change, skipping" in out and "Running stage" not in out
 
 
+def server_starts(repo: Path) -> int:
+    return (repo / ".llm-cache" / "embedded-server.log").read_text().count("Uvicorn running on")
+
+
 def test_forced_repro_pays_for_nothing(repo):
     before = pl.read_parquet(repo / "data/sections.parquet").drop("latency_s")
+    starts = server_starts(repo)
+    assert starts >= 3  # select, plan and write each started the embedded server on their first paid call
     dvc("repro", "-f", cwd=repo)
+    assert server_starts(repo) == starts  # every call was cached: no server was started
     for stage in ("select", "plan", "write"):
         m = metrics(repo, stage)["llm"]
         assert m["paid_calls"] == 0 and m["cache_hit_rate"] == 1.0, (stage, m)

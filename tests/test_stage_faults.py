@@ -139,3 +139,16 @@ def test_kill9_mid_stage_then_resume_pays_only_for_missing_calls(fake_server, tm
     a = pl.read_parquet(killed / "sections.parquet").drop("latency_s")
     b = pl.read_parquet(clean / "sections.parquet").drop("latency_s")
     assert a.height == n * sections and a.equals(b)
+
+
+def test_empty_input_writes_empty_outputs_without_calls(fake_server, tmp_path):
+    from longwriter.schemas import Instructions, empty
+    empty(Instructions).write_parquet(tmp_path / "in.parquet")
+    with fake_server() as srv:
+        m = run_plan(tmp_path / "in.parquet", tmp_path / "p.parquet", tmp_path / "pf.parquet", tmp_path / "pm.json",
+                     PlanConfig(generator=fake_spec(srv)), fast_settings(tmp_path))
+        w = run_write(tmp_path / "in.parquet", tmp_path / "p.parquet", tmp_path / "s.parquet", tmp_path / "sf.parquet",
+                      tmp_path / "sm.json", WriteConfig(generator=fake_spec(srv)), fast_settings(tmp_path))
+        assert srv.requests_count() == 0
+    assert m["instructions"] == 0 and m["success_rate"] == 0.0 and w["sections"] == 0
+    assert pl.read_parquet(tmp_path / "s.parquet").height == 0 and pl.read_parquet(tmp_path / "sf.parquet").height == 0

@@ -33,12 +33,16 @@ def _api_key(spec: ModelSpec) -> str:
 
 @contextlib.contextmanager
 def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoint]:
-    """Make ``spec`` reachable for the duration of the block (starting the embedded server if needed)."""
+    """Make ``spec`` reachable for the duration of the block (the embedded server starts on first need)."""
     mode = spec.resolved_structured_output()
     if spec.provider == "embedded":
         identity = embedded_identity(spec)
-        with embedded_server(spec, settings.cache_dir, settings.server_start_timeout_s) as url:
-            yield Endpoint(url, spec.model or DEFAULT_ALIAS, identity, mode)
+        with contextlib.ExitStack() as running:
+            def start() -> str:
+                return running.enter_context(
+                    embedded_server(spec, settings.cache_dir, settings.server_start_timeout_s))
+            # started lazily by the client: a stage whose calls are all cached never starts a server
+            yield Endpoint(None, spec.model or DEFAULT_ALIAS, identity, mode, start=start)
     else:
         assert spec.base_url and spec.model
         base = spec.base_url.rstrip("/")

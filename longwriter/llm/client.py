@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,13 +29,18 @@ _FATAL_STATUS = {400, 401, 403, 404, 422}
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A reachable OpenAI-compatible server for one model spec."""
+    """An OpenAI-compatible server for one model spec.
 
-    base_url: str
+    ``base_url`` may be None with a ``start`` callable that brings the server up and returns its URL: the
+    client calls it on the first request the cache cannot answer, so a fully cached rerun starts nothing.
+    """
+
+    base_url: str | None
     model: str
     identity: str  # what the cache key uses: never the URL of an ephemeral port, never the key
     structured_output: str  # json_schema | json_object | none
     api_key: str = field(default="not-needed", repr=False)
+    start: Callable[[], str] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -87,12 +93,24 @@ class LLMClient:
         self.stats = CallStats()
         self._client: openai.AsyncOpenAI | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._connecting = asyncio.Lock()
 
     async def __aenter__(self) -> LLMClient:
-        self._client = openai.AsyncOpenAI(base_url=self.endpoint.base_url, api_key=self.endpoint.api_key,
-                                          timeout=self.settings.request_timeout_s, max_retries=0)
         self._slots = asyncio.Semaphore(self.settings.max_concurrency)
         return self
+
+    async def _connected(self) -> openai.AsyncOpenAI:
+        async with self._connecting:
+            if self._client is None:
+                base_url = self.endpoint.base_url
+                if base_url is None:
+                    assert self.endpoint.start is not None, "an endpoint needs base_url or start"
+                    # blocking on purpose: every request waits for the server anyway, and the server must be
+                    # started from the main thread (its PDEATHSIG is tied to the starting thread)
+                    base_url = self.endpoint.start()
+                self._client = openai.AsyncOpenAI(base_url=base_url, api_key=self.endpoint.api_key,
+                                                  timeout=self.settings.request_timeout_s, max_retries=0)
+            return self._client
 
     async def __aexit__(self, *exc: object) -> None:
         if self._client is not None:
@@ -108,7 +126,7 @@ class LLMClient:
     async def complete(self, messages: list[dict[str, str]], sampling: Sampling, *,
                        schema: dict[str, Any] | None = None, sample: int = 0) -> Completion:
         """One chat completion; ``sample`` distinguishes repeated draws of the same request."""
-        assert self._client is not None and self._slots is not None, "use LLMClient as an async context manager"
+        assert self._slots is not None, "use LLMClient as an async context manager"
         response_format = self._response_format(schema)
         request: dict[str, Any] = {
             "messages": messages, "temperature": sampling.temperature, "top_p": sampling.top_p,
@@ -139,7 +157,8 @@ class LLMClient:
         return c
 
     async def _send(self, request: dict[str, Any]) -> Completion:
-        assert self._client is not None and self._slots is not None
+        assert self._slots is not None
+        client = await self._connected()
         attempt = 0
         while True:
             attempt += 1
@@ -147,7 +166,7 @@ class LLMClient:
             try:
                 async with self._slots:
                     started = time.perf_counter()
-                    resp = await self._client.chat.completions.create(model=self.endpoint.model, **request)
+                    resp = await client.chat.completions.create(model=self.endpoint.model, **request)
                     latency = time.perf_counter() - started
                 if not resp.choices or resp.choices[0].message is None:
                     raise _EmptyResponse("response has no choices")
