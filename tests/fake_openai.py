@@ -285,6 +285,7 @@ class FakeOpenAIServer:
         model: str = "fake-model",
         log_path: str | Path | None = None,
         port: int = 0,
+        backlog: int = 128,
     ) -> None:
         faults = dict(faults or {})
         script = list(script or [])
@@ -304,6 +305,9 @@ class FakeOpenAIServer:
         self.model = model
         self.log_path = Path(log_path) if log_path is not None else None
         self.port = port
+        # listen() backlog, deep like a real inference server's: socketserver's default of 5 drops SYNs when
+        # more clients connect at once, and each dropped connect then waits ~1 s for the SYN retransmit
+        self.backlog = backlog
         self.log: list[dict[str, Any]] = []
         self._script = script
         self._rng = random.Random(seed)
@@ -327,7 +331,8 @@ class FakeOpenAIServer:
         if self._httpd is not None:
             return self
         self._stopping.clear()
-        httpd = _HTTPServer(("127.0.0.1", self.port), _Handler)
+        server_cls = type("_HTTPServer", (_HTTPServer,), {"request_queue_size": self.backlog})
+        httpd = server_cls(("127.0.0.1", self.port), _Handler)
         httpd.fake = self
         self._httpd = httpd
         # A short poll interval keeps shutdown() (and so stop()) quick.
@@ -554,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--require-key", default=None)
     p.add_argument("--model", default="fake-model")
     p.add_argument("--log", default=None, help="append one JSON line per request here")
+    p.add_argument("--backlog", type=int, default=128, help="listen() backlog")
     a = p.parse_args(argv)
 
     faults = _parse_faults(a.faults) if a.faults else {f: a.fault_rate / len(FAULTS) for f in FAULTS}
@@ -574,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         model=a.model,
         log_path=a.log,
         port=a.port,
+        backlog=a.backlog,
     ) as srv:
         print(srv.base_url, flush=True)
         while not stop.wait(0.2):
