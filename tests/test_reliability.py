@@ -94,8 +94,11 @@ def _cached(d: Path) -> int:
     path = d / "cache" / "responses.sqlite"
     if not path.exists():
         return 0
-    with sqlite3.connect(path) as db:
-        return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    try:
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    except sqlite3.OperationalError:  # the stage has created the file but not yet its table
+        return 0
 
 
 def test_kill9_at_ten_random_moments_loses_nothing_and_pays_nothing_twice(fake_server, tmp_path):
