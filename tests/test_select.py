@@ -103,3 +103,11 @@ def test_choose_stops_at_quota_in_seeded_order(fake_server, tmp_path):
     for lang in ("en", "zh"):
         if (chosen["lang"] == lang).sum() == 2:
             assert sum(1 for v in verdicts if v.id[0] == lang[0]) < 6 or True
+
+
+def test_stated_lengths_agree_with_required_words_in():
+    from longwriter.select import _stated_lengths
+    prompts = load_pools([str(ROOT / "data/pool/instructions.jsonl")])["prompt"]
+    extra = pl.Series(["约1.5万字的报告", "A 3k words report", "写一篇两千字的散文", "no numbers here", "2,000-word"])
+    for series in (pl.concat([prompts, extra]), pl.Series(["no length"]), pl.Series([], dtype=pl.Utf8)):
+        assert _stated_lengths(series).to_list() == [required_words_in(p) for p in series.to_list()]
