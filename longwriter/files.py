@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,10 +55,11 @@ def write_json(obj: Any, path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def read_jsonl(path: str | Path) -> pl.DataFrame:
+def read_jsonl(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
     """Read a JSONL file of objects; malformed lines and non-UTF-8 bytes raise ``InputError`` with the row.
 
-    Blank lines are skipped (but still counted, so row numbers match an editor's line numbers).
+    Blank lines are skipped (but still counted, so row numbers match an editor's line numbers). ``columns``:
+    keep only these fields, so a loosely typed field nobody reads cannot make the file unreadable.
     """
     path = Path(path)
     if not path.exists():
@@ -78,6 +80,8 @@ def read_jsonl(path: str | Path) -> pl.DataFrame:
                 raise InputError(path, f"malformed JSON: {e.msg} at character {e.colno}", row=lineno) from None
             if not isinstance(obj, dict):
                 raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", row=lineno)
+            if columns is not None:
+                obj = {k: obj[k] for k in columns if k in obj}
             obj["_row"] = lineno
             rows.append(obj)
     if not rows:
@@ -86,7 +90,7 @@ def read_jsonl(path: str | Path) -> pl.DataFrame:
     mixed = _first_mixed_column(rows)
     if mixed is not None:
         name, lineno, kind, expected = mixed
-        raise InputError(path, f"value of type {kind} where earlier rows have {expected}", row=lineno, column=name)
+        raise InputError(path, f"value of type {kind} where other rows have {expected}", row=lineno, column=name)
     try:
         return pl.DataFrame(rows, infer_schema_length=None)
     except (pl.exceptions.PolarsError, TypeError, ValueError) as e:
@@ -97,27 +101,33 @@ _JSON_KIND = {str: "string", bool: "boolean", int: "number", float: "number", li
 
 
 def _first_mixed_column(rows: list[dict[str, Any]]) -> tuple[str, int, str, str] | None:
-    """The first value whose JSON type differs from its column's first non-null type (ints and floats are
-    both numbers)."""
-    seen: dict[str, str] = {}
+    """In the first column holding values of several JSON types (ints and floats are both numbers), the first
+    row whose type is not the column's most common one: that is the odd row out, wherever it is."""
+    kinds: dict[str, Counter[str]] = {}
     for row in rows:
         for key, value in row.items():
-            if value is None:
-                continue
-            kind = _JSON_KIND.get(type(value), type(value).__name__)
-            if key not in seen:
-                seen[key] = kind
-            elif seen[key] != kind:
-                return key, row["_row"], kind, seen[key]
+            if value is not None:
+                kinds.setdefault(key, Counter())[_JSON_KIND.get(type(value), type(value).__name__)] += 1
+    for key, counts in kinds.items():
+        if len(counts) > 1:
+            expected = counts.most_common(1)[0][0]
+            for row in rows:
+                value = row.get(key)
+                kind = _JSON_KIND.get(type(value), type(value).__name__) if value is not None else expected
+                if kind != expected:
+                    return key, row["_row"], kind, expected
     return None
 
 
-def read_table(path: str | Path) -> pl.DataFrame:
-    """Read a stage table: Parquet (``.parquet``) or JSONL (``.jsonl``/``.json``), with a ``_row`` column."""
+def read_table(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """Read a stage table: Parquet (``.parquet``) or JSONL (``.jsonl``/``.json``), with a ``_row`` column.
+
+    ``columns``: keep only those of these columns that the file has.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".json", ".ndjson"}:
-        return read_jsonl(path)
+        return read_jsonl(path, columns)
     if not path.exists():
         raise InputError(path, "file not found")
     if suffix != ".parquet":
@@ -126,6 +136,8 @@ def read_table(path: str | Path) -> pl.DataFrame:
         df = _read_parquet(path)
     except Exception as e:  # polars raises several unrelated types for corrupt files
         raise InputError(path, f"not a readable Parquet file: {e}") from None
+    if columns is not None:
+        df = df.select([c for c in columns if c in df.columns])
     return df.with_row_index("_row", offset=1).with_columns(pl.col("_row").cast(pl.Int64))
 
 

@@ -16,6 +16,7 @@ from longwriter.errors import InputError
 from longwriter.files import write_table
 
 LANGS = ["zh", "en"]
+EVAL_LANGS = ["zh", "en", "other"]  # a benchmark may hold requests in neither language
 MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
 
 
@@ -107,6 +108,87 @@ class LongSamples(pa.DataFrameModel):
         strict = True
 
 
+class Benchmark(pa.DataFrameModel):
+    """A LongBench-Write / LongWrite-Ruler file as published: one request per line; extra fields ignored."""
+
+    prompt: str = pa.Field(nullable=False)
+    type: str | None = pa.Field(nullable=True)
+    length: int = pa.Field(nullable=False, gt=0)
+
+    @pa.check("prompt", name="not_blank", error="prompt is empty or whitespace")
+    def prompt_not_blank(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return _not_blank(data)
+
+    class Config:
+        strict = False
+
+
+class Answers(pa.DataFrameModel):
+    """A model under test answering benchmark requests: one row per (model, request, sample)."""
+
+    model: str = pa.Field(str_length={"min_value": 1})
+    index: int = pa.Field(ge=0)  # the request's 0-based position in the benchmark file
+    sample: int = pa.Field(ge=0)
+    prompt: str
+    type: str = pa.Field(nullable=True)
+    lang: str = pa.Field(isin=EVAL_LANGS)
+    required: int = pa.Field(ge=1)
+    bucket: str
+    text: str
+    words: int = pa.Field(ge=0)
+    finish_reason: str
+    max_tokens: int = pa.Field(ge=1)
+    prompt_tokens: int = pa.Field(ge=0)
+    completion_tokens: int = pa.Field(ge=0)
+    latency_s: float = pa.Field(ge=0)
+
+    class Config:
+        strict = True
+        unique = ["model", "index", "sample"]
+
+
+class Scores(pa.DataFrameModel):
+    """LongBench-Write per answer: the length score and the judge's six 1-5 ratings (null if unjudged)."""
+
+    model: str = pa.Field(str_length={"min_value": 1})
+    index: int = pa.Field(ge=0)
+    lang: str = pa.Field(isin=EVAL_LANGS)
+    bucket: str
+    required: int = pa.Field(ge=1)
+    produced: int = pa.Field(ge=0)
+    length_score: float = pa.Field(ge=0, le=100)
+    relevance: int = pa.Field(nullable=True, ge=1, le=5)
+    accuracy: int = pa.Field(nullable=True, ge=1, le=5)
+    coherence: int = pa.Field(nullable=True, ge=1, le=5)
+    clarity: int = pa.Field(nullable=True, ge=1, le=5)
+    breadth_and_depth: int = pa.Field(nullable=True, ge=1, le=5)
+    reading_experience: int = pa.Field(nullable=True, ge=1, le=5)
+    quality_score: float = pa.Field(nullable=True, ge=0, le=100)
+    judge_attempts: int = pa.Field(ge=0)
+    judge_truncated: bool
+    analysis: str = pa.Field(nullable=True)
+
+    class Config:
+        strict = True
+        unique = ["model", "index"]
+
+
+class Comparisons(pa.DataFrameModel):
+    """Pairwise judging of two models' answers to one request, in both orders; outcome is model_a's."""
+
+    model_a: str
+    model_b: str
+    index: int = pa.Field(ge=0)
+    a_first: str = pa.Field(nullable=True, isin=["a", "b", "tie"])  # the verdict with a shown as answer A
+    b_first: str = pa.Field(nullable=True, isin=["a", "b", "tie"])  # the verdict with b shown as answer A
+    outcome: str = pa.Field(nullable=True, isin=["win", "tie", "loss"])
+    attempts: int = pa.Field(ge=0)
+
+    class Config:
+        strict = True
+        unique = ["model_a", "model_b", "index"]
+
+
 class Failures(pa.DataFrameModel):
     """Rows a stage could not produce or chose to drop, with the reason: nothing is lost silently."""
 
@@ -152,10 +234,21 @@ def validate(df: pl.DataFrame, model: type[pa.DataFrameModel], path: str | Path)
         return model.validate(body, lazy=True)
     except (SchemaErrors, SchemaError) as e:
         cases = e.failure_cases if isinstance(e, SchemaErrors) else None
-        raise _input_error(path, model, e, cases, rows) from None
+        raise _input_error(path, model, e, cases, rows, body) from None
 
 
-def _input_error(path, model, err, cases, rows) -> InputError:
+def _wrong_type_row(body: pl.DataFrame, column: str) -> int:
+    # pandera checks a column's type as a whole; a float column where integers belong is blamed on its first
+    # non-integral value (a column that is wrong throughout, on its first row)
+    if column in body.columns and body[column].dtype.is_float():
+        values = body[column]
+        bad = (values.is_not_null() & (values != values.floor())).arg_true()
+        if len(bad):
+            return int(bad[0])
+    return 0
+
+
+def _input_error(path, model, err, cases, rows, body) -> InputError:
     if cases is None or cases.height == 0:
         return InputError(path, f"does not match table '{model.__name__}': {err}")
     first = cases.sort("index", nulls_last=True).row(0, named=True)
@@ -170,8 +263,8 @@ def _input_error(path, model, err, cases, rows) -> InputError:
 
     more = f" ({cases.height - 1} more problems)" if cases.height > 1 else ""
     if check.startswith("dtype("):
-        return InputError(path, f"wrong type {value}, expected {check[6:-1]}{more}", row=file_row(0),
-                          column=column)
+        return InputError(path, f"wrong type {value}, expected {check[6:-1]}{more}",
+                          row=file_row(_wrong_type_row(body, column)), column=column)
     if "uniqueness" in check and column == model.__name__:
         keys = list(getattr(model.Config, "unique", None) or [])
         where = ", ".join(str(file_row(int(i))) for i in cases["index"].drop_nulls().unique().sort().to_list())

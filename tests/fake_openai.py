@@ -267,6 +267,8 @@ class FakeOpenAIServer:
 
     faults: fault name -> probability per request (sum <= 1), drawn from a Random(seed).
     script: outcomes ("ok" or a fault name) consumed in order before `faults` applies.
+    replies: message contents served in order, one per "ok" completion, before the generated content.
+    context_words: a prompt of more words than this is refused with HTTP 400 ("maximum context length").
     """
 
     def __init__(
@@ -286,6 +288,8 @@ class FakeOpenAIServer:
         log_path: str | Path | None = None,
         port: int = 0,
         backlog: int = 128,
+        replies: list[str] | None = None,
+        context_words: int | None = None,
     ) -> None:
         faults = dict(faults or {})
         script = list(script or [])
@@ -308,8 +312,10 @@ class FakeOpenAIServer:
         # listen() backlog, deep like a real inference server's: socketserver's default of 5 drops SYNs when
         # more clients connect at once, and each dropped connect then waits ~1 s for the SYN retransmit
         self.backlog = backlog
+        self.context_words = context_words
         self.log: list[dict[str, Any]] = []
         self._script = script
+        self._replies = list(replies or [])
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         # An inference server runs a fixed number of slots; the rest of the requests queue.
@@ -438,6 +444,16 @@ class FakeOpenAIServer:
             )
             return
 
+        n_words = _prompt_words(body.get("messages"))
+        if self.context_words is not None and n_words > self.context_words:
+            self._record(key, "400", prompt_tokens, 0)
+            msg = (
+                f"This model's maximum context length is {approx_tokens(self.context_words)} tokens. "
+                f"However, your messages resulted in {prompt_tokens} tokens. Please reduce the length of the messages."
+            )
+            h.send_json(400, _error_body(msg, "invalid_request_error", "context_length_exceeded"))
+            return
+
         outcome = self._next_outcome()
         if outcome != "ok":
             # Logged before acting so a test sees the entry as soon as its client call returns.
@@ -445,7 +461,9 @@ class FakeOpenAIServer:
             self._inject(h, outcome, key, body)
             return
 
-        content, finish = self._completion(key, body)
+        with self._lock:
+            reply = self._replies.pop(0) if self._replies else None
+        content, finish = (reply, "stop") if reply is not None else self._completion(key, body)
         completion_tokens = approx_tokens(len(content.split()))
         delay = self.base_latency_s + (completion_tokens / self.tokens_per_s if self.tokens_per_s else 0.0)
         with self._capacity or contextlib.nullcontext():
@@ -560,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="fake-model")
     p.add_argument("--log", default=None, help="append one JSON line per request here")
     p.add_argument("--backlog", type=int, default=128, help="listen() backlog")
+    p.add_argument("--context-words", type=int, default=None, help="refuse longer prompts with HTTP 400")
     a = p.parse_args(argv)
 
     faults = _parse_faults(a.faults) if a.faults else {f: a.fault_rate / len(FAULTS) for f in FAULTS}
@@ -581,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path=a.log,
         port=a.port,
         backlog=a.backlog,
+        context_words=a.context_words,
     ) as srv:
         print(srv.base_url, flush=True)
         while not stop.wait(0.2):

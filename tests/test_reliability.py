@@ -167,8 +167,8 @@ def test_sigterm_and_sigint_stop_cleanly_and_the_rerun_resumes(fake_server, tmp_
 
 
 def test_api_key_never_leaves_the_environment(fake_server, tmp_path):
-    """Run select -> plan -> write -> postprocess with `dvc repro`, the key in an environment variable and
-    the server requiring it (and failing now and then): the key appears in no file and no log."""
+    """Run the whole pipeline (AgentWrite and evaluation) with `dvc repro`, the key in an environment variable
+    and the server requiring it (and failing now and then): the key appears in no file and no log."""
     canary = "sk-CANARY-" + "7f3a9c2e5b8d1046"
     repo = tmp_path / "repo"
     for name in ("longwriter", "stages"):
@@ -176,6 +176,9 @@ def test_api_key_never_leaves_the_environment(fake_server, tmp_path):
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     (repo / "data" / "pool").mkdir(parents=True)
     shutil.copy(ROOT / "tests" / "fixtures" / "tiny_pool.jsonl", repo / "data" / "pool" / "instructions.jsonl")
+    (repo / "data" / "eval").mkdir()
+    shutil.copy(ROOT / "tests" / "fixtures" / "tiny_ruler.jsonl", repo / "data" / "eval" / "ruler.jsonl")
+    shutil.copy(ROOT / "tests" / "fixtures" / "tiny_longbench.jsonl", repo / "data" / "eval" / "longbench.jsonl")
     with fake_server(require_key=canary, faults={"500": 0.1, "429": 0.1}, seed=5,
                      log_path=tmp_path / "server.jsonl") as srv:
         gen = {"provider": "openai", "base_url": srv.base_url, "model": "fake-model", "api_key_env": "LW_TEST_KEY"}
@@ -185,6 +188,11 @@ def test_api_key_never_leaves_the_environment(fake_server, tmp_path):
             "plan": {"generator": gen, "min_words": 20, "max_words": 400},
             "write": {"generator": gen, "max_continuations": 0},
             "postprocess": {"max_repetition": 1.0, "min_words_ratio": 0.0},
+            "eval": {"models": [{"name": "remote", "spec": gen}, {"name": "remote2", "spec": gen}]},
+            "ruler": {"input": "data/eval/ruler.jsonl", "lengths": [100, 300]},
+            "longbench": {"input": "data/eval/longbench.jsonl"},
+            "judge": {"model": gen},
+            "compare": {"pairs": [["remote", "remote2"]]},
         }))
         env = {**os.environ, "LW_TEST_KEY": canary}
         logs = []
@@ -196,6 +204,8 @@ def test_api_key_never_leaves_the_environment(fake_server, tmp_path):
         assert {e["outcome"] for e in srv.log} >= {"ok", "500", "429"}
         assert not any(e["outcome"] == "401" for e in srv.log)  # the key was sent, and accepted
     assert pl.read_parquet(repo / "data/sections.parquet").height > 0
+    assert pl.read_parquet(repo / "data/eval/longbench_scores.parquet")["quality_score"].is_not_null().all()
+    assert pl.read_parquet(repo / "data/eval/compare.parquet").height == 2
     assert canary not in "".join(logs)
     leaks = [str(p) for p in repo.rglob("*") if p.is_file() and canary.encode() in p.read_bytes()]
     assert leaks == []

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).parent.parent
-STAGES = ["select", "plan", "write", "postprocess"]
+STAGES = ["select", "plan", "write", "postprocess", "ruler", "longbench_answer", "longbench", "compare"]
 
 
 def run_stage(name: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -78,3 +78,43 @@ def test_plan_rejects_instructions_with_bad_lang(tmp_path):
     assert result.returncode == 1
     assert f"{path}: row 2, column 'lang'" in result.stderr
     assert not (tmp_path / "p.parquet").exists()
+
+
+BAD_BENCHMARKS = {
+    "malformed": (b'{"prompt": "Write 300 words on rivers.", "type": "x", "length": 300}\n{"prompt": "oops"\n',
+                  "row 2", "malformed JSON"),
+    "missing_length": (b'{"prompt": "Write 300 words on rivers.", "type": "x"}\n', "missing column 'length'", None),
+    "zero_length": (b'{"prompt": "Write about rivers.", "type": "x", "length": 300}\n'
+                    b'{"prompt": "Write about hills.", "type": "x", "length": 0}\n', "row 2, column 'length'", None),
+    "string_length": (b'{"prompt": "Write about rivers.", "type": "x", "length": 300}\n'
+                      b'{"prompt": "Write about hills.", "type": "x", "length": "300"}\n', "row 2, column 'length'",
+                      "string"),
+    "blank_prompt": (b'{"prompt": " ", "type": "x", "length": 300}\n', "row 1, column 'prompt'", "empty"),
+}
+
+
+@pytest.mark.parametrize("stage", ["ruler", "longbench_answer"])
+@pytest.mark.parametrize("case", sorted(BAD_BENCHMARKS))
+def test_eval_stages_reject_bad_benchmark_files(tmp_path, stage, case):
+    content, where, what = BAD_BENCHMARKS[case]
+    bench = tmp_path / "bench.jsonl"
+    bench.write_bytes(content)
+    params = tmp_path / "params.yaml"
+    section = "ruler" if stage == "ruler" else "longbench"
+    extra = {"lengths": [300]} if stage == "ruler" else {}
+    params.write_text(yaml.safe_dump({section: {"input": str(bench), **extra}, "llm": {"cache_dir": str(tmp_path)}}))
+    out_path = tmp_path / "answers.parquet"
+    out_path.write_bytes(b"previous output")
+    args = ["--params", str(params), "--output", str(out_path), "--failures", str(tmp_path / "f.parquet"),
+            "--metrics", str(tmp_path / "m.json")]
+    if stage == "ruler":
+        args += ["--plot-csv", str(tmp_path / "p.csv"), "--plot-png", str(tmp_path / "p.png")]
+    result = run_stage(stage, *args)
+    assert result.returncode == 1
+    assert str(bench) in result.stderr and where in result.stderr, result.stderr
+    if what:
+        assert what in result.stderr
+    assert "Traceback" not in result.stderr
+    assert out_path.read_bytes() == b"previous output"
+    assert not [p for p in tmp_path.iterdir() if p.name not in {"bench.jsonl", "params.yaml", "answers.parquet"}
+                and not p.name.startswith("responses")]

@@ -28,12 +28,18 @@ class ModelSpec:
     n_threads: int | None = None
     # how a JSON schema is sent: llama.cpp wants json_object+schema, OpenAI and vLLM json_schema
     structured_output: StructuredOutput = "auto"
+    # openai only: the endpoint's context length in tokens, when known; long generations cap max_tokens to fit
+    context_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.provider == "openai" and (not self.base_url or not self.model):
             raise ValueError("provider 'openai' needs base_url and model")
         if self.n_ctx < 256:
             raise ValueError("n_ctx must be at least 256")
+
+    def context_tokens(self) -> int | None:
+        """The backend's context length in tokens, or None when unknown."""
+        return self.n_ctx if self.provider == "embedded" else self.context_window
 
     def resolved_structured_output(self) -> Literal["json_schema", "json_object", "none"]:
         if self.structured_output != "auto":

@@ -1,0 +1,96 @@
+"""Stage ``compare``: which of two models answers the same LongBench-Write request better?
+
+The judge sees each pair twice, in both orders, so a judge that prefers whatever comes first cancels out.
+Per request, model a scores 1 for a verdict in its favour, 0.5 for a tie, 0 against; the mean of the two
+orders above 0.5 is a win, 0.5 a tie, below a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from tqdm import tqdm
+
+from longwriter.errors import ConfigError
+from longwriter.files import read_table, write_json
+from longwriter.judge import JudgeConfig, verdict
+from longwriter.llm import ClientSettings, LLMClient, run_with_llm
+from longwriter.schemas import Answers, Comparisons, empty, validate, write_checked, write_failures
+
+_POINTS = {"a": 1.0, "tie": 0.5, "b": 0.0}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    # pairs of model names from eval.models, e.g. [[sft, base]]; empty: the stage writes empty outputs
+    pairs: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for pair in self.pairs:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"each pair names two different models, got {list(pair)}")
+
+
+def outcome(a_first: str | None, b_first: str | None) -> str | None:
+    """Model a's result from the two orders' verdicts (each 'a', 'b' or 'tie'); None if either failed."""
+    if a_first is None or b_first is None:
+        return None
+    points = (_POINTS[a_first] + _POINTS[b_first]) / 2
+    return "win" if points > 0.5 else "tie" if points == 0.5 else "loss"
+
+
+def compare_metrics(table: pl.DataFrame, pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for a, b in pairs:
+        mine = table.filter(pl.col("model_a") == a, pl.col("model_b") == b)
+        judged = mine.filter(pl.col("outcome").is_not_null())
+        n = judged.height
+        share = {k: round(int((judged["outcome"] == k).sum()) / n, 4) if n else None for k in ("win", "tie", "loss")}
+        agree = int((judged["a_first"] == judged["b_first"]).sum()) if n else 0
+        out[f"{a}_vs_{b}"] = {"win_rate": share["win"], "tie_rate": share["tie"], "loss_rate": share["loss"],
+                              "judged": n, "failed": mine.height - n,
+                              # both orders gave the same verdict: low values mean position bias or noise
+                              "order_agreement": round(agree / n, 4) if n else None}
+    return out
+
+
+def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings, answers_path: str | Path,
+                output: str | Path, failures: str | Path, metrics: str | Path) -> dict[str, Any]:
+    answers = validate(read_table(answers_path), Answers, answers_path).filter(pl.col("sample") == 0)
+    present = set(answers["model"].unique().to_list())
+    for pair in cfg.pairs:
+        unknown = [m for m in pair if m not in present]
+        if unknown:
+            raise ConfigError(f"compare.pairs names model(s) {unknown} with no answers in {answers_path}")
+    by_key = {(r["model"], r["index"]): r for r in answers.iter_rows(named=True)}
+    jobs = [(a, b, i) for a, b in cfg.pairs for (m, i) in sorted(by_key) if m == a and (b, i) in by_key]
+
+    async def work(llm: LLMClient) -> list[dict[str, Any]]:
+        with tqdm(total=len(jobs), desc="compare", unit="pair", disable=None) as bar:
+            async def one(a: str, b: str, i: int) -> dict[str, Any]:
+                request, ta, tb = by_key[(a, i)]["prompt"], by_key[(a, i)]["text"], by_key[(b, i)]["text"]
+                (v1, n1, e1), (v2, n2, e2) = await asyncio.gather(verdict(llm, request, ta, tb, judge),
+                                                                  verdict(llm, request, tb, ta, judge))
+                bar.update(1)
+                a_first = {"A": "a", "B": "b", "tie": "tie"}.get(v1) if v1 else None
+                b_first = {"A": "b", "B": "a", "tie": "tie"}.get(v2) if v2 else None
+                return {"model_a": a, "model_b": b, "index": i, "a_first": a_first, "b_first": b_first,
+                        "outcome": outcome(a_first, b_first), "attempts": n1 + n2, "error": e1 or e2}
+            return list(await asyncio.gather(*(one(*job) for job in jobs)))
+
+    rows, stats = run_with_llm(judge.model, settings, work) if jobs else ([], None)
+    table = pl.DataFrame([{k: v for k, v in r.items() if k != "error"} for r in rows],
+                         schema=empty(Comparisons).schema).sort("model_a", "model_b", "index")
+    write_checked(table, Comparisons, output)
+    write_failures([{"stage": "compare", "instruction_id": f"{r['model_a']}_vs_{r['model_b']}/{r['index']}",
+                     "section": None, "attempts": r["attempts"], "error": r["error"]}
+                    for r in rows if r["outcome"] is None], failures)
+    result = compare_metrics(table, cfg.pairs)
+    if stats is not None:
+        result["judge_llm"] = stats.as_metrics()
+    write_json(result, metrics)
+    return result

@@ -1,0 +1,142 @@
+"""Stages ``longbench_answer`` and ``longbench`` (LongBench-Write): answers, then length and quality scores.
+
+Answering and judging are separate stages so that changing the judge re-judges without regenerating, and
+changing a model under test regenerates only what the response cache has not seen. Scores follow the paper:
+S_l per answer from the word counts, S_q from the judge's six 1-5 ratings, S = (S_l + S_q) / 2, overall, per
+length bucket and per language.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from tqdm import tqdm
+
+from longwriter.answers import EvalConfig, generate_answers
+from longwriter.benchmark import read_benchmark
+from longwriter.files import read_table, write_json
+from longwriter.judge import DIMENSIONS, JudgeConfig, RatingOutcome, rate
+from longwriter.llm import ClientSettings, LLMClient, run_with_llm
+from longwriter.plots import length_png, write_csv
+from longwriter.schemas import Answers, Failures, Scores, empty, validate, write_checked, write_failures
+from longwriter.scoring import BUCKETS, dimension_score, length_score, overall, quality_score, rounded
+
+
+@dataclass(frozen=True)
+class LongBenchConfig:
+    # any file in LongBench-Write's format (prompt, type, length), e.g. the public 120-prompt set
+    input: str = "data/eval/longbench.jsonl"
+
+
+def run_longbench_answers(cfg: LongBenchConfig, eval_cfg: EvalConfig, settings: ClientSettings,
+                          output: str | Path, failures: str | Path, metrics: str | Path) -> dict[str, Any]:
+    """Every listed model answers every request once."""
+    bench = read_benchmark(cfg.input)
+    answers, failed, stats = generate_answers(bench, eval_cfg.models, eval_cfg.sampling, settings,
+                                              "longbench_answer")
+    write_checked(answers, Answers, output)
+    write_failures(failed, failures)
+    result: dict[str, Any] = {}
+    for model in eval_cfg.models:
+        mine = answers.filter(pl.col("model") == model.name)
+        result[model.name] = {
+            "answers": mine.height,
+            "failed": sum(1 for f in failed if f["instruction_id"].startswith(f"{model.name}/")),
+            "mean_words": rounded(mine["words"].mean() if mine.height else None, 1),
+            "truncated_share": rounded(float((mine["finish_reason"] == "length").mean()) if mine.height else None,
+                                       4),
+            "llm": stats[model.name].as_metrics(),
+        }
+    write_json(result, metrics)
+    return result
+
+
+def _group_scores(rows: pl.DataFrame) -> dict[str, Any]:
+    judged = rows.filter(pl.col("quality_score").is_not_null())
+    dims = {d: dimension_score(judged[d].to_list()) for d in DIMENSIONS}
+    s_l = float(rows["length_score"].mean()) if rows.height else None
+    s_q = quality_score(dims)
+    return {"S": rounded(overall(s_l, s_q)), "S_l": rounded(s_l), "S_q": rounded(s_q), "answers": rows.height,
+            "judged": judged.height}
+
+
+def longbench_metrics(scores: pl.DataFrame) -> dict[str, Any]:
+    """Per model: S, S_l, S_q overall, per bucket and per language; S_q per dimension; judge counts."""
+    out: dict[str, Any] = {}
+    for model in sorted(scores["model"].unique().to_list()):
+        mine = scores.filter(pl.col("model") == model)
+        judged = mine.filter(pl.col("quality_score").is_not_null())
+        out[model] = {
+            **_group_scores(mine),
+            "judge_failed": mine.height - judged.height,
+            "judge_truncated": int(mine["judge_truncated"].sum()),
+            "dimensions": {d: rounded(dimension_score(judged[d].to_list())) for d in DIMENSIONS},
+            "buckets": {label: _group_scores(mine.filter(pl.col("bucket") == label))
+                        for label in [b[2] for b in BUCKETS] + sorted(set(mine["bucket"]) - {b[2] for b in BUCKETS})
+                        if mine.filter(pl.col("bucket") == label).height},
+            "lang": {lang: _group_scores(mine.filter(pl.col("lang") == lang))
+                     for lang in sorted(mine["lang"].unique().to_list())},
+        }
+    return out
+
+
+def score_row(answer: dict[str, Any], outcome: RatingOutcome) -> dict[str, Any]:
+    """One ``Scores`` row from an answer and its rating (ratings null when the judge failed)."""
+    ratings = outcome.rating.scores if outcome.rating else dict.fromkeys(DIMENSIONS)
+    quality = quality_score({d: dimension_score([v]) for d, v in ratings.items()}) if outcome.rating else None
+    return {"model": answer["model"], "index": answer["index"], "lang": answer["lang"], "bucket": answer["bucket"],
+            "required": answer["required"], "produced": answer["words"],
+            "length_score": length_score(answer["required"], answer["words"]), **ratings,
+            "quality_score": quality, "judge_attempts": outcome.attempts, "judge_truncated": outcome.truncated,
+            "analysis": outcome.rating.analysis if outcome.rating else None}
+
+
+def judge_answers(answers: pl.DataFrame, judge: JudgeConfig, settings: ClientSettings, desc: str,
+                  on_done: Callable[[], None] | None = None) -> tuple[list[RatingOutcome], dict[str, Any]]:
+    """Rate every answer (row order kept); also returns the judge's call stats as metrics."""
+    rows = list(answers.iter_rows(named=True))
+
+    async def work(llm: LLMClient) -> list[RatingOutcome]:
+        with tqdm(total=len(rows), desc=desc, unit="answer", disable=None) as bar:
+            async def one(row: dict[str, Any]) -> RatingOutcome:
+                outcome = await rate(llm, row["prompt"], row["text"], judge)
+                bar.update(1)
+                return outcome
+            return list(await asyncio.gather(*(one(r) for r in rows)))
+
+    outcomes, stats = run_with_llm(judge.model, settings, work)
+    return outcomes, stats.as_metrics()
+
+
+def run_longbench(judge: JudgeConfig, settings: ClientSettings, answers_path: str | Path,
+                  answer_failures_path: str | Path, output: str | Path, failures: str | Path,
+                  metrics: str | Path, plot_csv: str | Path, plot_png: str | Path) -> dict[str, Any]:
+    """The whole judging stage: scores table, failures, metrics and the length scatter (CSV + PNG)."""
+    answers = validate(read_table(answers_path), Answers, answers_path).filter(pl.col("sample") == 0)
+    unanswered = validate(read_table(answer_failures_path), Failures, answer_failures_path)
+    outcomes, judge_stats = judge_answers(answers, judge, settings, "longbench judge")
+    rows = [score_row(a, o) for a, o in zip(answers.iter_rows(named=True), outcomes, strict=True)]
+    scores = pl.DataFrame(rows, schema=empty(Scores).schema).sort("model", "index")
+    write_checked(scores, Scores, output)
+    write_failures([{"stage": "longbench", "instruction_id": f"{a['model']}/{a['index']}", "section": None,
+                     "attempts": o.attempts, "error": o.error}
+                    for a, o in zip(answers.iter_rows(named=True), outcomes, strict=True) if o.rating is None],
+                   failures)
+    result = longbench_metrics(scores)
+    for failure in unanswered.iter_rows(named=True):
+        model = failure["instruction_id"].rsplit("/", 1)[0]
+        mine = result.setdefault(model, {})
+        mine["unanswered"] = mine.get("unanswered", 0) + 1
+    for mine in result.values():
+        mine.setdefault("unanswered", 0)
+    result["judge_llm"] = judge_stats
+    points = scores.select("model", "index", "required", "produced", "length_score")
+    write_csv(points, plot_csv)
+    length_png(points, plot_png, "LongBench-Write: produced vs required words", lines=False)
+    write_json(result, metrics)
+    return result

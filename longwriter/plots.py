@@ -1,0 +1,49 @@
+"""Plot data for DVC (CSV, rendered by ``dvc plots show`` with the templates in .dvc/plots) and the same
+figures as PNG for people who do not use DVC's renderer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from longwriter.files import atomic_path
+
+
+def write_csv(df: pl.DataFrame, path: str | Path) -> None:
+    """Write plot data as CSV, atomically."""
+    with atomic_path(path) as tmp:
+        df.write_csv(tmp)
+
+
+def length_png(points: pl.DataFrame, path: str | Path, title: str, *, lines: bool) -> None:
+    """Required vs produced words, one series per model, with the y = x line a perfect model would follow.
+
+    ``points`` has columns model, required, produced; ``lines`` joins each model's points (the ruler curve)
+    instead of scattering them (the LongBench-Write plot).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    try:
+        top = max(int(points["required"].max() or 1), int(points["produced"].max() or 1)) if points.height else 1
+        ax.plot([1, top], [1, top], linestyle="--", color="gray", linewidth=1, label="produced = required")
+        for model in sorted(points["model"].unique().to_list()):
+            mine = points.filter(pl.col("model") == model).sort("required")
+            style = {"marker": "o"} if lines else {"marker": "o", "linestyle": "none", "alpha": 0.7}
+            ax.plot(mine["required"].to_list(), mine["produced"].to_list(), label=model, **style)
+        ax.set_xscale("symlog", linthresh=100)
+        ax.set_yscale("symlog", linthresh=100)
+        ax.set_xlabel("required words")
+        ax.set_ylabel("produced words")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="upper left", fontsize="small")
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)

@@ -1,0 +1,41 @@
+"""longbench: LongBench-Write scores of every answer: length score S_l, the judge's six quality ratings
+(S_q), S = (S_l + S_q) / 2, overall, per length bucket and per language (params: judge, llm).
+
+Writes the per-answer scores table, per-model metrics and the produced-vs-required scatter (CSV + PNG).
+"""
+
+import click
+
+from longwriter.config import build, read_params, section
+from longwriter.errors import stage_entry
+from longwriter.judge import JudgeConfig
+from longwriter.llm import ClientSettings
+from longwriter.longbench import run_longbench
+
+
+@click.command(help=__doc__)
+@click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
+@click.option("--answers", default="data/eval/longbench_answers.parquet", show_default=True, help="Answers.")
+@click.option("--answer-failures", default="data/failures/longbench_answer.parquet", show_default=True,
+              help="Requests left unanswered (counted in metrics).")
+@click.option("--output", default="data/eval/longbench_scores.parquet", show_default=True, help="Scores table.")
+@click.option("--failures", default="data/failures/longbench.parquet", show_default=True, help="Judge failures.")
+@click.option("--metrics", default="metrics/longbench.json", show_default=True, help="Metrics JSON.")
+@click.option("--plot-csv", default="plots/longbench.csv", show_default=True, help="Scatter data for DVC plots.")
+@click.option("--plot-png", default="plots/longbench.png", show_default=True, help="Scatter as PNG.")
+@stage_entry
+def main(params_file: str, answers: str, answer_failures: str, output: str, failures: str, metrics: str,
+         plot_csv: str, plot_png: str) -> None:
+    params = read_params(params_file)
+    judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
+    settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
+    result = run_longbench(judge, settings, answers, answer_failures, output, failures, metrics, plot_csv,
+                           plot_png)
+    for name, m in result.items():
+        if name != "judge_llm":
+            click.echo(f"longbench {name}: S {m.get('S')} (S_l {m.get('S_l')}, S_q {m.get('S_q')}), "
+                       f"{m.get('judge_failed', 0)} judge failures, {m['unanswered']} unanswered")
+
+
+if __name__ == "__main__":
+    main()

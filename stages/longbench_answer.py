@@ -1,0 +1,36 @@
+"""longbench_answer: every model in eval.models answers the LongBench-Write requests (params: longbench.input,
+eval, llm).
+
+Reads any file in LongBench-Write's format (prompt, type, length). Judging is the next stage, so a new judge
+never regenerates answers.
+"""
+
+import click
+
+from longwriter.answers import EvalConfig
+from longwriter.config import build, read_params, section
+from longwriter.errors import stage_entry
+from longwriter.llm import ClientSettings
+from longwriter.longbench import LongBenchConfig, run_longbench_answers
+
+
+@click.command(help=__doc__)
+@click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
+@click.option("--output", default="data/eval/longbench_answers.parquet", show_default=True, help="Answers table.")
+@click.option("--failures", default="data/failures/longbench_answer.parquet", show_default=True,
+              help="Failed answers.")
+@click.option("--metrics", default="metrics/longbench_answer.json", show_default=True, help="Metrics JSON.")
+@stage_entry
+def main(params_file: str, output: str, failures: str, metrics: str) -> None:
+    params = read_params(params_file)
+    cfg = build(LongBenchConfig, section(params, "longbench", params_file), f"{params_file}:longbench")
+    eval_cfg = build(EvalConfig, section(params, "eval", params_file), f"{params_file}:eval")
+    settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
+    result = run_longbench_answers(cfg, eval_cfg, settings, output, failures, metrics)
+    for name, m in result.items():
+        click.echo(f"longbench_answer {name}: {m['answers']} answers, mean {m['mean_words']} words, "
+                   f"{m['failed']} failed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""ruler: LongWrite-Ruler, how long can each model write when asked for L words? (params: ruler, eval, llm)
+
+Every model in eval.models answers every request of the ruler file whose length is in ruler.lengths.
+Writes the answers table, per-model metrics (mean words per length, max output length, truncated share)
+and the required-vs-produced curve as CSV (for `dvc plots show`) and PNG.
+"""
+
+import click
+
+from longwriter.answers import EvalConfig
+from longwriter.config import build, read_params, section
+from longwriter.errors import stage_entry
+from longwriter.llm import ClientSettings
+from longwriter.ruler import RulerConfig, run_ruler
+
+
+@click.command(help=__doc__)
+@click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
+@click.option("--output", default="data/eval/ruler_answers.parquet", show_default=True, help="Answers table.")
+@click.option("--failures", default="data/failures/ruler.parquet", show_default=True, help="Failed answers.")
+@click.option("--metrics", default="metrics/ruler.json", show_default=True, help="Metrics JSON.")
+@click.option("--plot-csv", default="plots/ruler.csv", show_default=True, help="Curve data for DVC plots.")
+@click.option("--plot-png", default="plots/ruler.png", show_default=True, help="Curve as PNG.")
+@stage_entry
+def main(params_file: str, output: str, failures: str, metrics: str, plot_csv: str, plot_png: str) -> None:
+    params = read_params(params_file)
+    cfg = build(RulerConfig, section(params, "ruler", params_file), f"{params_file}:ruler")
+    eval_cfg = build(EvalConfig, section(params, "eval", params_file), f"{params_file}:eval")
+    settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
+    result = run_ruler(cfg, eval_cfg, settings, output, failures, metrics, plot_csv, plot_png)
+    for model in eval_cfg.models:
+        m = result[model.name]
+        click.echo(f"ruler {model.name}: max output length {m['max_output_length']} words, "
+                   f"mean words per length {m.get('mean_words', {})}, {m['failed']} failed")
+
+
+if __name__ == "__main__":
+    main()
