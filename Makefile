@@ -5,9 +5,14 @@ PYTHON ?= python3
 # without the llamafile kernels runs everywhere x86-64-v3 does. Override for other CPUs or GPUs.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_LLAMAFILE=OFF
 
+# torch first, pinned: an unpinned `torch` requirement pulls a multi-GB CUDA build. 2.13.0 is a CPU build here;
+# on a GPU node use the build for its CUDA, e.g. `make install TORCH="torch==2.13.0 --index-url ..."`.
+TORCH ?= torch==2.13.0
+
 .PHONY: install run test lint
 
 install:
+	$(PYTHON) -m pip install $(TORCH)
 	# --no-cache-dir: never reuse a wheel pip cached from a build with other flags
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PYTHON) -m pip install --no-cache-dir "llama-cpp-python[server]==0.3.36"
 	$(PYTHON) -m pip install -e ".[dev]"

@@ -189,6 +189,34 @@ class Comparisons(pa.DataFrameModel):
         unique = ["model_a", "model_b", "index"]
 
 
+class Chat(pa.DataFrameModel):
+    """Chat-format training examples (general chat sets, the ``mix`` output): a ``messages`` list each."""
+
+    id: str = pa.Field(unique=True, str_length={"min_value": 1})
+    source: str
+    messages: MESSAGES  # type: ignore[valid-type]
+
+    class Config:
+        strict = True
+
+
+class Pairs(pa.DataFrameModel):
+    """DPO preference pairs: per long-writing prompt, the judge's best sample and one other."""
+
+    prompt_id: str = pa.Field(unique=True, str_length={"min_value": 1})
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_sample: int = pa.Field(ge=0)
+    rejected_sample: int = pa.Field(ge=0)
+    chosen_score: float = pa.Field(ge=0, le=100)
+    rejected_score: float = pa.Field(ge=0, le=100)
+    margin: float = pa.Field(ge=0)
+
+    class Config:
+        strict = True
+
+
 class Failures(pa.DataFrameModel):
     """Rows a stage could not produce or chose to drop, with the reason: nothing is lost silently."""
 

@@ -1,25 +1,26 @@
-"""End to end: `dvc repro` of the AgentWrite stages and the evaluation stages in a fresh DVC repo on a tiny params
-file, against the real embedded llama.cpp server; then a no-op rerun and a forced rerun served from the
-response cache."""
+"""End to end: `dvc repro` of the whole pipeline (AgentWrite, training, evaluation) in a fresh DVC repo on a
+tiny params file, against the real embedded llama.cpp server and a really trained checkpoint; then a no-op
+rerun and a forced rerun of every model-calling stage served from the response cache."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
+from tiny_repo import make_repo, training_params
 
 from longwriter.schemas import (
     Answers,
+    Chat,
     Comparisons,
     Failures,
     Instructions,
     LongSamples,
+    Pairs,
     Plans,
     Scores,
     Sections,
@@ -37,9 +38,12 @@ TINY_PARAMS = {
              "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 400, "seed": 0}},
     "write": {"max_continuations": 1, "generator": EMBEDDED,
               "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 400, "seed": 0}},
-    "postprocess": {"min_words_ratio": 0.3, "max_repetition": 0.5},
-    # two names for the same model: the second is served entirely from the first one's cached answers
-    "eval": {"models": [{"name": "a", "spec": EMBEDDED}, {"name": "b", "spec": EMBEDDED}],
+    # keep every written answer: training needs at least one long sample
+    "postprocess": {"min_words_ratio": 0.0, "max_repetition": 1.0},
+    **training_params(EMBEDDED),
+    # the embedded model and the checkpoint SFT just trained, served by transformers in-process
+    "eval": {"models": [{"name": "a", "spec": EMBEDDED},
+                        {"name": "b", "spec": {"provider": "local", "path": "models/sft", "max_batch": 4}}],
              "sampling": {"temperature": 0.5, "top_p": 1.0, "max_tokens": 96, "seed": 0}},
     "ruler": {"input": "data/eval/ruler.jsonl", "lengths": [100, 300], "reach": 0.8},
     "longbench": {"input": "data/eval/longbench.jsonl"},
@@ -48,6 +52,7 @@ TINY_PARAMS = {
     "compare": {"pairs": [["a", "b"]]},
 }
 EVAL_STAGES = ("ruler", "longbench_answer", "longbench", "compare")
+LLM_STAGES = ("select", "plan", "write", "general", "dpo_pairs", *EVAL_STAGES)
 
 
 def sh(args: list[str], cwd: Path, timeout: int = 900) -> str:
@@ -66,21 +71,7 @@ def metrics(repo: Path, stage: str) -> dict:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("e2e")
-    for name in ("longwriter", "stages"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    (repo / "data" / "pool").mkdir(parents=True)
-    shutil.copy(ROOT / "tests" / "fixtures" / "tiny_pool.jsonl", repo / "data" / "pool" / "instructions.jsonl")
-    (repo / "data" / "eval").mkdir()
-    shutil.copy(ROOT / "tests" / "fixtures" / "tiny_ruler.jsonl", repo / "data" / "eval" / "ruler.jsonl")
-    shutil.copy(ROOT / "tests" / "fixtures" / "tiny_longbench.jsonl", repo / "data" / "eval" / "longbench.jsonl")
-    shutil.copytree(ROOT / ".dvc" / "plots", repo / "plot-templates")
-    (repo / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS, sort_keys=False))
-    (repo / ".gitignore").write_text(".llm-cache/\n")
-    sh(["git", "init", "-q"], repo)
-    dvc("init", "-q", cwd=repo)
-    shutil.copytree(repo / "plot-templates", repo / ".dvc" / "plots", dirs_exist_ok=True)
+    repo = make_repo(tmp_path_factory.mktemp("e2e"), TINY_PARAMS)
     dvc("repro", cwd=repo)
     return repo
 
@@ -90,7 +81,7 @@ def test_repro_produces_valid_tables_and_metrics(repo):
     plans = validate(pl.read_parquet(repo / "data/plans.parquet"), Plans, "plans")
     sections = validate(pl.read_parquet(repo / "data/sections.parquet"), Sections, "sections")
     samples = validate(pl.read_parquet(repo / "data/long_samples.parquet"), LongSamples, "samples")
-    for stage in ("select", "plan", "write", "postprocess", *EVAL_STAGES):
+    for stage in ("select", "plan", "write", "postprocess", "general", "dpo_pairs", *EVAL_STAGES):
         validate(pl.read_parquet(repo / f"data/failures/{stage}.parquet"), Failures, stage)
     assert 1 <= selected.height <= 2
     assert metrics(repo, "select")["read"] == 8 and metrics(repo, "select")["after_dedup"] == 7
@@ -109,17 +100,38 @@ def test_repro_produces_valid_tables_and_metrics(repo):
         assert f"metrics/{stage}.json" in shown
 
 
+def test_training_stages_train_real_checkpoints(repo):
+    from transformers import AutoModelForCausalLM
+
+    assert metrics(repo, "base")["parameters"] == 134_515_008
+    general = validate(pl.read_parquet(repo / "data/general_chat.parquet"), Chat, "general")
+    assert general.height == 3
+    mix = metrics(repo, "mix")
+    assert mix["train"]["long"]["examples"] + mix["validation"]["long"]["examples"] >= 1
+    for split in ("train", "validation"):
+        validate(pl.read_parquet(repo / f"data/mix/{split}.parquet"), Chat, split)
+    sft = metrics(repo, "sft")
+    assert sft["steps"] == 2 and sft["train_loss_first"] > 0 and sft["train_tokens"] > 0
+    pairs = validate(pl.read_parquet(repo / "data/dpo_pairs.parquet"), Pairs, "pairs")
+    dp = metrics(repo, "dpo_pairs")
+    assert dp["pairs"] == pairs.height and dp["samples"] == 2 * dp["prompts"]
+    dpo = metrics(repo, "dpo")
+    assert dpo["trained"] == (pairs.height > 0)
+    for name in ("base", "sft", "dpo"):
+        assert (repo / "models" / name / "model.safetensors").is_file()
+    AutoModelForCausalLM.from_pretrained(str(repo / "models" / "dpo"))
+    assert "step" in (repo / "plots" / "sft_loss.csv").read_text()
+
+
 def test_evaluation_stages_write_tables_metrics_and_plots(repo):
     ruler = validate(pl.read_parquet(repo / "data/eval/ruler_answers.parquet"), Answers, "ruler")
     assert ruler.height == 8 and set(ruler["model"]) == {"a", "b"}  # 4 requests x 2 models
-    assert ruler.filter(pl.col("model") == "a").drop("model", "latency_s").equals(
-        ruler.filter(pl.col("model") == "b").drop("model", "latency_s"))
     r = metrics(repo, "ruler")
     for name in ("a", "b"):
         assert r[name]["answers"] == 4 and r[name]["failed"] == 0
         assert set(r[name]["mean_words"]) == {"100", "300"}
         assert r[name]["max_output_length"] in (0, 100, 300)
-    assert r["a"]["llm"]["paid_calls"] == 4 and r["b"]["llm"]["paid_calls"] == 0  # b: all from the cache
+        assert r[name]["llm"]["paid_calls"] == 4
     scores = validate(pl.read_parquet(repo / "data/eval/longbench_scores.parquet"), Scores, "scores")
     assert scores.height == 4
     lb = metrics(repo, "longbench")
@@ -141,7 +153,7 @@ def test_evaluation_stages_write_tables_metrics_and_plots(repo):
     assert (repo / "plots" / "ruler.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     dvc("plots", "show", "-o", "plots-html", cwd=repo)
     html = (repo / "plots-html" / "index.html").read_text()
-    assert "ruler.csv" in html and "longbench.csv" in html and "ruler.png" in html
+    assert "ruler.csv" in html and "longbench.csv" in html and "ruler.png" in html and "sft_loss.csv" in html
     shown = dvc("metrics", "show", cwd=repo)
     assert "metrics/ruler.json" in shown and "a.max_output_length" in shown
 
@@ -159,13 +171,15 @@ def test_forced_repro_pays_for_nothing(repo):
     before = pl.read_parquet(repo / "data/sections.parquet").drop("latency_s")
     starts = server_starts(repo)
     assert starts >= 3  # select, plan and write each started the embedded server on their first paid call
-    dvc("repro", "-f", cwd=repo)
+    dvc("repro", "-f", "-s", *LLM_STAGES, cwd=repo)
     assert server_starts(repo) == starts  # every call was cached: no server was started
-    for stage in ("select", "plan", "write"):
+    for stage in ("select", "plan", "write", "general"):
         m = metrics(repo, stage)["llm"]
         assert m["paid_calls"] == 0 and m["cache_hit_rate"] == 1.0, (stage, m)
-    for m in (metrics(repo, "ruler")["a"]["llm"], metrics(repo, "longbench_answer")["a"]["llm"],
-              metrics(repo, "longbench")["judge_llm"], metrics(repo, "compare")["judge_llm"]):
+    for m in (metrics(repo, "ruler")["a"]["llm"], metrics(repo, "ruler")["b"]["llm"],
+              metrics(repo, "longbench_answer")["b"]["llm"], metrics(repo, "dpo_pairs")["generation_llm"],
+              metrics(repo, "dpo_pairs")["judge_llm"], metrics(repo, "longbench")["judge_llm"],
+              metrics(repo, "compare")["judge_llm"]):
         assert m["paid_calls"] == 0 and m["cache_hit_rate"] == 1.0, m
     after = pl.read_parquet(repo / "data/sections.parquet").drop("latency_s")
     assert after.equals(before)

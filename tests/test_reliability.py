@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 import yaml
+from tiny_repo import make_repo, training_params
 
 from longwriter.llm import ClientSettings, ModelSpec, Sampling
 from longwriter.plan import PlanConfig, run_plan
@@ -167,22 +167,15 @@ def test_sigterm_and_sigint_stop_cleanly_and_the_rerun_resumes(fake_server, tmp_
 
 
 def test_api_key_never_leaves_the_environment(fake_server, tmp_path):
-    """Run the whole pipeline (AgentWrite and evaluation) with `dvc repro`, the key in an environment variable
+    """Run the whole pipeline (AgentWrite, training, evaluation) with `dvc repro`, the key in an environment variable
     and the server requiring it (and failing now and then): the key appears in no file and no log."""
     canary = "sk-CANARY-" + "7f3a9c2e5b8d1046"
     repo = tmp_path / "repo"
-    for name in ("longwriter", "stages"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    (repo / "data" / "pool").mkdir(parents=True)
-    shutil.copy(ROOT / "tests" / "fixtures" / "tiny_pool.jsonl", repo / "data" / "pool" / "instructions.jsonl")
-    (repo / "data" / "eval").mkdir()
-    shutil.copy(ROOT / "tests" / "fixtures" / "tiny_ruler.jsonl", repo / "data" / "eval" / "ruler.jsonl")
-    shutil.copy(ROOT / "tests" / "fixtures" / "tiny_longbench.jsonl", repo / "data" / "eval" / "longbench.jsonl")
+    repo.mkdir()
     with fake_server(require_key=canary, faults={"500": 0.1, "429": 0.1}, seed=5,
                      log_path=tmp_path / "server.jsonl") as srv:
         gen = {"provider": "openai", "base_url": srv.base_url, "model": "fake-model", "api_key_env": "LW_TEST_KEY"}
-        (repo / "params.yaml").write_text(yaml.safe_dump({
+        make_repo(repo, {
             "llm": {"cache_dir": ".llm-cache", "max_concurrency": 2, "max_retries": 6, "backoff_base_s": 0.01},
             "select": {"pools": ["data/pool/instructions.jsonl"], "min_estimated_words": 100, "selector": gen},
             "plan": {"generator": gen, "min_words": 20, "max_words": 400},
@@ -193,12 +186,12 @@ def test_api_key_never_leaves_the_environment(fake_server, tmp_path):
             "longbench": {"input": "data/eval/longbench.jsonl"},
             "judge": {"model": gen},
             "compare": {"pairs": [["remote", "remote2"]]},
-        }))
+            **training_params(gen),
+        })
         env = {**os.environ, "LW_TEST_KEY": canary}
         logs = []
-        for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
-                    [sys.executable, "-m", "dvc", "repro"], [sys.executable, "-m", "dvc", "metrics", "show"]):
-            proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        for cmd in ([sys.executable, "-m", "dvc", "repro"], [sys.executable, "-m", "dvc", "metrics", "show"]):
+            proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
             assert proc.returncode == 0, proc.stdout + proc.stderr
             logs.append(proc.stdout + proc.stderr)
         assert {e["outcome"] for e in srv.log} >= {"ok", "500", "429"}

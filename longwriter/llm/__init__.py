@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -43,6 +44,19 @@ def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoin
                     embedded_server(spec, settings.cache_dir, settings.server_start_timeout_s))
             # started lazily by the client: a stage whose calls are all cached never starts a server
             yield Endpoint(None, spec.model or DEFAULT_ALIAS, identity, mode, start=start)
+    elif spec.provider == "local":
+        from longwriter.checkpoint import checkpoint_identity
+        from longwriter.llm.local import local_model_path, transformers_server, use_vllm, vllm_server
+
+        path = local_model_path(spec)
+        alias = spec.model or "local"
+        with contextlib.ExitStack() as running:
+            def start_local() -> str:
+                if use_vllm():
+                    return running.enter_context(vllm_server(path, alias, settings.cache_dir,
+                                                             settings.server_start_timeout_s))
+                return running.enter_context(transformers_server(path, spec.n_threads, spec.max_batch))
+            yield Endpoint(None, alias, f"local:{checkpoint_identity(str(path))}", mode, start=start_local)
     else:
         assert spec.base_url and spec.model
         base = spec.base_url.rstrip("/")
@@ -52,6 +66,8 @@ def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoin
 def run_with_llm(spec: ModelSpec, settings: ClientSettings,
                  work: Callable[[LLMClient], Awaitable[T]]) -> tuple[T, CallStats]:
     """Run ``work(client)`` in an event loop with a client for ``spec``; return its result and call stats."""
+    if spec.provider == "local":  # a batching backend: keep a whole batch in flight
+        settings = dataclasses.replace(settings, max_concurrency=max(settings.max_concurrency, spec.max_batch))
     with open_endpoint(spec, settings) as endpoint, \
             ResponseCache(Path(settings.cache_dir) / "responses.sqlite") as cache:
         async def main() -> tuple[T, CallStats]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Provider = Literal["embedded", "openai"]
+Provider = Literal["embedded", "openai", "local"]
 StructuredOutput = Literal["auto", "json_schema", "json_object", "none"]
 
 
@@ -28,12 +28,18 @@ class ModelSpec:
     n_threads: int | None = None
     # how a JSON schema is sent: llama.cpp wants json_object+schema, OpenAI and vLLM json_schema
     structured_output: StructuredOutput = "auto"
+    # local only: a transformers checkpoint directory (e.g. models/sft), and how many concurrent requests
+    # are generated as one batch (the stage keeps that many in flight for this model)
+    path: str | None = None
+    max_batch: int = 16
     # openai only: the endpoint's context length in tokens, when known; long generations cap max_tokens to fit
     context_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.provider == "openai" and (not self.base_url or not self.model):
             raise ValueError("provider 'openai' needs base_url and model")
+        if self.provider == "local" and not self.path:
+            raise ValueError("provider 'local' needs path (a checkpoint directory)")
         if self.n_ctx < 256:
             raise ValueError("n_ctx must be at least 256")
 
@@ -44,7 +50,8 @@ class ModelSpec:
     def resolved_structured_output(self) -> Literal["json_schema", "json_object", "none"]:
         if self.structured_output != "auto":
             return self.structured_output
-        return "json_object" if self.provider == "embedded" else "json_schema"
+        # transformers has no constrained decoding: local models get the schema in words and are parsed leniently
+        return {"embedded": "json_object", "openai": "json_schema", "local": "none"}[self.provider]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,108 @@
+"""Stage ``mix``: long-output samples plus general chat data, shuffled and split, as the SFT dataset.
+
+The paper trains on LongWriter-6k mixed with general SFT data (about 180k examples: ~30 general per long)
+so the model learns to write long without forgetting how to answer short. ``general_per_long`` sets that
+ratio; the split is per source, so validation holds long examples whenever there are enough of them.
+The output directory holds ``train.parquet`` and ``validation.parquet`` with a ``messages`` column,
+loadable as ``datasets.load_dataset("parquet", data_files=...)``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from longwriter.errors import InputError
+from longwriter.files import read_table, write_json
+from longwriter.schemas import Chat, LongSamples, validate, write_checked
+
+# token-length histogram bins (upper bounds), per source
+_BINS = ((512, "<512"), (2048, "512-2k"), (8192, "2k-8k"), (32768, "8k-32k"))
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    long: str = "data/long_samples.parquet"
+    # any Parquet/JSONL with a ``messages`` column (role/content dicts), e.g. a converted ShareGPT set
+    general: str = "data/general_chat.parquet"
+    # general examples per long example (the paper: ~30); null: every general example
+    general_per_long: float | None = 3.0
+    validation_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.general_per_long is not None and self.general_per_long < 0:
+            raise ValueError("general_per_long must be >= 0 (or null)")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError("validation_fraction must be within [0, 1)")
+
+
+def _shuffled(df: pl.DataFrame, rng: random.Random) -> pl.DataFrame:
+    order = list(range(df.height))
+    rng.shuffle(order)
+    return df[order]
+
+
+def mix_frames(long: pl.DataFrame, general: pl.DataFrame, cfg: MixConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Train and validation tables (id, source, messages): deterministic for a given seed."""
+    rng = random.Random(cfg.seed)
+    general = _shuffled(general.sort("id"), rng)
+    if cfg.general_per_long is not None:
+        general = general.head(min(general.height, round(cfg.general_per_long * long.height)))
+    parts = [("long", long.sort("id").select("id", pl.lit("long").alias("source"), "messages")),
+             ("general", general.select("id", pl.lit("general").alias("source"), "messages"))]
+    train, validation = [], []
+    for _, part in parts:
+        part = _shuffled(part, rng)
+        n_val = round(cfg.validation_fraction * part.height)
+        validation.append(part.head(n_val))
+        train.append(part.slice(n_val))
+    train_df, val_df = pl.concat(train), pl.concat(validation)
+    if cfg.validation_fraction > 0 and val_df.height == 0 and train_df.height >= 2:
+        # too few examples for the fraction to round up: still keep one aside, so validation loss exists
+        val_df, train_df = train_df.tail(1), train_df.head(train_df.height - 1)
+    return _shuffled(train_df, rng), _shuffled(val_df, rng)
+
+
+def _histogram(lengths: list[int]) -> dict[str, int]:
+    counts = {label: 0 for _, label in _BINS} | {">=32k": 0}
+    for n in lengths:
+        label = next((lab for top, lab in _BINS if n < top), ">=32k")
+        counts[label] += 1
+    return counts
+
+
+def token_lengths(tokenizer: Any, messages: list[list[dict[str, str]]]) -> list[int]:
+    """Tokens of each conversation under the model's chat template (what training sees)."""
+    return [len(tokenizer.apply_chat_template(m, tokenize=True, return_dict=False)) for m in messages]
+
+
+def run_mix(cfg: MixConfig, tokenizer_dir: str | Path, output_dir: str | Path, metrics: str | Path
+            ) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    long = validate(read_table(cfg.long), LongSamples, cfg.long)
+    general = validate(read_table(cfg.general, columns=["id", "source", "messages"]), Chat, cfg.general)
+    if long.height == 0:
+        raise InputError(cfg.long, "no long-output samples to train on (did postprocess drop them all?)")
+    clash = set(long["id"]) & set(general["id"])
+    if clash:
+        raise InputError(cfg.general, f"ids also used by long samples: {sorted(clash)[:3]}", column="id")
+    train, validation = mix_frames(long, general, cfg)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    result: dict[str, Any] = {"general_per_long": cfg.general_per_long, "seed": cfg.seed}
+    for split, df in (("train", train), ("validation", validation)):
+        write_checked(df, Chat, Path(output_dir) / f"{split}.parquet")
+        lengths = token_lengths(tokenizer, df["messages"].to_list())
+        per_source: dict[str, Any] = {}
+        for source in ("long", "general"):
+            mine = [n for n, s in zip(lengths, df["source"].to_list(), strict=True) if s == source]
+            per_source[source] = {"examples": len(mine), "tokens": sum(mine), "max_tokens": max(mine, default=0),
+                                  "histogram": _histogram(mine)}
+        result[split] = per_source
+    write_json(result, metrics)
+    return result

@@ -1,0 +1,240 @@
+"""Stage ``sft``: supervised fine-tuning on the mixed dataset with TRL's SFTTrainer (accelerate underneath).
+
+Loss is on the assistant's final turn only (prompt-completion format). ``loss_averaging: token`` (the
+paper's choice, and TRL's default) divides the summed token losses of a whole batch, across gradient
+accumulation and devices, by its number of target tokens, so every target token weighs the same and a
+10,000-token answer counts 100 times a 100-token one. ``sequence`` averages each sequence's tokens first and
+then the sequences, which the paper found under-weights long answers (a long answer's tokens each count
+less). The same code runs on a laptop CPU (the default: the 135M model, minutes) and on a multi-GPU node
+(``accelerate launch`` with a DeepSpeed ZeRO-3 config: see README).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from longwriter.checkpoint import save_checkpoint, staging_dir, swap_into
+from longwriter.files import read_table, write_json
+from longwriter.plots import write_csv
+from longwriter.schemas import Chat, validate
+
+
+def _checkpointing_key() -> str:
+    # transformers 5 renamed gradient_checkpointing; params keep the name TRL users know
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What SFT and DPO share: the optimiser, batch and precision settings of a TRL/transformers run."""
+
+    learning_rate: float = 2e-5
+    num_train_epochs: float = 1.0
+    max_steps: int = -1                    # > 0 overrides epochs
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    max_length: int = 4096                 # tokens per example; longer ones are truncated
+    gradient_checkpointing: bool = False   # trades compute for memory: on for 8B+ models
+    warmup_steps: float = 0.0             # an int: steps; a float in [0, 1): a fraction of all steps
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = 0.0
+    adam_beta2: float = 0.999              # the paper's recipe: 0.95
+    logging_steps: int = 1
+    seed: int = 0
+    bf16: bool = False                     # true on GPUs that support it
+    lora: LoraSettings | None = None       # null: full fine-tuning
+    dataloader_num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0 or self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError("learning_rate must be > 0, batch size and accumulation steps >= 1")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError("set num_train_epochs > 0 or max_steps > 0")
+
+    def trainer_kwargs(self, output_dir: str) -> dict[str, Any]:
+        """The transformers ``TrainingArguments`` fields these settings map to."""
+        return {"output_dir": output_dir, "learning_rate": self.learning_rate,
+                "num_train_epochs": self.num_train_epochs, "max_steps": self.max_steps,
+                "per_device_train_batch_size": self.per_device_train_batch_size,
+                "per_device_eval_batch_size": self.per_device_train_batch_size,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                _checkpointing_key(): self.gradient_checkpointing, "warmup_steps": self.warmup_steps,
+                "lr_scheduler_type": self.lr_scheduler_type, "weight_decay": self.weight_decay,
+                "adam_beta2": self.adam_beta2,
+                "logging_steps": self.logging_steps, "seed": self.seed, "data_seed": self.seed, "bf16": self.bf16,
+                "save_strategy": "no", "report_to": [], "dataloader_num_workers": self.dataloader_num_workers,
+                "max_length": self.max_length}
+
+    def peft_config(self) -> Any:
+        if self.lora is None:
+            return None
+        from peft import LoraConfig
+
+        targets = self.lora.target_modules
+        return LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
+                          target_modules=targets if isinstance(targets, str) else list(targets), task_type="CAUSAL_LM")
+
+
+@dataclass(frozen=True)
+class SFTSettings:
+    """The ``sft`` section."""
+
+    train: TrainSettings = field(default_factory=TrainSettings)
+    loss_averaging: Literal["token", "sequence"] = "token"
+    packing: bool = False          # pack several examples per sequence (BFD); needs padding_free attention
+    padding_free: bool = False     # no pad tokens in a batch (flash-attention kernels on GPU)
+    eval_steps: int | None = None  # evaluate every N steps; null: once per epoch
+
+    def __post_init__(self) -> None:
+        if self.loss_averaging == "sequence" and self.packing:
+            raise ValueError("loss_averaging 'sequence' needs packing off (packed rows mix sequences)")
+
+
+def prompt_completion(messages: list[dict[str, str]]) -> dict[str, Any]:
+    """A chat example in TRL's conversational prompt-completion form: loss on the final assistant turn."""
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError("a training conversation must end with an assistant turn")
+    return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+
+def load_split(path: str | Path) -> Any:
+    """A mix split as a ``datasets.Dataset`` of prompt-completion examples."""
+    from datasets import Dataset
+
+    table = validate(read_table(path), Chat, path)
+    return Dataset.from_list([prompt_completion(m) for m in table["messages"].to_list()])
+
+
+def sequence_mean_loss(gradient_accumulation_steps: int):
+    """A ``compute_loss_func``: per-sequence mean token loss, averaged over the sequences of the batch."""
+    import torch
+    import torch.nn.functional as F
+
+    def loss_fn(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        logits = outputs.logits[:, :-1, :].float()
+        targets = labels[:, 1:]
+        per_token = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+        mask = (targets != -100).float()
+        counts = mask.sum(dim=1)
+        per_sequence = (per_token * mask).sum(dim=1) / counts.clamp(min=1)
+        has_targets = (counts > 0).float()
+        loss = (per_sequence * has_targets).sum() / has_targets.sum().clamp(min=1)
+        # the Trainer leaves gradient-accumulation scaling to a custom loss function
+        return loss / gradient_accumulation_steps
+
+    return loss_fn
+
+
+def loss_curve(log_history: list[dict[str, Any]]) -> pl.DataFrame:
+    """step, loss, split rows from a Trainer's log history (train and validation losses)."""
+    rows = [{"step": int(e["step"]), "loss": float(e["loss"]), "split": "train"}
+            for e in log_history if "loss" in e and "step" in e]
+    rows += [{"step": int(e["step"]), "loss": float(e["eval_loss"]), "split": "validation"}
+             for e in log_history if "eval_loss" in e and "step" in e]
+    return pl.DataFrame(rows, schema={"step": pl.Int64, "loss": pl.Float64, "split": pl.Utf8})
+
+
+def publish(trainer: Any, tokenizer: Any, output_dir: str | Path, lora: bool) -> None:
+    """Save the trained model as a plain checkpoint (LoRA adapters merged in); every process must call this."""
+    import shutil
+
+    if lora:
+        merged = trainer.model.merge_and_unload()
+        if trainer.accelerator.is_main_process:
+            save_checkpoint(merged, tokenizer, output_dir)
+        return
+    main = trainer.accelerator.is_main_process
+    staged = staging_dir(output_dir) if main else None
+    # save_model gathers ZeRO-3 / FSDP shards on every process and writes from the main one
+    target = trainer.accelerator.gather_object([str(staged)])[0] if trainer.accelerator.num_processes > 1 \
+        else str(staged)
+    trainer.save_model(target)
+    if main:
+        assert staged is not None
+        try:
+            tokenizer.save_pretrained(staged)
+            swap_into(staged, output_dir)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+
+def summarize(log_history: list[dict[str, Any]], started: float, train_tokens: int) -> dict[str, Any]:
+    curve = loss_curve(log_history)
+    train = curve.filter(pl.col("split") == "train")["loss"].to_list()
+    evals = curve.filter(pl.col("split") == "validation")["loss"].to_list()
+    runtime = time.perf_counter() - started
+    final = next((e for e in reversed(log_history) if "train_runtime" in e), {})
+    return {"steps": int(max(curve["step"].to_list(), default=0)),
+            "train_loss_first": round(train[0], 4) if train else None,
+            "train_loss_last": round(train[-1], 4) if train else None,
+            "validation_loss_first": round(evals[0], 4) if evals else None,
+            "validation_loss_last": round(evals[-1], 4) if evals else None,
+            "train_tokens": train_tokens,
+            "tokens_per_s": round(train_tokens / final.get("train_runtime", runtime), 1) if train_tokens else None,
+            "runtime_s": round(runtime, 1)}
+
+
+def run_sft(cfg: SFTSettings, base_dir: str | Path, data_dir: str | Path, output_dir: str | Path,
+            metrics: str | Path, plot_csv: str | Path) -> dict[str, Any]:
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    train_ds, eval_ds = load_split(Path(data_dir) / "train.parquet"), load_split(Path(data_dir) / "validation.parquet")
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype="auto")
+    t = cfg.train
+    with tempfile.TemporaryDirectory(prefix="sft-") as scratch:
+        args = SFTConfig(**t.trainer_kwargs(scratch), packing=cfg.packing, padding_free=cfg.padding_free,
+                         completion_only_loss=True, eval_strategy="no" if len(eval_ds) == 0 else
+                         ("steps" if cfg.eval_steps else "epoch"), eval_steps=cfg.eval_steps, disable_tqdm=None)
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
+            processing_class=tokenizer, peft_config=t.peft_config(),
+            compute_loss_func=sequence_mean_loss(t.gradient_accumulation_steps)
+            if cfg.loss_averaging == "sequence" else None)
+        tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
+        epochs = t.num_train_epochs if t.max_steps <= 0 else None
+        started = time.perf_counter()
+        # the curve starts at the model before any update (train() resets the log, so it is kept aside)
+        before = [{"step": 0, "eval_loss": trainer.evaluate()["eval_loss"]}] if len(eval_ds) else []
+        trainer.train()
+        if len(eval_ds) and not any("eval_loss" in e and e.get("step") == trainer.state.global_step
+                                    for e in trainer.state.log_history):
+            last = trainer.evaluate()
+            trainer.state.log_history.append({"step": trainer.state.global_step, "eval_loss": last["eval_loss"]})
+        history = before + list(trainer.state.log_history)
+        publish(trainer, tokenizer, output_dir, t.lora is not None)
+    result = summarize(history, started, int(tokens * (epochs or 1)) if t.max_steps <= 0 else 0)
+    result.update({"examples": {"train": len(train_ds), "validation": len(eval_ds)},
+                   "loss_averaging": cfg.loss_averaging, "lora": t.lora is not None,
+                   "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))})
+    if result["tokens_per_s"] is None and result["steps"]:
+        per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
+        mean_tokens = tokens / max(len(trainer.train_dataset), 1)
+        result["train_tokens"] = int(result["steps"] * per_step * mean_tokens)
+        result["tokens_per_s"] = round(result["train_tokens"] / max(result["runtime_s"], 1e-9), 1)
+    if any(isinstance(v, float) and math.isnan(v) for v in result.values()):
+        raise RuntimeError("training diverged: a loss is NaN")
+    write_csv(loss_curve(history), plot_csv)
+    write_json(result, metrics)
+    return result

@@ -1,0 +1,27 @@
+"""dpo: direct preference optimisation of the SFT model on the pairs with TRL's DPOTrainer (params: dpo)."""
+
+import click
+
+from longwriter.config import build, read_params, section
+from longwriter.dpo import DPOSettings, run_dpo
+from longwriter.errors import stage_entry
+
+
+@click.command(help=__doc__)
+@click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
+@click.option("--model", default="models/sft", show_default=True, help="Checkpoint to start from.")
+@click.option("--pairs", default="data/dpo_pairs.parquet", show_default=True, help="Preference pairs.")
+@click.option("--output", default="models/dpo", show_default=True, help="Trained checkpoint directory.")
+@click.option("--metrics", default="metrics/dpo.json", show_default=True, help="Metrics JSON.")
+@click.option("--plot-csv", default="plots/dpo_loss.csv", show_default=True, help="Loss curve for DVC plots.")
+@stage_entry
+def main(params_file: str, model: str, pairs: str, output: str, metrics: str, plot_csv: str) -> None:
+    params = read_params(params_file)
+    cfg = build(DPOSettings, section(params, "dpo", params_file), f"{params_file}:dpo")
+    r = run_dpo(cfg, model, pairs, output, metrics, plot_csv)
+    click.echo(f"dpo: {r['pairs']} pairs, {r['steps']} steps, loss {r.get('loss_first')} -> {r.get('loss_last')}, "
+               f"reward accuracy {r.get('reward_accuracy_last')}")
+
+
+if __name__ == "__main__":
+    main()

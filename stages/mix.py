@@ -1,0 +1,28 @@
+"""mix: long-output samples + general chat at a ratio, shuffled with a seed and split into train/validation
+(params: mix). Writes a chat-format dataset (Parquet, `messages` column) that `datasets` loads.
+"""
+
+import click
+
+from longwriter.config import build, read_params, section
+from longwriter.errors import stage_entry
+from longwriter.mix import MixConfig, run_mix
+
+
+@click.command(help=__doc__)
+@click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
+@click.option("--tokenizer", default="models/base", show_default=True, help="Checkpoint whose tokenizer counts tokens.")
+@click.option("--output", default="data/mix", show_default=True, help="Output directory (train/validation.parquet).")
+@click.option("--metrics", default="metrics/mix.json", show_default=True, help="Metrics JSON.")
+@stage_entry
+def main(params_file: str, tokenizer: str, output: str, metrics: str) -> None:
+    params = read_params(params_file)
+    cfg = build(MixConfig, section(params, "mix", params_file), f"{params_file}:mix")
+    result = run_mix(cfg, tokenizer, output, metrics)
+    for split in ("train", "validation"):
+        parts = ", ".join(f"{s} {v['examples']} ({v['tokens']:,} tokens)" for s, v in result[split].items())
+        click.echo(f"mix {split}: {parts}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""sft: supervised fine-tuning of the base checkpoint on the mix with TRL's SFTTrainer (params: sft).
+
+Single process by default; for several GPUs run it under accelerate (params: train.launch, e.g.
+`accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml`).
+"""
+
+import click
+
+from longwriter.config import build, read_params, section
+from longwriter.errors import stage_entry
+from longwriter.sft import SFTSettings, run_sft
+
+
+@click.command(help=__doc__)
+@click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
+@click.option("--base", default="models/base", show_default=True, help="Checkpoint to start from.")
+@click.option("--data", default="data/mix", show_default=True, help="Mix directory (train/validation.parquet).")
+@click.option("--output", default="models/sft", show_default=True, help="Trained checkpoint directory.")
+@click.option("--metrics", default="metrics/sft.json", show_default=True, help="Metrics JSON.")
+@click.option("--plot-csv", default="plots/sft_loss.csv", show_default=True, help="Loss curve for DVC plots.")
+@stage_entry
+def main(params_file: str, base: str, data: str, output: str, metrics: str, plot_csv: str) -> None:
+    params = read_params(params_file)
+    cfg = build(SFTSettings, section(params, "sft", params_file), f"{params_file}:sft")
+    r = run_sft(cfg, base, data, output, metrics, plot_csv)
+    click.echo(f"sft: {r['steps']} steps, train loss {r['train_loss_first']} -> {r['train_loss_last']}, "
+               f"validation loss {r['validation_loss_first']} -> {r['validation_loss_last']}, "
+               f"{r['tokens_per_s']} tokens/s")
+
+
+if __name__ == "__main__":
+    main()

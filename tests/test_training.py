@@ -1,0 +1,470 @@
+"""The training stages on a tiny random Llama: mix, SFT data and loss, SFT/LoRA/DPO runs, DPO pairs.
+
+No downloads: the tokenizer is the embedded SmolLM2 GGUF's, the model is a 2-layer Llama built from a config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import polars as pl
+import pytest
+
+from longwriter.dpo import DPOSettings, build_pairs, run_dpo
+from longwriter.mix import MixConfig, mix_frames
+from longwriter.schemas import MESSAGES, Chat, LongSamples, Pairs, empty, validate, write_checked
+from longwriter.sft import (
+    LoraSettings,
+    SFTSettings,
+    TrainSettings,
+    load_split,
+    prompt_completion,
+    run_sft,
+    sequence_mean_loss,
+)
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _conversation(i: int, prefix: str = "q") -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"{prefix} question number {i}?"},
+            {"role": "assistant", "content": f"answer {i}: " + "word " * (i % 5 + 1)}]
+
+
+def _long_frame(n: int) -> pl.DataFrame:
+    df = pl.DataFrame({
+        "id": [f"long-{i:03d}" for i in range(n)],
+        "lang": ["en"] * n,
+        "source": ["agentwrite"] * n,
+        "messages": [_conversation(i, "long") for i in range(n)],
+        "words": [100 + i for i in range(n)],
+        "planned_words": [120] * n,
+        "sections": [3] * n,
+    }, schema_overrides={"messages": MESSAGES})
+    return validate(df, LongSamples, "long.parquet")
+
+
+def _general_frame(n: int) -> pl.DataFrame:
+    df = pl.DataFrame({
+        "id": [f"gen-{i:03d}" for i in range(n)],
+        "source": ["sharegpt"] * n,
+        "messages": [_conversation(i, "general") for i in range(n)],
+    }, schema_overrides={"messages": MESSAGES})
+    return validate(df, Chat, "general.parquet")
+
+
+def _count(df: pl.DataFrame, source: str) -> int:
+    return df.filter(pl.col("source") == source).height
+
+
+def _chat_frame(conversations: list[list[dict[str, str]]], prefix: str) -> pl.DataFrame:
+    return pl.DataFrame({"id": [f"{prefix}-{i}" for i in range(len(conversations))],
+                         "source": ["long"] * len(conversations), "messages": conversations},
+                        schema_overrides={"messages": MESSAGES})
+
+
+SFT_CONVERSATIONS = [
+    [{"role": "user", "content": "Write one line about the sea."},
+     {"role": "assistant", "content": "The sea is wide and blue and it sings to the shore every night."}],
+    [{"role": "user", "content": "Write one line about the moon."},
+     {"role": "assistant", "content": "The moon is pale and calm and it walks across the sky every night."}],
+    [{"role": "user", "content": "Write one line about a cat."},
+     {"role": "assistant", "content": "The cat is soft and quick and it sleeps in the sun every day."}],
+    [{"role": "user", "content": "Write one line about the rain."},
+     {"role": "assistant", "content": "The rain is cool and grey and it taps on the roof every night."}],
+]
+
+
+def _weights(directory: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "model.safetensors"))
+
+
+def _load(directory: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(directory))
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    from longwriter.llm.server import default_gguf
+
+    gguf = default_gguf()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def _tiny_model(tok: Any) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from longwriter.checkpoint import save_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny") / "base"
+    save_checkpoint(_tiny_model(tokenizer), tokenizer, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("mix")
+    write_checked(_chat_frame(SFT_CONVERSATIONS * 2, "train"), Chat, out / "train.parquet")
+    write_checked(_chat_frame(SFT_CONVERSATIONS[:2], "val"), Chat, out / "validation.parquet")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- 1. mix
+
+
+def test_mix_general_per_long_ratio() -> None:
+    long, general = _long_frame(10), _general_frame(100)
+    for ratio, n_general in ((3.0, 30), (None, 100), (0.0, 0)):
+        train, val = mix_frames(long, general, MixConfig(general_per_long=ratio, validation_fraction=0.1))
+        both = pl.concat([train, val])
+        assert _count(both, "long") == 10, ratio
+        assert _count(both, "general") == n_general, ratio
+        assert both.columns == ["id", "source", "messages"]
+        assert both["id"].n_unique() == both.height
+        assert set(both.filter(pl.col("source") == "long")["id"]) == set(long["id"])
+        assert set(both.filter(pl.col("source") == "general")["id"]) <= set(general["id"])
+        validate(train, Chat, "train")
+        validate(val, Chat, "validation")
+
+
+def test_mix_is_deterministic_per_seed() -> None:
+    long, general = _long_frame(10), _general_frame(100)
+    a = mix_frames(long, general, MixConfig(seed=1))
+    b = mix_frames(long, general, MixConfig(seed=1))
+    assert a[0].equals(b[0]) and a[1].equals(b[1])
+    # the input order does not matter either (both sources are sorted by id first)
+    c = mix_frames(long.reverse(), general.sample(fraction=1.0, shuffle=True, seed=5), MixConfig(seed=1))
+    assert a[0].equals(c[0]) and a[1].equals(c[1])
+    d = mix_frames(long, general, MixConfig(seed=2))
+    assert a[0]["id"].to_list() != d[0]["id"].to_list()
+
+
+def test_mix_validation_split_per_source() -> None:
+    long, general = _long_frame(10), _general_frame(100)
+    train, val = mix_frames(long, general, MixConfig(general_per_long=3.0, validation_fraction=0.2))
+    assert _count(val, "long") == round(0.2 * 10) == 2
+    assert _count(val, "general") == round(0.2 * 30) == 6
+    assert _count(train, "long") == 8 and _count(train, "general") == 24
+    assert not set(train["id"]) & set(val["id"])
+
+
+@pytest.mark.parametrize("ratio", [None, 3.0])
+def test_mix_tiny_input_keeps_one_validation_row(ratio: float | None) -> None:
+    train, val = mix_frames(_long_frame(1), _general_frame(3), MixConfig(general_per_long=ratio,
+                                                                         validation_fraction=0.1))
+    assert val.height == 1
+    assert train.height == 3
+    assert not set(train["id"]) & set(val["id"])
+
+
+def test_mix_no_validation() -> None:
+    train, val = mix_frames(_long_frame(1), _general_frame(3), MixConfig(validation_fraction=0.0))
+    assert val.height == 0 and train.height == 4
+    validate(val, Chat, "validation")
+
+
+# ----------------------------------------------------------------------------------------------- 2. dataset
+
+
+def test_mix_split_loads_with_datasets(tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    path = tmp_path / "train.parquet"
+    write_checked(_chat_frame(SFT_CONVERSATIONS, "t"), Chat, path)
+    ds = load_dataset("parquet", data_files=str(path))["train"]
+    assert len(ds) == len(SFT_CONVERSATIONS)
+    assert "messages" in ds.column_names
+    assert ds[0]["messages"] == SFT_CONVERSATIONS[0]
+    assert all(set(m) == {"role", "content"} for row in ds["messages"] for m in row)
+
+    split = load_split(path)
+    assert set(split.column_names) == {"prompt", "completion"}
+    assert split[2]["prompt"] == SFT_CONVERSATIONS[2][:1]
+    assert split[2]["completion"] == SFT_CONVERSATIONS[2][1:]
+
+
+def test_prompt_completion_takes_the_last_assistant_turn() -> None:
+    turns = [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"},
+             {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"},
+             {"role": "assistant", "content": "a2"}]
+    ex = prompt_completion(turns)
+    assert ex["prompt"] == turns[:-1] and ex["completion"] == turns[-1:]
+    for bad in ([], turns[:-1], [{"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]):
+        with pytest.raises(ValueError, match="assistant"):
+            prompt_completion(bad)
+
+
+def test_load_split_rejects_conversation_without_final_answer(tmp_path: Path) -> None:
+    path = tmp_path / "bad.parquet"
+    write_checked(_chat_frame([SFT_CONVERSATIONS[0], SFT_CONVERSATIONS[1][:1]], "b"), Chat, path)
+    with pytest.raises(ValueError, match="assistant"):
+        load_split(path)
+
+
+def test_sft_tokenization_trains_on_the_answer_only(tokenizer: Any, mix_dir: Path, tmp_path: Path) -> None:
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(output_dir=str(tmp_path), completion_only_loss=True, max_length=512, report_to=[],
+                     save_strategy="no", bf16=False, use_cpu=True)
+    trainer = SFTTrainer(model=_tiny_model(tokenizer), args=args, train_dataset=load_split(mix_dir / "train.parquet"),
+                         processing_class=tokenizer)
+    ex = trainer.train_dataset[0]
+    ids = ex["input_ids"]
+    if "completion_mask" in ex:  # older TRL: a mask the collator turns into labels
+        mask = [bool(m) for m in ex["completion_mask"]]
+    else:  # newer TRL: labels with -100 outside the completion
+        mask = [label != -100 for label in ex["labels"]]
+        assert all(label == i for label, i in zip(ex["labels"], ids, strict=True) if label != -100)
+    user, answer = SFT_CONVERSATIONS[0][0]["content"], SFT_CONVERSATIONS[0][1]["content"]
+    trained = tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    masked = tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if not m])
+    assert answer in trained
+    assert user not in trained
+    assert user in masked
+    assert answer not in masked
+    # the chat template wraps the answer: the trained part ends with the end-of-turn token
+    assert trained.rstrip().endswith("<|im_end|>")
+    assert mask.index(True) > 0 and all(mask[mask.index(True):])
+
+
+# ----------------------------------------------------------------------------------------------- 3. loss averaging
+
+
+def _ce(logits: Any, target: int) -> float:
+    row = [float(x) for x in logits]
+    return math.log(sum(math.exp(x) for x in row)) - row[target]
+
+
+def test_sequence_mean_loss_by_hand() -> None:
+    torch.manual_seed(3)
+    logits = torch.randn(3, 5, 7)
+    labels = torch.tensor([[-100, -100, -100, -100, 3],   # one target token (predicted at position 3)
+                           [-100, 1, 2, 6, -100],         # three target tokens (positions 0, 1, 2)
+                           [-100, -100, -100, -100, -100]])  # none: takes no part
+    a = _ce(logits[0, 3], 3)
+    b = [_ce(logits[1, 0], 1), _ce(logits[1, 1], 2), _ce(logits[1, 2], 6)]
+    token_mean = (a + sum(b)) / 4
+    sequence_mean = (a + sum(b) / 3) / 2
+    assert abs(token_mean - sequence_mean) > 1e-3
+
+    outputs = SimpleNamespace(logits=logits)
+    loss = sequence_mean_loss(1)(outputs, labels)
+    assert loss.item() == pytest.approx(sequence_mean, rel=1e-5)
+    assert loss.item() != pytest.approx(token_mean, rel=1e-3)
+    # the transformers default (shifted, token-level mean) agrees with the hand-computed token mean
+    default = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1),
+                                                ignore_index=-100)
+    assert default.item() == pytest.approx(token_mean, rel=1e-5)
+
+    halved = sequence_mean_loss(2)(outputs, labels, num_items_in_batch=torch.tensor(4))
+    assert halved.item() == pytest.approx(sequence_mean / 2, rel=1e-5)
+    # the loss is differentiable in the logits
+    leaf = logits.clone().requires_grad_(True)
+    sequence_mean_loss(1)(SimpleNamespace(logits=leaf), labels).backward()
+    assert leaf.grad is not None and leaf.grad[2].abs().sum() == 0 and leaf.grad[0].abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------------------------- 4. SFT runs
+
+
+def _sft_settings(**kw: Any) -> SFTSettings:
+    lora = kw.pop("lora", None)
+    max_steps = kw.pop("max_steps", 12)
+    train = TrainSettings(learning_rate=5e-3, max_steps=max_steps, per_device_train_batch_size=2, max_length=256,
+                          logging_steps=1, seed=0, lora=lora)
+    return SFTSettings(train=train, eval_steps=None, **kw)
+
+
+def _check_sft_run(result: dict[str, Any], tmp_path: Path, steps: int) -> pl.DataFrame:
+    assert json.loads((tmp_path / "metrics.json").read_text()) == result
+    assert result["steps"] == steps
+    assert result["examples"] == {"train": 8, "validation": 2}
+    curve = pl.read_csv(tmp_path / "curve.csv")
+    assert curve.columns == ["step", "loss", "split"]
+    train = curve.filter(pl.col("split") == "train")
+    assert train["step"].to_list() == list(range(1, steps + 1))
+    assert curve.filter(pl.col("split") == "validation").height >= 1
+    out = tmp_path / "out"
+    assert (out / "model.safetensors").is_file()
+    assert not (out / "adapter_config.json").exists() and not (out / "adapter_model.safetensors").exists()
+    model = _load(out)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    return curve
+
+
+@pytest.mark.parametrize("averaging", ["token", "sequence"])
+def test_sft_lowers_the_training_loss(averaging: str, base_dir: Path, mix_dir: Path, tmp_path: Path) -> None:
+    result = run_sft(_sft_settings(loss_averaging=averaging), base_dir, mix_dir, tmp_path / "out",
+                     tmp_path / "metrics.json", tmp_path / "curve.csv")
+    curve = _check_sft_run(result, tmp_path, 12)
+    assert result["loss_averaging"] == averaging and result["lora"] is False
+    first, last = result["train_loss_first"], result["train_loss_last"]
+    assert math.isfinite(first) and math.isfinite(last)
+    assert last < first - 1.0, (first, last)
+    validation = curve.filter(pl.col("split") == "validation").sort("step")
+    assert validation["step"][-1] == 12  # evaluated once per epoch (4 steps) and at the end
+    assert validation["loss"][-1] < validation["loss"][0]
+    assert result["validation_loss_first"] == pytest.approx(validation["loss"][0], abs=1e-3)
+    assert result["train_tokens"] > 0 and result["tokens_per_s"] > 0
+    # the output is the trained model, not the base one
+    trained, base = _weights(tmp_path / "out"), _weights(base_dir)
+    assert not torch.equal(trained["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+
+
+def test_sft_validation_curve_starts_at_step_0(base_dir: Path, mix_dir: Path, tmp_path: Path) -> None:
+    result = run_sft(_sft_settings(max_steps=2), base_dir, mix_dir, tmp_path / "out", tmp_path / "metrics.json",
+                     tmp_path / "curve.csv")
+    validation = pl.read_csv(tmp_path / "curve.csv").filter(pl.col("split") == "validation").sort("step")
+    assert validation["step"].to_list() == [0, 2]
+    assert result["validation_loss_first"] == pytest.approx(validation["loss"][0], abs=1e-3)
+
+
+def test_sft_lora_saves_a_merged_plain_checkpoint(base_dir: Path, mix_dir: Path, tmp_path: Path) -> None:
+    lora = LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
+    result = run_sft(_sft_settings(lora=lora, max_steps=3), base_dir, mix_dir, tmp_path / "out",
+                     tmp_path / "metrics.json", tmp_path / "curve.csv")
+    _check_sft_run(result, tmp_path, 3)
+    assert result["lora"] is True
+    merged, base = _weights(tmp_path / "out"), _weights(base_dir)
+    assert set(merged) == set(base)  # no lora_A/lora_B or base_layer keys
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[q], base[q])  # the adapter is merged into the targeted weights
+    for name in ("model.layers.0.self_attn.k_proj.weight", "model.embed_tokens.weight",
+                 "model.layers.1.mlp.up_proj.weight"):
+        assert torch.equal(merged[name], base[name]), name  # untargeted weights are frozen
+
+
+# ----------------------------------------------------------------------------------------------- 5. DPO pairs
+
+
+def _candidates(prompt_id: str, scores: list[float | None], order: list[int] | None = None) -> list[dict[str, Any]]:
+    rows = [{"prompt_id": prompt_id, "prompt": f"prompt {prompt_id}", "sample": s, "text": f"{prompt_id}/{s}",
+             "score": score} for s, score in enumerate(scores)]
+    return [rows[i] for i in order] if order else rows
+
+
+def test_build_pairs_chosen_and_rejected() -> None:
+    cands = (_candidates("a", [40.0, 90.0, 70.0, 10.0], order=[3, 1, 0, 2])
+             + _candidates("tie", [80.0, 95.0, 95.0, 20.0], order=[2, 3, 1, 0])
+             + _candidates("unrated", [None, 60.0, None, 50.0])
+             + _candidates("one", [None, 99.0, None])
+             + _candidates("none", [None, None]))
+    pairs = {p["prompt_id"]: p for p in build_pairs(cands, seed=0)}
+    assert set(pairs) == {"a", "tie", "unrated"}
+    assert pairs["a"]["chosen_sample"] == 1 and pairs["a"]["chosen"] == "a/1" and pairs["a"]["chosen_score"] == 90
+    assert pairs["tie"]["chosen_sample"] == 1
+    assert pairs["unrated"]["chosen_sample"] == 1 and pairs["unrated"]["rejected_sample"] == 3
+    for pid, p in pairs.items():
+        assert p["rejected_sample"] != p["chosen_sample"]
+        scores = {c["sample"]: c["score"] for c in cands if c["prompt_id"] == pid}
+        assert scores[p["rejected_sample"]] is not None
+        assert p["rejected_score"] == scores[p["rejected_sample"]]
+        assert p["rejected"] == f"{pid}/{p['rejected_sample']}"
+        assert p["prompt"] == f"prompt {pid}"
+        assert p["margin"] == p["chosen_score"] - p["rejected_score"] >= 0
+    # a table the Pairs schema accepts
+    validate(pl.DataFrame(list(pairs.values()), schema=empty(Pairs).schema), Pairs, "pairs")
+
+
+def test_build_pairs_is_seeded_and_independent_of_other_prompts() -> None:
+    rng = random.Random(7)
+    cands = [c for i in range(60) for c in _candidates(f"p{i:02d}", [rng.uniform(0, 100) for _ in range(4)])]
+    first = build_pairs(cands, seed=0)
+    assert len(first) == 60
+    assert build_pairs(cands, seed=0) == first
+    assert build_pairs(list(reversed(cands)), seed=0) == first
+    assert build_pairs(cands, seed=1) != first
+    # a prompt's pair does not depend on which other prompts are in the run
+    alone = build_pairs([c for c in cands if c["prompt_id"] == "p07"], seed=0)
+    assert alone == [p for p in first if p["prompt_id"] == "p07"]
+    subset = build_pairs([c for c in cands if c["prompt_id"] < "p30"], seed=0)
+    assert subset == [p for p in first if p["prompt_id"] < "p30"]
+
+
+def test_build_pairs_rejected_is_random_among_the_others() -> None:
+    # sample 0 is always the best: every other sample should be drawn as rejected for some prompt
+    cands = [c for i in range(60) for c in _candidates(f"p{i}", [90.0, 50.0, 40.0, 30.0])]
+    pairs = build_pairs(cands, seed=0)
+    assert {p["chosen_sample"] for p in pairs} == {0}
+    counts = {s: sum(p["rejected_sample"] == s for p in pairs) for s in (1, 2, 3)}
+    assert all(n >= 5 for n in counts.values()), counts
+
+
+# ----------------------------------------------------------------------------------------------- 6. DPO runs
+
+
+def _pairs_frame(n: int) -> pl.DataFrame:
+    rows = []
+    for i in range(n):
+        rows.append({"prompt_id": f"p{i}", "prompt": f"Write about topic {i}.",
+                     "chosen": f"Topic {i} is interesting because it has many long and careful parts.",
+                     "rejected": "No.", "chosen_sample": 0, "rejected_sample": 1,
+                     "chosen_score": 80.0, "rejected_score": 20.0, "margin": 60.0})
+    return pl.DataFrame(rows, schema=empty(Pairs).schema)
+
+
+def _dpo_settings() -> DPOSettings:
+    return DPOSettings(train=TrainSettings(learning_rate=1e-3, max_steps=4, per_device_train_batch_size=2,
+                                           max_length=256, logging_steps=1))
+
+
+def test_dpo_trains_on_pairs(base_dir: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.parquet"
+    write_checked(_pairs_frame(4), Pairs, pairs)
+    result = run_dpo(_dpo_settings(), base_dir, pairs, tmp_path / "out", tmp_path / "metrics.json",
+                     tmp_path / "curve.csv")
+    assert json.loads((tmp_path / "metrics.json").read_text()) == result
+    assert result["trained"] is True and result["pairs"] == 4 and result["steps"] == 4
+    for key in ("loss_first", "loss_last"):
+        assert isinstance(result[key], float) and math.isfinite(result[key]), key
+    assert result["loss_first"] == pytest.approx(math.log(2), abs=0.05)  # policy == reference at the start
+    assert 0 <= result["reward_accuracy_last"] <= 1
+    curve = pl.read_csv(tmp_path / "curve.csv")
+    assert {"step", "loss", "reward_accuracy", "reward_margin"} <= set(curve.columns)
+    assert curve["step"].to_list() == [1, 2, 3, 4]
+    assert curve["reward_accuracy"].is_not_null().all()
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    _load(tmp_path / "out")
+    trained, base = _weights(tmp_path / "out"), _weights(base_dir)
+    assert any(not torch.equal(trained[k], base[k]) for k in base)
+
+
+def test_dpo_without_pairs_publishes_the_input_model(base_dir: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.parquet"
+    write_checked(empty(Pairs), Pairs, pairs)
+    result = run_dpo(_dpo_settings(), base_dir, pairs, tmp_path / "out", tmp_path / "metrics.json",
+                     tmp_path / "curve.csv")
+    assert result["trained"] is False and result["steps"] == 0 and result["pairs"] == 0
+    assert json.loads((tmp_path / "metrics.json").read_text()) == result
+    trained, base = _weights(tmp_path / "out"), _weights(base_dir)
+    assert set(trained) == set(base)
+    assert all(torch.equal(trained[k], base[k]) for k in base)
+    _load(tmp_path / "out")
+    assert pl.read_csv(tmp_path / "curve.csv").height == 0

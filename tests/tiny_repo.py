@@ -1,0 +1,47 @@
+"""A throwaway DVC repo of the whole pipeline with tiny inputs, for the end-to-end and secrets tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def training_params(generator: dict[str, Any]) -> dict[str, Any]:
+    """The training stages at the smallest size that still trains: two SFT steps, two DPO steps."""
+    return {
+        "base": {"model": "embedded", "dtype": "float32"},
+        "general": {"prompts": "data/general/prompts.jsonl", "generator": generator,
+                    "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 48, "seed": 0}},
+        "mix": {"long": "data/long_samples.parquet", "general": "data/general_chat.parquet",
+                "general_per_long": 2.0, "validation_fraction": 0.3, "seed": 0},
+        "train": {"launch": "python"},
+        "sft": {"eval_steps": None, "train": {"learning_rate": 1e-5, "max_steps": 2, "max_length": 512}},
+        "dpo_pairs": {"samples": 2, "sampling": {"temperature": 0.8, "top_p": 0.95, "max_tokens": 48, "seed": 0}},
+        "dpo": {"train": {"learning_rate": 1e-6, "max_steps": 2, "max_length": 512}},
+    }
+
+
+def make_repo(repo: Path, params: dict[str, Any]) -> Path:
+    """Code, dvc.yaml, plot templates and tiny inputs in a new git + DVC repo at ``repo``."""
+    for name in ("longwriter", "stages"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    inputs = {"tiny_pool.jsonl": "data/pool/instructions.jsonl", "tiny_ruler.jsonl": "data/eval/ruler.jsonl",
+              "tiny_longbench.jsonl": "data/eval/longbench.jsonl", "tiny_general.jsonl": "data/general/prompts.jsonl"}
+    for fixture, target in inputs.items():
+        (repo / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(FIXTURES / fixture, repo / target)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / ".gitignore").write_text(".llm-cache/\n")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots", dirs_exist_ok=True)
+    return repo
