@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 from tiny_repo import make_repo, training_params
 
 from longwriter.schemas import (
@@ -184,3 +186,66 @@ def test_forced_repro_pays_for_nothing(repo):
     after = pl.read_parquet(repo / "data/sections.parquet").drop("latency_s")
     assert after.equals(before)
     assert "didn't change" in dvc("status", cwd=repo) or "up to date" in dvc("status", cwd=repo)
+
+
+# ------------------------------------------------------------------ DVC workflows on the repo above
+
+
+def git(*args: str, cwd: Path) -> str:
+    return sh(["git", *args], cwd)
+
+
+@pytest.fixture(scope="module")
+def shared(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The repo committed and pushed to a local DVC remote, and a fresh clone of it with everything pulled."""
+    base = tmp_path_factory.mktemp("shared")
+    remote, clone = base / "remote", base / "clone"
+    dvc("remote", "add", "-d", "-f", "local", str(remote), cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline", cwd=repo)
+    started = time.perf_counter()
+    dvc("push", cwd=repo)
+    push_s = time.perf_counter() - started
+    git("clone", "-q", str(repo), str(clone), cwd=base)
+    started = time.perf_counter()
+    dvc("pull", cwd=clone)
+    pull_s = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in remote.rglob("*") if p.is_file())
+    print(f"dvc push {push_s:.1f} s, pull {pull_s:.1f} s, remote {size / 2**20:.0f} MiB")
+    return {"remote": remote, "clone": clone}
+
+
+def test_push_then_pull_in_a_fresh_clone_restores_every_output(shared):
+    clone = shared["clone"]
+    assert not (clone / ".llm-cache").exists()  # the response cache is not shared: nothing could be replayed
+    assert "up to date" in dvc("status", cwd=clone)
+    out = dvc("repro", cwd=clone)
+    assert "Running stage" not in out  # no model call, no training step
+    for path in ("models/sft/model.safetensors", "data/eval/longbench_scores.parquet", "data/mix/train.parquet"):
+        assert (clone / path).is_file(), path
+
+
+def test_a_param_change_on_a_branch_shows_in_params_and_metrics_diff(shared):
+    clone = shared["clone"]
+    main = git("rev-parse", "--abbrev-ref", "HEAD", cwd=clone).strip()
+    git("checkout", "-q", "-b", "shorter-ruler", cwd=clone)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["ruler"]["lengths"] = [100]
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc("repro", cwd=clone)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"ruler"}, out  # only the stage that reads the param
+    assert "ruler.lengths" in dvc("params", "diff", main, cwd=clone)
+    diff = dvc("metrics", "diff", main, cwd=clone)
+    assert "metrics/ruler.json" in diff and "a.answers" in diff and "b.answers" in diff
+    git("checkout", "-q", "--", ".", cwd=clone)
+    git("checkout", "-q", main, cwd=clone)
+
+
+def test_exp_run_reruns_only_the_stages_that_read_the_param(shared):
+    clone = shared["clone"]
+    out = dvc("exp", "run", "-S", "ruler.reach=0.3", cwd=clone)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"ruler"}, out
+    shown = dvc("exp", "show", "--csv", cwd=clone)
+    assert "a.max_output_length" in shown and "ruler.reach" in shown
