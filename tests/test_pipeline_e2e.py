@@ -238,8 +238,36 @@ def test_a_param_change_on_a_branch_shows_in_params_and_metrics_diff(shared):
     assert "ruler.lengths" in dvc("params", "diff", main, cwd=clone)
     diff = dvc("metrics", "diff", main, cwd=clone)
     assert "metrics/ruler.json" in diff and "a.answers" in diff and "b.answers" in diff
-    git("checkout", "-q", "--", ".", cwd=clone)
+    dvc("plots", "diff", main, "-o", "plots-diff", cwd=clone)
+    assert "ruler.csv" in (clone / "plots-diff" / "index.html").read_text()
+    git("add", "-A", cwd=clone)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "shorter ruler", cwd=clone)
     git("checkout", "-q", main, cwd=clone)
+    dvc("checkout", cwd=clone)
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    (("judge", "max_attempts"), 2, {"longbench", "compare", "dpo_pairs"}),  # judging only (pairs are judged)
+    (("sft", "train", "learning_rate"), 1e-4, {"sft"}),                     # no data generation
+    (("write", "mode"), "parallel", {"write"}),
+    (("eval", "sampling", "max_tokens"), 64, {"ruler", "longbench_answer"}),
+])
+def test_each_param_invalidates_exactly_the_stages_that_read_it(shared, key, value, expected):
+    clone = shared["clone"]
+    original = (clone / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    node = params
+    for k in key[:-1]:
+        node = node[k]
+    node[key[-1]] = value
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = json.loads(sh([sys.executable, "-m", "dvc", "status", "--json"], clone))
+    finally:
+        (clone / "params.yaml").write_text(original)
+    changed_params = {stage for stage, changes in status.items()
+                      if any(isinstance(c, dict) and "params.yaml" in c.get("changed deps", {}) for c in changes)}
+    assert changed_params == expected and set(status) == expected, status
 
 
 def test_exp_run_reruns_only_the_stages_that_read_the_param(shared):
