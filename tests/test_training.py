@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from conftest import tiny_llama
 
 from longwriter.dpo import DPOSettings, build_pairs, run_dpo
 from longwriter.mix import MixConfig, mix_frames
@@ -99,24 +100,6 @@ def _load(directory: Path) -> Any:
 # ----------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    from transformers import AutoTokenizer
-
-    from longwriter.llm.server import default_gguf
-
-    gguf = default_gguf()
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-
-
-def _tiny_model(tok: Any) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    return LlamaForCausalLM(config)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +107,7 @@ def base_dir(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from longwriter.checkpoint import save_checkpoint
 
     out = tmp_path_factory.mktemp("tiny") / "base"
-    save_checkpoint(_tiny_model(tokenizer), tokenizer, out)
+    save_checkpoint(tiny_llama(tokenizer), tokenizer, out)
     return out
 
 
@@ -233,7 +216,7 @@ def test_sft_tokenization_trains_on_the_answer_only(tokenizer: Any, mix_dir: Pat
 
     args = SFTConfig(output_dir=str(tmp_path), completion_only_loss=True, max_length=512, report_to=[],
                      save_strategy="no", bf16=False, use_cpu=True)
-    trainer = SFTTrainer(model=_tiny_model(tokenizer), args=args, train_dataset=load_split(mix_dir / "train.parquet"),
+    trainer = SFTTrainer(model=tiny_llama(tokenizer), args=args, train_dataset=load_split(mix_dir / "train.parquet"),
                          processing_class=tokenizer)
     ex = trainer.train_dataset[0]
     ids = ex["input_ids"]
