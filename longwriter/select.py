@@ -20,6 +20,7 @@ import pandera.polars as pa
 import polars as pl
 from tqdm import tqdm
 
+from longwriter.errors import InputError
 from longwriter.files import read_table, write_json
 from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
 from longwriter.llm.structured import extract_json
@@ -218,20 +219,69 @@ def _certainly_valid(df: pl.DataFrame, model: type[pa.DataFrameModel]) -> bool:
     return all(df.select(e.alias(f"c{i}") for i, e in enumerate(exprs)).row(0)) if exprs else True
 
 
+# Chat logs serve as pools as they are published: a WildChat-1M Parquet shard holds one `conversation` per row
+# (a list of {role, content, ...} turns) keyed by `conversation_hash`; chat sets hold `messages`. The instruction
+# is the conversation's first user turn, the request the paper's selection starts from.
+_CHAT_COLUMNS = ("conversation", "messages")
+_POOL_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")
+# the columns select reads: a WildChat shard's others (moderation scores, headers, ...) stay on disk
+_POOL_COLUMNS = ["id", "prompt", "source", "required_words", *_CHAT_COLUMNS, "conversation_hash"]
+
+
+def pool_files(path: str) -> list[Path]:
+    """The files of one ``select.pools`` entry: the file itself, or every pool file in a directory (e.g. the
+    shards ``dvc import-url`` put there), in name order."""
+    entry = Path(path)
+    if not entry.is_dir():
+        return [entry]
+    files = sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in _POOL_SUFFIXES)
+    if not files:
+        raise InputError(path, f"no pool files ({', '.join(_POOL_SUFFIXES)}) in this directory")
+    return files
+
+
+def first_user_turns(df: pl.DataFrame, path: str | Path) -> pl.DataFrame:
+    """A pool file's rows as prompts: unchanged when it has a ``prompt`` column; a chat log's rows get the
+    first user turn of their conversation as ``prompt`` (and ``conversation_hash`` as ``id``). Conversations
+    without a non-blank user turn are left out: an empty chat message is not an instruction."""
+    if "prompt" in df.columns:
+        return df
+    column = next((c for c in _CHAT_COLUMNS if c in df.columns), None)
+    if column is None:
+        raise InputError(path, "missing column 'prompt', and no chat column ('conversation' as in WildChat-1M, "
+                               "or 'messages') to take the first user turn from")
+    dtype = df.schema[column]
+    if not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)
+            and {"role", "content"} <= {f.name for f in dtype.inner.fields}):
+        raise InputError(path, f"expected a list of {{role, content}} turns, found {dtype}", column=column)
+    turn = pl.element()
+    first_user = pl.col(column).list.eval(
+        turn.filter(turn.struct.field("role") == "user").struct.field("content").first()).list.first()
+    df = df.with_columns(first_user.alias("prompt")).filter(pl.col("prompt").str.contains(r"\S"))
+    if "id" not in df.columns and "conversation_hash" in df.columns:
+        df = df.with_columns(pl.col("conversation_hash").cast(pl.Utf8).alias("id"))
+    return df
+
+
 def load_pools(paths: list[str]) -> pl.DataFrame:
-    """Read and validate each pool; returns id, prompt, source, required_words (one frame, pool order)."""
+    """Read and validate each pool; returns id, prompt, source, required_words (one frame, pool order).
+
+    A pool is a file (JSONL or Parquet) or a directory of them; its source is the file's, or the directory's,
+    name unless rows carry their own."""
     frames = []
     for path in paths:
-        df = read_table(path)
-        df = df.drop("_row") if _certainly_valid(df.drop("_row", strict=False), Pool) else validate(df, Pool, path)
         source = Path(path).stem
-        frames.append(df.select(
-            pl.col("id") if "id" in df.columns else _stable_ids(df["prompt"]).alias("id"),
-            pl.col("prompt"),
-            (pl.col("source").fill_null(source) if "source" in df.columns else pl.lit(source)).alias("source"),
-            (pl.col("required_words").cast(pl.Int64) if "required_words" in df.columns
-             else pl.lit(None, dtype=pl.Int64)).alias("required_words"),
-        ))
+        for file in pool_files(path):
+            df = first_user_turns(read_table(file, _POOL_COLUMNS), file)
+            df = (df.drop("_row") if _certainly_valid(df.drop("_row", strict=False), Pool)
+                  else validate(df, Pool, str(file)))
+            frames.append(df.select(
+                pl.col("id") if "id" in df.columns else _stable_ids(df["prompt"]).alias("id"),
+                pl.col("prompt"),
+                (pl.col("source").fill_null(source) if "source" in df.columns else pl.lit(source)).alias("source"),
+                (pl.col("required_words").cast(pl.Int64) if "required_words" in df.columns
+                 else pl.lit(None, dtype=pl.Int64)).alias("required_words"),
+            ))
     return pl.concat(frames, how="vertical_relaxed")
 
 

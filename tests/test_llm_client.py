@@ -129,3 +129,15 @@ def test_schema_request_forms(fake_server, tmp_path, mode, expected_type):
     assert (form.get("schema") or form["json_schema"]["schema"]) == schema
     import json
     assert isinstance(json.loads(reply.text)["x"], int)
+
+
+def test_a_relative_cache_dir_is_the_workspace_s_even_in_a_dvc_experiment_copy(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert ClientSettings(cache_dir=".llm-cache").cache_path == tmp_path / ".llm-cache"
+    assert ClientSettings(cache_dir=str(tmp_path / "elsewhere")).cache_path == tmp_path / "elsewhere"
+    # queued and --temp experiments run in <workspace>/.dvc/tmp/exps/<run>/ (a stage's wdir below it)
+    run = tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12cd" / "sub"
+    run.mkdir(parents=True)
+    monkeypatch.chdir(run)
+    assert ClientSettings(cache_dir=".llm-cache").cache_path == tmp_path / "sub" / ".llm-cache"
+    assert ClientSettings(cache_dir="/abs/cache").cache_path == Path("/abs/cache")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from wildchat import conversation, write_shard
 
 from longwriter.errors import InputError
 from longwriter.llm import ClientSettings, Endpoint, LLMClient, ResponseCache
@@ -88,6 +89,46 @@ def test_pools_without_ids_get_stable_ids_and_bad_pools_are_named(tmp_path):
     bad.write_text('{"prompt": "ok prompt here"}\n{"prompt": "   "}\n', encoding="utf-8")
     with pytest.raises(InputError, match=r"bad.jsonl: row 2, column 'prompt'"):
         load_pools([str(bad)])
+
+
+def test_a_wildchat_shard_is_a_pool_of_first_user_turns(tmp_path):
+    shard = write_shard(tmp_path / "wildchat" / "train-00000-of-00002.parquet", [
+        ("h1", conversation("Write a 3000-word history of the printing press.", "Now make it funnier.")),
+        ("h2", conversation("写一篇五千字的小说")),
+        ("h3", conversation("   ", "Write a long report on tides.")),  # blank first user turn: not an instruction
+    ])
+    df = load_pools([str(shard)])
+    assert df.to_dicts() == [
+        {"id": "h1", "prompt": "Write a 3000-word history of the printing press.",
+         "source": "train-00000-of-00002", "required_words": None},
+        {"id": "h2", "prompt": "写一篇五千字的小说", "source": "train-00000-of-00002", "required_words": None},
+    ]
+    # a directory of shards is one pool, read in name order, named after the directory
+    write_shard(tmp_path / "wildchat" / "train-00001-of-00002.parquet", [("h4", conversation("Write a guide."))])
+    df = load_pools([str(tmp_path / "wildchat")])
+    assert df["id"].to_list() == ["h1", "h2", "h4"] and set(df["source"]) == {"wildchat"}
+    cands, counts = prefilter(df, SelectConfig(min_prompt_chars=5))
+    assert counts["read"] == 3 and dict(zip(cands["id"], cands["required_words"], strict=True)) == {
+        "h1": 3000, "h2": 5000, "h4": None}
+
+
+def test_chat_pools_with_messages_and_pools_without_prompts(tmp_path):
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": "Write an essay on salt."}]}) + "\n")
+    df = load_pools([str(chat)])
+    assert df["prompt"].to_list() == ["Write an essay on salt."] and len(df["id"][0]) == 12
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "Write an essay on salt."}) + "\n")
+    with pytest.raises(InputError, match=r"bad.jsonl: missing column 'prompt', and no chat column"):
+        load_pools([str(bad)])
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(json.dumps({"conversation": ["Write an essay on salt."]}) + "\n")
+    with pytest.raises(InputError, match=r"odd.jsonl: column 'conversation': expected a list of \{role, content\}"):
+        load_pools([str(odd)])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: no pool files"):
+        load_pools([str(tmp_path / "empty")])
 
 
 def test_default_pool_is_valid():

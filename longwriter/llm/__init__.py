@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import TypeVar
 
 from longwriter.errors import ConfigError
@@ -41,7 +40,7 @@ def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoin
         with contextlib.ExitStack() as running:
             def start() -> str:
                 return running.enter_context(
-                    embedded_server(spec, settings.cache_dir, settings.server_start_timeout_s))
+                    embedded_server(spec, settings.cache_path, settings.server_start_timeout_s))
             # started lazily by the client: a stage whose calls are all cached never starts a server
             yield Endpoint(None, spec.model or DEFAULT_ALIAS, identity, mode, start=start)
     elif spec.provider == "local":
@@ -53,7 +52,7 @@ def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoin
         with contextlib.ExitStack() as running:
             def start_local() -> str:
                 if use_vllm():
-                    return running.enter_context(vllm_server(path, alias, settings.cache_dir,
+                    return running.enter_context(vllm_server(path, alias, settings.cache_path,
                                                              settings.server_start_timeout_s))
                 return running.enter_context(transformers_server(path, spec.n_threads, spec.max_batch))
             yield Endpoint(None, alias, f"local:{checkpoint_identity(str(path))}", mode, start=start_local)
@@ -69,7 +68,7 @@ def run_with_llm(spec: ModelSpec, settings: ClientSettings,
     if spec.provider == "local":  # a batching backend: keep a whole batch in flight
         settings = dataclasses.replace(settings, max_concurrency=max(settings.max_concurrency, spec.max_batch))
     with open_endpoint(spec, settings) as endpoint, \
-            ResponseCache(Path(settings.cache_dir) / "responses.sqlite") as cache:
+            ResponseCache(settings.cache_path / "responses.sqlite") as cache:
         async def main() -> tuple[T, CallStats]:
             async with LLMClient(endpoint, cache, settings) as llm:
                 return await work(llm), llm.stats

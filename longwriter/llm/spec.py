@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 Provider = Literal["embedded", "openai", "local"]
@@ -78,6 +79,22 @@ class ClientSettings:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     server_start_timeout_s: float = 180.0
+
+    @property
+    def cache_path(self) -> Path:
+        """The response cache's directory. A relative ``cache_dir`` belongs to the workspace, and DVC runs queued
+        and ``--temp`` experiments in a temporary copy of it, ``<workspace>/.dvc/tmp/exps/<run>/``: there it
+        resolves against ``<workspace>``, so a sweep reuses the responses already paid for and keeps the ones
+        it pays for (the SQLite cache takes writers from several processes)."""
+        path = Path(self.cache_dir)
+        if path.is_absolute():
+            return path
+        cwd = Path.cwd()
+        parts = cwd.parts
+        for i in range(len(parts) - 3):
+            if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+                return Path(*parts[:i], *parts[i + 4:]) / path
+        return cwd / path
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
