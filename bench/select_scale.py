@@ -1,6 +1,6 @@
 """select at pool scale: the pre-LLM part of ``select`` on a generated WildChat-shaped pool.
 
-    python bench/select_scale.py [--rows 1000000] [--seed 0]
+    python bench/select_scale.py [--rows 1000000] [--seed 0] [--layout prompts|wildchat]
 
 Generates a deterministic Parquet pool (columns id, prompt, source) in a temporary directory: 50 % English,
 35 % Chinese and 15 % other languages (Russian, Japanese, Korean and Arabic, which ``select`` calls "other";
@@ -10,7 +10,9 @@ about 15 % of prompts stating a length ("Write a 2000-word essay ...", "写一�
 of a 2-million-character corpus per language, drawn word by word (character by character for Chinese,
 Japanese and Korean) with the frequencies of a few sentences, newlines included, so the Parquet file
 compresses about as much as real text; a ticket number keeps originals distinct. Generating a million rows
-takes about ten seconds.
+takes about ten seconds. ``--layout wildchat`` writes the same prompts as WildChat-1M's shards hold them: one
+``conversation`` per row (the prompt as the user turn, then an assistant reply as long as another row's prompt)
+keyed by ``conversation_hash``, so the run also measures taking the first user turn out of each conversation.
 
 Then, in a fresh child process (so its peak RSS is that of the select work alone) on ``--threads`` cores and
 Polars threads, it times ``prefilter(load_pools([pool]), SelectConfig())``: reading, Pool validation, NFKC
@@ -204,6 +206,18 @@ def generate_pool(rows: int, seed: int) -> pl.DataFrame:
     })
 
 
+def as_wildchat(pool: pl.DataFrame) -> pl.DataFrame:
+    """``pool`` in WildChat-1M's layout: conversation_hash, a user turn and an assistant reply, turn, language."""
+    reply = pool["prompt"].shift(1, fill_value="Sure.")
+    return pool.select(
+        pl.col("id").alias("conversation_hash"),
+        pl.concat_list(pl.struct(pl.lit("user").alias("role"), pl.col("prompt").alias("content")),
+                       pl.struct(pl.lit("assistant").alias("role"), reply.alias("content"))).alias("conversation"),
+        pl.lit(1, dtype=pl.Int64).alias("turn"),
+        pl.lit("English").alias("language"),
+    )
+
+
 CHILD = r"""
 import json, os, sys, time
 import polars as pl
@@ -243,16 +257,19 @@ def measure(path: Path, threads: int) -> dict:
               help="Cores the measured child may run on, and its POLARS_MAX_THREADS.")
 @click.option("--repeat", default=2, show_default=True,
               help="Measured runs, each in a fresh child; targets are judged on the slowest run and highest peak.")
-@click.option("--out", default="bench/results/select_scale.json", show_default=True)
-def main(rows: int, seed: int, threads: int, repeat: int, out: str) -> None:
+@click.option("--layout", type=click.Choice(["prompts", "wildchat"]), default="prompts", show_default=True,
+              help="prompts: id, prompt, source columns; wildchat: WildChat-1M's conversation layout.")
+@click.option("--out", default=None, help="Results JSON  [default: bench/results/select_scale[_wildchat].json]")
+def main(rows: int, seed: int, threads: int, repeat: int, layout: str, out: str | None) -> None:
+    out = out or f"bench/results/select_scale{'' if layout == 'prompts' else '_' + layout}.json"
     with tempfile.TemporaryDirectory(prefix="select-scale-") as tmp:
         path = Path(tmp) / "wildchat.parquet"
         started = time.perf_counter()
         pool = generate_pool(rows, seed)
-        pool.write_parquet(path)
+        (as_wildchat(pool) if layout == "wildchat" else pool).write_parquet(path)
         generated = time.perf_counter() - started
         chars = pool["prompt"].str.len_chars()
-        shape = {"rows": rows, "generate_seconds": round(generated, 2),
+        shape = {"rows": rows, "layout": layout, "generate_seconds": round(generated, 2),
                  "parquet_mib": round(path.stat().st_size / 2**20, 1),
                  "text_mib": round(pool["prompt"].str.len_bytes().sum() / 2**20, 1),
                  "chars_median": int(chars.median()), "chars_mean": round(chars.mean(), 1),

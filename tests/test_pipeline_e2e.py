@@ -5,10 +5,13 @@ rerun and a forced rerun of every model-calling stage served from the response c
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import http.server
+import io
 import json
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -45,7 +48,7 @@ TINY_PARAMS = {
                "sampling": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 64, "seed": 0}},
     "plan": {"min_paragraphs": 2, "max_paragraphs": 3, "min_words": 60, "max_words": 150, "generator": EMBEDDED,
              "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 400, "seed": 0}},
-    "write": {"max_continuations": 1, "generator": EMBEDDED,
+    "write": {"mode": "sequential", "max_continuations": 1, "generator": EMBEDDED,
               "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 400, "seed": 0}},
     # keep every written answer: training needs at least one long sample
     "postprocess": {"min_words_ratio": 0.0, "max_repetition": 1.0},
@@ -287,6 +290,13 @@ def test_exp_run_reruns_only_the_stages_that_read_the_param(shared):
     assert ran == {"ruler"}, out
     shown = dvc("exp", "show", "--csv", cwd=clone)
     assert "a.max_output_length" in shown and "ruler.reach" in shown
+    # the README's key columns, as written
+    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if x.startswith("dvc exp show --drop"))
+    rows = list(csv.reader(io.StringIO(dvc(*shlex.split(line, comments=True)[1:], "--csv", cwd=clone))))
+    assert set(rows[0]) == {"Experiment", "a.S", "b.S", "a.max_output_length", "b.max_output_length",
+                            "train_loss_last", "sft.train.learning_rate", "dpo.train.learning_rate", "write.mode",
+                            "ruler.reach"}, rows[0]
+    assert len(rows) >= 3  # workspace, baseline, the experiment
 
 
 def exp_metrics(repo: Path) -> dict[str, dict]:
