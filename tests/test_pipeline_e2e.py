@@ -77,6 +77,11 @@ def dvc(*args: str, cwd: Path) -> str:
     return sh([sys.executable, "-m", "dvc", *args], cwd)
 
 
+def stages_run(repro_output: str) -> set[str]:
+    """The stages a ``dvc repro`` / ``dvc exp run`` ran, from its output."""
+    return {line.split("'")[1] for line in repro_output.splitlines() if line.startswith("Running stage")}
+
+
 def metrics(repo: Path, stage: str) -> dict:
     return json.loads((repo / "metrics" / f"{stage}.json").read_text())
 
@@ -243,7 +248,7 @@ def test_a_param_change_on_a_branch_shows_in_params_and_metrics_diff(shared):
     params["ruler"]["lengths"] = [100]
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc("repro", cwd=clone)
-    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    ran = stages_run(out)
     assert ran == {"ruler"}, out  # only the stage that reads the param
     assert "ruler.lengths" in dvc("params", "diff", main, cwd=clone)
     diff = dvc("metrics", "diff", main, cwd=clone)
@@ -286,7 +291,7 @@ def test_each_param_invalidates_exactly_the_stages_that_read_it(shared, key, val
 def test_exp_run_reruns_only_the_stages_that_read_the_param(shared):
     clone = shared["clone"]
     out = dvc("exp", "run", "-S", "ruler.reach=0.3", cwd=clone)
-    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    ran = stages_run(out)
     assert ran == {"ruler"}, out
     shown = dvc("exp", "show", "--csv", cwd=clone)
     assert "a.max_output_length" in shown and "ruler.reach" in shown
@@ -396,7 +401,7 @@ def test_imported_benchmark_files_feed_the_evaluation_stages(repo, shared, publi
     params["longbench"]["input"] = outs["longbench_write.jsonl"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc("repro", cwd=repo)
-    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    ran = stages_run(out)
     # the shard imported into data/pool changed select's dependency: select reran to the same table, so no
     # generation or training stage ran after it
     assert {"ruler", "longbench_answer"} <= ran <= {"select", *EVAL_STAGES}, out
