@@ -18,9 +18,7 @@ from pathlib import Path
 import click
 import polars as pl
 
-from longwriter.files import write_json
-from longwriter.llm import ClientSettings, LLMClient, ModelSpec, run_with_llm
-from longwriter.plan import (
+from longwriter.agentwrite.plan import (
     PlanConfig,
     Repairs,
     paragraph_bounds,
@@ -30,7 +28,10 @@ from longwriter.plan import (
     plan_one,
     plan_schema,
 )
-from longwriter.select import SelectConfig, load_pools, prefilter
+from longwriter.agentwrite.pool import load_pools
+from longwriter.agentwrite.select import SelectConfig, prefilter
+from longwriter.files import write_json
+from longwriter.llm import ClientSettings, LLMClient, ModelSpec, run_with_llm
 
 
 @click.command(help=__doc__)

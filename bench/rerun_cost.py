@@ -36,8 +36,8 @@ import click
 import yaml
 from common import ROOT, LoadServer, Timer, save_result, sigterm_as_exit, table, write_workload
 
+from longwriter.agentwrite.write import WriteConfig, run_write
 from longwriter.llm import ClientSettings, ModelSpec, Sampling
-from longwriter.write import WriteConfig, run_write
 
 REPLAY_TARGET_S = 10.0
 

@@ -221,7 +221,8 @@ def as_wildchat(pool: pl.DataFrame) -> pl.DataFrame:
 CHILD = r"""
 import json, os, sys, time
 import polars as pl
-from longwriter.select import SelectConfig, load_pools, prefilter
+from longwriter.agentwrite.pool import load_pools
+from longwriter.agentwrite.select import SelectConfig, prefilter
 
 def rss(field):
     with open("/proc/self/status") as f:

@@ -50,8 +50,8 @@ from common import (
     write_workload,
 )
 
+from longwriter.agentwrite.write import WriteConfig, run_write
 from longwriter.llm import ClientSettings, ModelSpec, Sampling
-from longwriter.write import WriteConfig, run_write
 
 MAX_TOKENS = 1024
 

@@ -55,6 +55,12 @@ def write_json(obj: Any, path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def write_csv(df: pl.DataFrame, path: str | Path) -> None:
+    """Write a table as CSV, atomically (DVC plot data)."""
+    with atomic_path(path) as tmp:
+        df.write_csv(tmp)
+
+
 def read_jsonl(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
     """Read a JSONL file of objects; malformed lines and non-UTF-8 bytes raise ``InputError`` with the row.
 

@@ -6,9 +6,9 @@ trained). Or a Hugging Face model id / local directory (e.g. THUDM/glm-4-9b, met
 
 import click
 
-from longwriter.checkpoint import BaseConfig, run_base
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
+from longwriter.train.base import BaseConfig, run_base
 
 
 @click.command(help=__doc__)

@@ -4,10 +4,10 @@ and reports win/tie/loss rates per pair (params: compare, judge, llm). With no p
 
 import click
 
-from longwriter.compare import CompareConfig, run_compare
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
-from longwriter.judge import JudgeConfig
+from longwriter.eval.compare import CompareConfig, run_compare
+from longwriter.eval.judge import JudgeConfig
 from longwriter.llm import ClientSettings
 
 

@@ -3,8 +3,8 @@
 import click
 
 from longwriter.config import build, read_params, section
-from longwriter.dpo import DPOSettings, run_dpo
 from longwriter.errors import stage_entry
+from longwriter.train.dpo import DPOSettings, run_dpo
 
 
 @click.command(help=__doc__)

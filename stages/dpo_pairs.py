@@ -7,10 +7,10 @@ For each selected long-writing instruction: sample answers from models/sft, scor
 import click
 
 from longwriter.config import build, read_params, section
-from longwriter.dpo import PairsConfig, run_dpo_pairs
 from longwriter.errors import stage_entry
-from longwriter.judge import JudgeConfig
+from longwriter.eval.judge import JudgeConfig
 from longwriter.llm import ClientSettings
+from longwriter.train.pairs import PairsConfig, run_dpo_pairs
 
 
 @click.command(help=__doc__)

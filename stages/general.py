@@ -6,8 +6,8 @@ import click
 
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
-from longwriter.general import GeneralConfig, run_general
 from longwriter.llm import ClientSettings
+from longwriter.train.general import GeneralConfig, run_general
 
 
 @click.command(help=__doc__)

@@ -8,9 +8,9 @@ import click
 
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
-from longwriter.judge import JudgeConfig
+from longwriter.eval.judge import JudgeConfig
+from longwriter.eval.longbench import run_longbench
 from longwriter.llm import ClientSettings
-from longwriter.longbench import run_longbench
 
 
 @click.command(help=__doc__)

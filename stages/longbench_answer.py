@@ -7,11 +7,11 @@ never regenerates answers.
 
 import click
 
-from longwriter.answers import EvalConfig
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
+from longwriter.eval.answers import EvalConfig
+from longwriter.eval.longbench import LongBenchConfig, run_longbench_answers
 from longwriter.llm import ClientSettings
-from longwriter.longbench import LongBenchConfig, run_longbench_answers
 
 
 @click.command(help=__doc__)

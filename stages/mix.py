@@ -6,7 +6,7 @@ import click
 
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
-from longwriter.mix import MixConfig, run_mix
+from longwriter.train.mix import MixConfig, run_mix
 
 
 @click.command(help=__doc__)

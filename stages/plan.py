@@ -7,10 +7,10 @@ bounded number of times on an unusable plan, and records the instructions it cou
 
 import click
 
+from longwriter.agentwrite.plan import PlanConfig, run_plan
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
 from longwriter.llm import ClientSettings
-from longwriter.plan import PlanConfig, run_plan
 
 
 @click.command(help=__doc__)

@@ -6,9 +6,9 @@ come from collapsed plans or degenerate into repetition, and writes user/assista
 
 import click
 
+from longwriter.agentwrite.postprocess import PostprocessConfig, run_postprocess
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
-from longwriter.postprocess import PostprocessConfig, run_postprocess
 
 
 @click.command(help=__doc__)

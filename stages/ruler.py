@@ -7,11 +7,11 @@ and the required-vs-produced curve as CSV (for `dvc plots show`) and PNG.
 
 import click
 
-from longwriter.answers import EvalConfig
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
+from longwriter.eval.answers import EvalConfig
+from longwriter.eval.ruler import RulerConfig, run_ruler
 from longwriter.llm import ClientSettings
-from longwriter.ruler import RulerConfig, run_ruler
 
 
 @click.command(help=__doc__)

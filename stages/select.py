@@ -7,10 +7,10 @@ its quota. Writes the chosen instructions, the calls that failed, and step-by-st
 
 import click
 
+from longwriter.agentwrite.select import SelectConfig, run_select
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
 from longwriter.llm import ClientSettings
-from longwriter.select import SelectConfig, run_select
 
 
 @click.command(help=__doc__)

@@ -8,7 +8,7 @@ import click
 
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
-from longwriter.sft import SFTSettings, run_sft
+from longwriter.train.sft import SFTSettings, run_sft
 
 
 @click.command(help=__doc__)

@@ -7,10 +7,10 @@ shared response cache, so a rerun or a resume after a crash pays only for calls 
 
 import click
 
+from longwriter.agentwrite.write import WriteConfig, run_write
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
 from longwriter.llm import ClientSettings
-from longwriter.write import WriteConfig, run_write
 
 
 @click.command(help=__doc__)

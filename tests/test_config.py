@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from longwriter.agentwrite.plan import PlanConfig
+from longwriter.agentwrite.select import SelectConfig
 from longwriter.config import build, read_params, section
 from longwriter.errors import ConfigError
 from longwriter.llm.spec import ClientSettings, ModelSpec, Sampling
-from longwriter.plan import PlanConfig
-from longwriter.select import SelectConfig
 
 WHERE = "params.yaml:select"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from longwriter.agentwrite.plan import PlanConfig, Repairs, UnusablePlan, parse_plan_json, plan_schema, repair
 from longwriter.errors import LongwriterError
 from longwriter.llm import ClientSettings, Endpoint, LLMClient, ModelSpec, ResponseCache, Sampling
 from longwriter.llm.server import default_gguf, embedded_identity, embedded_server
-from longwriter.plan import PlanConfig, Repairs, UnusablePlan, parse_plan_json, plan_schema, repair
 
 ROOT = Path(__file__).parent.parent
 
@@ -40,7 +40,7 @@ def test_plan_with_schema_from_real_model(embedded_url, tmp_path):
     async def main():
         with ResponseCache(tmp_path / "c.sqlite") as cache:
             async with LLMClient(endpoint, cache, ClientSettings(cache_dir=str(tmp_path))) as llm:
-                from longwriter.plan import plan_messages
+                from longwriter.agentwrite.plan import plan_messages
                 msgs = plan_messages("Write a 1000-word essay about lighthouses.", 1000, cfg, structured=True)
                 return await llm.complete(msgs, Sampling(temperature=0.0, max_tokens=600), schema=plan_schema(3, 5))
 

@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from longwriter.judge import (
+from longwriter.eval.judge import (
     DIMENSIONS,
     JudgeConfig,
     Rating,

@@ -25,14 +25,21 @@ from conftest import tiny_llama
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from longwriter.answers import EvalModel, generate_answers  # noqa: E402
-from longwriter.checkpoint import BaseConfig, checkpoint_identity, run_base, save_checkpoint  # noqa: E402
 from longwriter.errors import ConfigError  # noqa: E402
+from longwriter.eval.answers import EvalModel, generate_answers  # noqa: E402
 from longwriter.llm import ClientSettings, LLMClient, ModelSpec, Sampling, run_with_llm  # noqa: E402
 from longwriter.llm import local as local_mod  # noqa: E402
-from longwriter.llm.local import TransformersChat, local_model_path, transformers_server, use_vllm  # noqa: E402
+from longwriter.llm.local import (  # noqa: E402
+    TransformersChat,
+    checkpoint_identity,
+    local_model_path,
+    transformers_server,
+    use_vllm,
+)
 from longwriter.llm.server import default_gguf  # noqa: E402
 from longwriter.schemas import Answers  # noqa: E402
+from longwriter.train.base import BaseConfig, run_base  # noqa: E402
+from longwriter.train.checkpoint import save_checkpoint  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- fixtures
 

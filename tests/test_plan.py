@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from longwriter.plan import (
+from longwriter.agentwrite.plan import (
     Paragraph,
     PlanConfig,
     Repairs,

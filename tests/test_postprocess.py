@@ -7,7 +7,7 @@ import random
 import polars as pl
 import pytest
 
-from longwriter.postprocess import PostprocessConfig, build_samples, repetition, strip_label
+from longwriter.agentwrite.postprocess import PostprocessConfig, build_samples, repetition, strip_label
 from longwriter.schemas import LongSamples, validate
 
 

@@ -19,9 +19,9 @@ import polars as pl
 import yaml
 from tiny_repo import make_repo, training_params
 
+from longwriter.agentwrite.plan import PlanConfig, run_plan
+from longwriter.agentwrite.write import WriteConfig, run_write
 from longwriter.llm import ClientSettings, ModelSpec, Sampling
-from longwriter.plan import PlanConfig, run_plan
-from longwriter.write import WriteConfig, run_write
 
 ROOT = Path(__file__).parent.parent
 ALL_FAULTS = {"429": 0.03, "500": 0.03, "503": 0.03, "hang": 0.03, "drop": 0.03, "malformed": 0.03,

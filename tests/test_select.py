@@ -13,26 +13,15 @@ import polars as pl
 import pytest
 from wildchat import conversation, write_shard
 
+from longwriter.agentwrite.dedup import _BLANKS, _plain_classes, first_distinct, first_of_each_key, normalised_prompts
+from longwriter.agentwrite.pool import _certainly_valid, load_pools
+from longwriter.agentwrite.select import SelectConfig, prefilter
+from longwriter.agentwrite.selector import choose
+from longwriter.agentwrite.stated_length import _EN_RUN, _ZH_RUN, required_words, required_words_in
 from longwriter.errors import InputError
+from longwriter.language import language_expr, languages
 from longwriter.llm import ClientSettings, Endpoint, LLMClient, ResponseCache
 from longwriter.schemas import Pool, validate
-from longwriter.select import (
-    _EN_RUN,
-    _ZH_RUN,
-    SelectConfig,
-    _certainly_valid,
-    _first_distinct,
-    _plain_classes,
-    choose,
-    first_of_each_key,
-    language_expr,
-    languages,
-    load_pools,
-    normalised_prompts,
-    prefilter,
-    required_words,
-    required_words_in,
-)
 
 ROOT = Path(__file__).parent.parent
 
@@ -287,8 +276,8 @@ def test_ids_reused_across_pools_are_rekeyed(tmp_path):
 def test_first_distinct_survives_hash_collisions():
     values = pl.Series(["a", "b", "a", "c", "b", "d"])
     collide = pl.Series([7, 7, 7, 7, 7, 9], dtype=pl.UInt64)  # every hash equal but the last
-    assert _first_distinct(collide, values.filter).to_list() == values.is_first_distinct().to_list()
-    assert _first_distinct(values.hash(), values.filter).to_list() == values.is_first_distinct().to_list()
+    assert first_distinct(collide, values.filter).to_list() == values.is_first_distinct().to_list()
+    assert first_distinct(values.hash(), values.filter).to_list() == values.is_first_distinct().to_list()
 
 
 @pytest.mark.parametrize("frame", [
@@ -374,7 +363,6 @@ def test_language_borderlines_agree_with_counting_everything(prompt):
 
 
 def test_blanks_are_the_regex_whitespace_but_the_space():
-    from longwriter.select import _BLANKS
 
     chars = _all_chars()
     assert sorted(chars.filter(chars.str.contains(r"^\s$")).to_list()) == sorted([" ", *_BLANKS])

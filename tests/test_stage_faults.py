@@ -14,9 +14,9 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from longwriter.agentwrite.plan import PlanConfig, run_plan
+from longwriter.agentwrite.write import WriteConfig, run_write
 from longwriter.llm import ClientSettings, ModelSpec, Sampling
-from longwriter.plan import PlanConfig, run_plan
-from longwriter.write import WriteConfig, run_write
 
 ROOT = Path(__file__).parent.parent
 

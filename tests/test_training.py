@@ -16,10 +16,11 @@ import polars as pl
 import pytest
 from conftest import tiny_llama
 
-from longwriter.dpo import DPOSettings, build_pairs, run_dpo
-from longwriter.mix import MixConfig, mix_frames
 from longwriter.schemas import MESSAGES, Chat, LongSamples, Pairs, empty, validate, write_checked
-from longwriter.sft import (
+from longwriter.train.dpo import DPOSettings, run_dpo
+from longwriter.train.mix import MixConfig, mix_frames
+from longwriter.train.pairs import build_pairs
+from longwriter.train.sft import (
     LoraSettings,
     SFTSettings,
     TrainSettings,
@@ -104,7 +105,7 @@ def _load(directory: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def base_dir(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from longwriter.checkpoint import save_checkpoint
+    from longwriter.train.checkpoint import save_checkpoint
 
     out = tmp_path_factory.mktemp("tiny") / "base"
     save_checkpoint(tiny_llama(tokenizer), tokenizer, out)

@@ -44,8 +44,13 @@ def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoin
             # started lazily by the client: a stage whose calls are all cached never starts a server
             yield Endpoint(None, spec.model or DEFAULT_ALIAS, identity, mode, start=start)
     elif spec.provider == "local":
-        from longwriter.checkpoint import checkpoint_identity
-        from longwriter.llm.local import local_model_path, transformers_server, use_vllm, vllm_server
+        from longwriter.llm.local import (
+            checkpoint_identity,
+            local_model_path,
+            transformers_server,
+            use_vllm,
+            vllm_server,
+        )
 
         path = local_model_path(spec)
         alias = spec.model or "local"

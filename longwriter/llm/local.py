@@ -9,6 +9,7 @@ the response cache, retries and token accounting are the same as for every other
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -290,3 +292,18 @@ def local_model_path(spec: ModelSpec) -> Path:
     if not (path / "config.json").is_file():
         raise ConfigError(f"local model {path}: no config.json (not a transformers checkpoint directory)")
     return path
+
+
+@cache
+def checkpoint_identity(path: str) -> str:
+    """Content hash of a checkpoint directory (weights, config, tokenizer): cache keys follow the weights."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ConfigError(f"checkpoint {root}: directory not found")
+    h = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(file.relative_to(root)).encode() + b"\0")
+        with file.open("rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]

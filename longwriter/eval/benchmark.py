@@ -12,10 +12,10 @@ from pathlib import Path
 import polars as pl
 
 from longwriter.errors import InputError
+from longwriter.eval.scoring import bucket_of
 from longwriter.files import read_table
+from longwriter.language import languages
 from longwriter.schemas import Benchmark, validate
-from longwriter.scoring import bucket_of
-from longwriter.select import languages
 
 
 def read_benchmark(path: str | Path, lengths: list[int] | None = None) -> pl.DataFrame:

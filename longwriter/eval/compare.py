@@ -16,8 +16,8 @@ import polars as pl
 from tqdm import tqdm
 
 from longwriter.errors import ConfigError
+from longwriter.eval.judge import JudgeConfig, verdict
 from longwriter.files import read_table, write_json
-from longwriter.judge import JudgeConfig, verdict
 from longwriter.llm import ClientSettings, LLMClient, run_with_llm
 from longwriter.schemas import Answers, Comparisons, empty, validate, write_checked, write_failures
 

@@ -1,4 +1,4 @@
-"""Stages ``dpo_pairs`` and ``dpo``: preference pairs the paper's way, then TRL's DPOTrainer.
+"""Stage ``dpo_pairs``: preference pairs the paper's way.
 
 For each long-writing instruction the SFT model writes ``samples`` answers; the judge scores each one with
 LongBench-Write's scorer, S = (S_l + S_q) / 2 (length against the instruction's required or estimated
@@ -10,22 +10,18 @@ answers gives no pair.
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from longwriter.answers import EvalModel, generate_answers
+from longwriter.eval.answers import EvalModel, generate_answers
+from longwriter.eval.judge import DIMENSIONS, JudgeConfig, judge_answers
+from longwriter.eval.scoring import bucket_of, dimension_score, length_score, overall, quality_score
 from longwriter.files import read_table, write_json
-from longwriter.judge import DIMENSIONS, JudgeConfig
 from longwriter.llm import ClientSettings, ModelSpec, Sampling
-from longwriter.longbench import judge_answers
-from longwriter.plots import write_csv
 from longwriter.schemas import Instructions, Pairs, empty, validate, write_checked, write_failures
-from longwriter.scoring import bucket_of, dimension_score, length_score, overall, quality_score
-from longwriter.sft import TrainSettings, publish
 
 
 @dataclass(frozen=True)
@@ -40,15 +36,6 @@ class PairsConfig:
     def __post_init__(self) -> None:
         if self.samples < 2:
             raise ValueError("samples must be >= 2 (a pair needs two answers)")
-
-
-@dataclass(frozen=True)
-class DPOSettings:
-    """The ``dpo`` section."""
-
-    train: TrainSettings = field(default_factory=lambda: TrainSettings(learning_rate=5e-7))
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
 
 
 def build_pairs(candidates: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -122,62 +109,5 @@ def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings
               "margin_mean": round(float(pairs["margin"].mean()), 2) if pairs.height else None,
               "margin_min": round(float(pairs["margin"].min()), 2) if pairs.height else None,
               "generation_llm": gen_stats["policy"].as_metrics(), "judge_llm": judge_stats}
-    write_json(result, metrics)
-    return result
-
-
-def dpo_curve(log_history: list[dict[str, Any]]) -> pl.DataFrame:
-    rows = [{"step": int(e["step"]), "loss": float(e["loss"]),
-             "reward_accuracy": float(e.get("rewards/accuracies", float("nan"))),
-             "reward_margin": float(e.get("rewards/margins", float("nan")))}
-            for e in log_history if "loss" in e and "step" in e]
-    return pl.DataFrame(rows, schema={"step": pl.Int64, "loss": pl.Float64, "reward_accuracy": pl.Float64,
-                                      "reward_margin": pl.Float64})
-
-
-def run_dpo(cfg: DPOSettings, model_dir: str | Path, pairs_path: str | Path, output_dir: str | Path,
-            metrics: str | Path, plot_csv: str | Path) -> dict[str, Any]:
-    import tempfile
-
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
-    pairs = validate(read_table(pairs_path), Pairs, pairs_path)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
-    t = cfg.train
-    started = time.perf_counter()
-    if pairs.height == 0:
-        # nothing to learn from: the policy is the SFT model, said so in the metrics rather than failing
-        from longwriter.checkpoint import save_checkpoint
-
-        save_checkpoint(model, tokenizer, output_dir)
-        result = {"pairs": 0, "steps": 0, "trained": False}
-        write_csv(dpo_curve([]), plot_csv)
-        write_json(result, metrics)
-        return result
-    dataset = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": r["prompt"]}],
-         "chosen": [{"role": "assistant", "content": r["chosen"]}],
-         "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in pairs.iter_rows(named=True)])
-    with tempfile.TemporaryDirectory(prefix="dpo-") as scratch:
-        args = DPOConfig(**t.trainer_kwargs(scratch), beta=cfg.beta, loss_type=[cfg.loss_type], disable_tqdm=None)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=t.peft_config())
-        trainer.train()
-        history = list(trainer.state.log_history)
-        publish(trainer, tokenizer, output_dir, t.lora is not None)
-    curve = dpo_curve(history)
-    result = {"pairs": pairs.height, "steps": int(curve["step"].max() or 0) if curve.height else 0, "trained": True,
-              "beta": cfg.beta,
-              "loss_first": round(float(curve["loss"][0]), 4) if curve.height else None,
-              "loss_last": round(float(curve["loss"][-1]), 4) if curve.height else None,
-              "reward_accuracy_last": round(float(curve["reward_accuracy"][-1]), 4) if curve.height else None,
-              "reward_accuracy_mean": round(float(curve["reward_accuracy"].fill_nan(None).mean() or 0), 4)
-              if curve.height else None,
-              "reward_margin_last": round(float(curve["reward_margin"][-1]), 4) if curve.height else None,
-              "runtime_s": round(time.perf_counter() - started, 1)}
-    write_csv(curve, plot_csv)
     write_json(result, metrics)
     return result

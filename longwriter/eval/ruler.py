@@ -13,11 +13,11 @@ from typing import Any
 
 import polars as pl
 
-from longwriter.answers import EvalConfig, generate_answers
-from longwriter.benchmark import read_benchmark
-from longwriter.files import write_json
+from longwriter.eval.answers import EvalConfig, generate_answers
+from longwriter.eval.benchmark import read_benchmark
+from longwriter.eval.plots import length_png
+from longwriter.files import write_csv, write_json
 from longwriter.llm import ClientSettings
-from longwriter.plots import length_png, write_csv
 from longwriter.schemas import Answers, write_checked, write_failures
 
 

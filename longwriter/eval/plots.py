@@ -1,5 +1,5 @@
-"""Plot data for DVC (CSV, rendered by ``dvc plots show`` with the templates in .dvc/plots) and the same
-figures as PNG for people who do not use DVC's renderer."""
+"""The evaluation's figures as PNG, for people who do not use DVC's renderer (the same data goes to CSV for
+``dvc plots show`` and the templates in .dvc/plots)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,6 @@ from pathlib import Path
 import polars as pl
 
 from longwriter.files import atomic_path
-
-
-def write_csv(df: pl.DataFrame, path: str | Path) -> None:
-    """Write plot data as CSV, atomically."""
-    with atomic_path(path) as tmp:
-        df.write_csv(tmp)
 
 
 def length_png(points: pl.DataFrame, path: str | Path, title: str, *, lines: bool) -> None:

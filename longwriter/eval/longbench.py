@@ -8,23 +8,20 @@ length bucket and per language.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from tqdm import tqdm
 
-from longwriter.answers import EvalConfig, generate_answers
-from longwriter.benchmark import read_benchmark
-from longwriter.files import read_table, write_json
-from longwriter.judge import DIMENSIONS, JudgeConfig, RatingOutcome, rate
-from longwriter.llm import ClientSettings, LLMClient, run_with_llm
-from longwriter.plots import length_png, write_csv
+from longwriter.eval.answers import EvalConfig, generate_answers
+from longwriter.eval.benchmark import read_benchmark
+from longwriter.eval.judge import DIMENSIONS, JudgeConfig, RatingOutcome, judge_answers
+from longwriter.eval.plots import length_png
+from longwriter.eval.scoring import BUCKETS, dimension_score, length_score, overall, quality_score, rounded
+from longwriter.files import read_table, write_csv, write_json
+from longwriter.llm import ClientSettings
 from longwriter.schemas import Answers, Failures, Scores, empty, validate, write_checked, write_failures
-from longwriter.scoring import BUCKETS, dimension_score, length_score, overall, quality_score, rounded
 
 
 @dataclass(frozen=True)
@@ -94,23 +91,6 @@ def score_row(answer: dict[str, Any], outcome: RatingOutcome) -> dict[str, Any]:
             "length_score": length_score(answer["required"], answer["words"]), **ratings,
             "quality_score": quality, "judge_attempts": outcome.attempts, "judge_truncated": outcome.truncated,
             "analysis": outcome.rating.analysis if outcome.rating else None}
-
-
-def judge_answers(answers: pl.DataFrame, judge: JudgeConfig, settings: ClientSettings, desc: str,
-                  on_done: Callable[[], None] | None = None) -> tuple[list[RatingOutcome], dict[str, Any]]:
-    """Rate every answer (row order kept); also returns the judge's call stats as metrics."""
-    rows = list(answers.iter_rows(named=True))
-
-    async def work(llm: LLMClient) -> list[RatingOutcome]:
-        with tqdm(total=len(rows), desc=desc, unit="answer", disable=None) as bar:
-            async def one(row: dict[str, Any]) -> RatingOutcome:
-                outcome = await rate(llm, row["prompt"], row["text"], judge)
-                bar.update(1)
-                return outcome
-            return list(await asyncio.gather(*(one(r) for r in rows)))
-
-    outcomes, stats = run_with_llm(judge.model, settings, work)
-    return outcomes, stats.as_metrics()
 
 
 def run_longbench(judge: JudgeConfig, settings: ClientSettings, answers_path: str | Path,

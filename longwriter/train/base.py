@@ -1,25 +1,21 @@
-"""Model checkpoints on disk: the ``base`` step that makes one, and the content hash that names one.
+"""Stage ``base``: the model to train, as a safetensors checkpoint.
 
-A checkpoint is a directory transformers can load (config, safetensors weights, tokenizer, chat template).
 The default base is the embedded SmolLM2-135M-Instruct GGUF: transformers de-quantizes a GGUF to fp32 with
 ``gguf_file=``, but a model loaded that way is flagged as quantized and can be neither saved nor trained,
-so its weights are copied into a plain model built from the same config and saved once.
+so its weights are copied into a plain model built from the same config and saved once. Any Hugging Face
+model id or local directory works too.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 from longwriter.errors import ConfigError
 from longwriter.files import write_json
+from longwriter.train.checkpoint import save_checkpoint
 
 _DTYPES = {"float32", "bfloat16", "float16"}
 
@@ -71,37 +67,6 @@ def _load_pretrained(name: str, dtype: str, trust_remote_code: bool) -> tuple[An
     return model, tokenizer
 
 
-def staging_dir(output_dir: str | Path) -> Path:
-    """A fresh temporary directory next to ``output_dir``, to write a checkpoint into before ``swap_into``."""
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
-    os.chmod(tmp, 0o755)
-    return tmp
-
-
-def swap_into(staged: Path, output_dir: str | Path) -> None:
-    """Replace ``output_dir`` with the completed ``staged`` directory (a crash leaves the old one or the new)."""
-    output_dir = Path(output_dir)
-    old = output_dir.with_name(f".{output_dir.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if output_dir.exists():
-        output_dir.rename(old)
-    staged.rename(output_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def save_checkpoint(model: Any, tokenizer: Any, output_dir: str | Path) -> None:
-    """Save model and tokenizer to ``output_dir`` atomically: written next to it, then renamed into place."""
-    tmp = staging_dir(output_dir)
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        swap_into(tmp, output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def run_base(cfg: BaseConfig, output_dir: str | Path, metrics: str | Path) -> dict[str, Any]:
     """The ``base`` stage: a trainable safetensors checkpoint of the configured base model."""
     started = time.perf_counter()
@@ -122,18 +87,3 @@ def run_base(cfg: BaseConfig, output_dir: str | Path, metrics: str | Path) -> di
               "seconds": round(time.perf_counter() - started, 1)}
     write_json(result, metrics)
     return result
-
-
-@cache
-def checkpoint_identity(path: str) -> str:
-    """Content hash of a checkpoint directory (weights, config, tokenizer): cache keys follow the weights."""
-    root = Path(path)
-    if not root.is_dir():
-        raise ConfigError(f"checkpoint {root}: directory not found")
-    h = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(file.relative_to(root)).encode() + b"\0")
-        with file.open("rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]

@@ -19,10 +19,9 @@ from typing import Any, Literal
 
 import polars as pl
 
-from longwriter.checkpoint import save_checkpoint, staging_dir, swap_into
-from longwriter.files import read_table, write_json
-from longwriter.plots import write_csv
+from longwriter.files import read_table, write_csv, write_json
 from longwriter.schemas import Chat, validate
+from longwriter.train.checkpoint import save_checkpoint, staging_dir, swap_into
 
 
 def _checkpointing_key() -> str:

@@ -9,13 +9,17 @@ tag. Whatever the text says, the result is six integers in 1..5 or a recorded fa
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from longwriter.llm import LLMCallError, LLMClient, ModelSpec, Sampling
+import polars as pl
+from tqdm import tqdm
+
+from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
 from longwriter.llm.structured import extract_json
 from longwriter.wordcount import count_words
 
@@ -252,3 +256,20 @@ async def verdict(llm: LLMClient, request: str, first: str, second: str,
         llm, cfg, PAIR_SCHEMA, parse_verdict, [first, second],
         lambda shown: pair_messages(request, shown[0], shown[1]))
     return result, attempts, error
+
+
+def judge_answers(answers: pl.DataFrame, judge: JudgeConfig, settings: ClientSettings, desc: str,
+                  on_done: Callable[[], None] | None = None) -> tuple[list[RatingOutcome], dict[str, Any]]:
+    """Rate every answer (row order kept); also returns the judge's call stats as metrics."""
+    rows = list(answers.iter_rows(named=True))
+
+    async def work(llm: LLMClient) -> list[RatingOutcome]:
+        with tqdm(total=len(rows), desc=desc, unit="answer", disable=None) as bar:
+            async def one(row: dict[str, Any]) -> RatingOutcome:
+                outcome = await rate(llm, row["prompt"], row["text"], judge)
+                bar.update(1)
+                return outcome
+            return list(await asyncio.gather(*(one(r) for r in rows)))
+
+    outcomes, stats = run_with_llm(judge.model, settings, work)
+    return outcomes, stats.as_metrics()

@@ -1,0 +1,79 @@
+"""Stage ``dpo``: TRL's DPOTrainer on the preference pairs, starting from the SFT checkpoint."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from longwriter.files import read_table, write_csv, write_json
+from longwriter.schemas import Pairs, validate
+from longwriter.train.checkpoint import save_checkpoint
+from longwriter.train.sft import TrainSettings, publish
+
+
+@dataclass(frozen=True)
+class DPOSettings:
+    """The ``dpo`` section."""
+
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(learning_rate=5e-7))
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+
+
+def dpo_curve(log_history: list[dict[str, Any]]) -> pl.DataFrame:
+    rows = [{"step": int(e["step"]), "loss": float(e["loss"]),
+             "reward_accuracy": float(e.get("rewards/accuracies", float("nan"))),
+             "reward_margin": float(e.get("rewards/margins", float("nan")))}
+            for e in log_history if "loss" in e and "step" in e]
+    return pl.DataFrame(rows, schema={"step": pl.Int64, "loss": pl.Float64, "reward_accuracy": pl.Float64,
+                                      "reward_margin": pl.Float64})
+
+
+def run_dpo(cfg: DPOSettings, model_dir: str | Path, pairs_path: str | Path, output_dir: str | Path,
+            metrics: str | Path, plot_csv: str | Path) -> dict[str, Any]:
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    pairs = validate(read_table(pairs_path), Pairs, pairs_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
+    t = cfg.train
+    started = time.perf_counter()
+    if pairs.height == 0:
+        # nothing to learn from: the policy is the SFT model, said so in the metrics rather than failing
+        save_checkpoint(model, tokenizer, output_dir)
+        result = {"pairs": 0, "steps": 0, "trained": False}
+        write_csv(dpo_curve([]), plot_csv)
+        write_json(result, metrics)
+        return result
+    dataset = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": r["prompt"]}],
+         "chosen": [{"role": "assistant", "content": r["chosen"]}],
+         "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in pairs.iter_rows(named=True)])
+    with tempfile.TemporaryDirectory(prefix="dpo-") as scratch:
+        args = DPOConfig(**t.trainer_kwargs(scratch), beta=cfg.beta, loss_type=[cfg.loss_type], disable_tqdm=None)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=t.peft_config())
+        trainer.train()
+        history = list(trainer.state.log_history)
+        publish(trainer, tokenizer, output_dir, t.lora is not None)
+    curve = dpo_curve(history)
+    result = {"pairs": pairs.height, "steps": int(curve["step"].max() or 0) if curve.height else 0, "trained": True,
+              "beta": cfg.beta,
+              "loss_first": round(float(curve["loss"][0]), 4) if curve.height else None,
+              "loss_last": round(float(curve["loss"][-1]), 4) if curve.height else None,
+              "reward_accuracy_last": round(float(curve["reward_accuracy"][-1]), 4) if curve.height else None,
+              "reward_accuracy_mean": round(float(curve["reward_accuracy"].fill_nan(None).mean() or 0), 4)
+              if curve.height else None,
+              "reward_margin_last": round(float(curve["reward_margin"][-1]), 4) if curve.height else None,
+              "runtime_s": round(time.perf_counter() - started, 1)}
+    write_csv(curve, plot_csv)
+    write_json(result, metrics)
+    return result
