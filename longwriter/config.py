@@ -1,7 +1,8 @@
 """Turning a params.yaml section into typed dataclasses, strictly.
 
 An unknown or misspelt key is an error naming the key: a silently ignored `max_concurrancy` would run a
-sweep with the wrong setting and nobody would know.
+sweep with the wrong setting and nobody would know. The same holds for a whole section: `wirte:` would run
+`write` on all its defaults.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from longwriter.errors import ConfigError
 
 T = TypeVar("T")
 
+# The top-level sections a params file may have: one per stage with settings, the shared ones (llm, eval, judge,
+# train) and ``models``, where model specs are written once as YAML anchors. tests/test_dvc_yaml.py checks this
+# against what the stage scripts read.
+SECTIONS = frozenset({
+    "llm", "models", "select", "plan", "write", "postprocess", "base", "general", "mix", "train", "sft",
+    "dpo_pairs", "dpo", "eval", "ruler", "longbench", "judge", "compare",
+})
+
 
 def read_params(path: str | Path) -> dict[str, Any]:
     """Load a params file (YAML mapping)."""
@@ -30,6 +39,10 @@ def read_params(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    unknown = sorted(set(data) - SECTIONS, key=str)
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(map(str, unknown))}; "
+                          f"known: {', '.join(sorted(SECTIONS))}")
     return data
 
 

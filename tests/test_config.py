@@ -181,6 +181,20 @@ def test_read_params_non_mapping(tmp_path: Path, text: str) -> None:
         read_params(path)
 
 
+def test_read_params_refuses_a_misspelt_section(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("write:\n  mode: parallel\nwirte:\n  mode: sequential\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown section") as info:
+        read_params(path)
+    assert str(path) in str(info.value) and "wirte" in str(info.value) and "write" in str(info.value)
+
+
+def test_the_shipped_params_files_have_only_known_sections() -> None:
+    root = Path(__file__).parent.parent
+    for path in [root / "params.yaml", *sorted((root / "configs" / "params").glob("*.yaml"))]:
+        read_params(path)
+
+
 def test_section_missing_is_empty_and_non_mapping_rejected() -> None:
     assert section({}, "select") == {}
     assert section({"select": None}, "select") == {}

@@ -13,6 +13,8 @@ import click
 import pytest
 import yaml
 
+from longwriter.config import SECTIONS
+
 ROOT = Path(__file__).parent.parent
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
@@ -48,6 +50,13 @@ def test_a_stage_writes_its_outs_and_reads_its_deps(name):
     assert files <= deps | written, (name, files - deps - written)
     assert written <= files, (name, written - files)
     assert not any(".llm-cache" in p for p in written)
+
+
+def test_the_known_params_sections_are_the_ones_the_stages_read():
+    read = {s for name in STAGES for s in re.findall(r'section\(params, "(\w+)"',
+                                                      (ROOT / "stages" / f"{name}.py").read_text())}
+    interpolated = {v.split(".")[0] for v in re.findall(r"\$\{([\w.]+)\}", yaml.safe_dump(STAGES))}
+    assert read | interpolated | {"models"} == SECTIONS
 
 
 def test_no_path_is_written_by_two_stages():

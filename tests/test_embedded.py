@@ -56,6 +56,31 @@ def test_plan_with_schema_from_real_model(embedded_url, tmp_path):
         assert sum(w for _, w in plan) == 1000 and all(100 <= w <= 300 for _, w in plan)
 
 
+def test_a_new_revision_is_asked_again_and_an_old_one_is_a_cache_hit(embedded_url, tmp_path):
+    """The README's GPU route serves each retrained checkpoint under the same name and URL: only ``revision``
+    tells the cache that the weights behind the name changed."""
+    from longwriter.llm import run_with_llm
+
+    settings = ClientSettings(cache_dir=str(tmp_path / "cache"), max_retries=1)
+    messages = [{"role": "user", "content": "Name a colour."}]
+
+    def ask(revision: str | None) -> tuple[str, int]:
+        spec = ModelSpec(provider="openai", base_url=embedded_url, model="served-model", revision=revision)
+
+        async def work(llm: LLMClient) -> str:
+            return (await llm.complete(messages, Sampling(temperature=0.0, max_tokens=8))).text
+        text, stats = run_with_llm(spec, settings, work)
+        return text, stats.as_metrics()["paid_calls"]
+
+    first, paid = ask("ckpt-1")
+    assert paid == 1
+    assert ask("ckpt-2")[1] == 1  # retrained, served under the same name: asked again
+    assert ask("ckpt-1") == (first, 0)  # the old revision's answer comes from the cache
+    assert ask(None)[1] == 1  # no revision is a model of its own, never one of the revisions
+    assert ModelSpec(provider="openai", base_url="http://h/v1", model="m", revision="r").cache_identity("x") == "x@r"
+    assert ModelSpec().cache_identity("x") == "x"  # caches made before revisions stay valid
+
+
 def test_server_stops_on_error_inside_block(tmp_path):
     before = servers()
     with pytest.raises(RuntimeError), embedded_server(ModelSpec(n_ctx=512), tmp_path):

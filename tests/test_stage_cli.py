@@ -66,6 +66,16 @@ def test_bad_params_name_the_key(tmp_path):
     assert result.returncode == 1 and "plan: unknown key(s) max_paragrafs" in result.stderr
 
 
+def test_a_misspelt_params_section_stops_the_stage(tmp_path):
+    # `wirte:` must not leave `write` running on all its defaults
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"wirte": {"mode": "parallel"}}))
+    out = tmp_path / "sections.parquet"
+    result = run_stage("write", "--params", str(params), "--output", str(out))
+    assert result.returncode == 1 and "unknown section(s) wirte" in result.stderr and str(params) in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
 def test_plan_rejects_instructions_with_bad_lang(tmp_path):
     import polars as pl
     path = tmp_path / "in.parquet"

@@ -5,6 +5,7 @@ No downloads: the tokenizer is the embedded SmolLM2 GGUF's, the model is a 2-lay
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -28,6 +29,7 @@ from longwriter.train.sft import (
     prompt_completion,
     run_sft,
     sequence_mean_loss,
+    sft_trainer,
 )
 
 torch = pytest.importorskip("torch")
@@ -273,6 +275,62 @@ def test_sequence_mean_loss_by_hand() -> None:
     leaf = logits.clone().requires_grad_(True)
     sequence_mean_loss(1)(SimpleNamespace(logits=leaf), labels).backward()
     assert leaf.grad is not None and leaf.grad[2].abs().sum() == 0 and leaf.grad[0].abs().sum() > 0
+
+
+def _hand_losses(model: Any, batch: dict[str, Any]) -> tuple[float, float, int]:
+    """Token mean and sequence mean of the answer tokens' cross-entropy, and their count, computed directly."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    per_sequence, total, count = [], 0.0, 0
+    for row in range(logits.shape[0]):
+        losses = [_ce(logits[row, i], int(batch["labels"][row, i + 1]))
+                  for i in range(logits.shape[1] - 1) if int(batch["labels"][row, i + 1]) != -100]
+        if losses:
+            per_sequence.append(sum(losses) / len(losses))
+        total, count = total + sum(losses), count + len(losses)
+    return total / count, sum(per_sequence) / len(per_sequence), count
+
+
+@pytest.mark.parametrize("averaging", ["token", "sequence"])
+def test_the_trainer_loss_is_the_hand_computed_one(averaging: str, base_dir: Path, mix_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training micro-batch of 2 accumulated steps on 8 processes, and an evaluation batch, through the SFT
+    trainer as the stage configures it, against the loss computed by hand from the model's logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = _sft_settings(loss_averaging=averaging)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gradient_accumulation_steps=2))
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    with torch.no_grad():  # sharper logits than a fresh init's, so token losses, and the two modes, differ
+        model.get_input_embeddings().weight.mul_(40)
+    trainer = sft_trainer(cfg, model, AutoTokenizer.from_pretrained(str(base_dir)), load_split(
+        mix_dir / "train.parquet"), load_split(mix_dir / "validation.parquet"), str(tmp_path))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    token_mean, sequence_mean, count = _hand_losses(model, batch)
+    assert abs(token_mean - sequence_mean) > 1e-3  # the answers differ in length: the modes differ
+    processes = 8
+    monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda self: processes))
+    # in training, transformers passes the target-token count of the whole accumulated batch on every process
+    model.train()
+    global_count = torch.tensor(count * 2 * processes)
+    train_loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=global_count).item()
+    model.eval()
+    with torch.no_grad():
+        eval_loss = trainer.compute_loss(model, dict(batch)).item()
+    if averaging == "token":
+        # this micro-batch's token sum over the global count, times the processes whose gradients DDP averages
+        assert train_loss == pytest.approx(token_mean * count / (count * 2 * processes) * processes, rel=1e-4)
+        assert eval_loss == pytest.approx(token_mean, rel=1e-4)
+    else:
+        # per-sequence mean, halved for the 2 accumulated micro-batches, not multiplied by the processes
+        assert train_loss == pytest.approx(sequence_mean / 2, rel=1e-4)
+        assert eval_loss == pytest.approx(sequence_mean, rel=1e-4)  # an evaluation batch is not accumulated
+
+
+@pytest.mark.parametrize("layout", ["packing", "padding_free"])
+def test_sequence_averaging_refuses_rows_that_hold_several_sequences(layout: str) -> None:
+    with pytest.raises(ValueError, match=f"sequence' needs {layout} off"):
+        SFTSettings(loss_averaging="sequence", **{layout: True})
 
 
 # ----------------------------------------------------------------------------------------------- 4. SFT runs

@@ -36,7 +36,7 @@ def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoin
     """Make ``spec`` reachable for the duration of the block (the embedded server starts on first need)."""
     mode = spec.resolved_structured_output()
     if spec.provider == "embedded":
-        identity = embedded_identity(spec)
+        identity = spec.cache_identity(embedded_identity(spec))
         with contextlib.ExitStack() as running:
             def start() -> str:
                 return running.enter_context(
@@ -60,11 +60,13 @@ def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoin
                     return running.enter_context(vllm_server(path, alias, settings.cache_path,
                                                              settings.server_start_timeout_s))
                 return running.enter_context(transformers_server(path, spec.n_threads, spec.max_batch))
-            yield Endpoint(None, alias, f"local:{checkpoint_identity(str(path))}", mode, start=start_local)
+            yield Endpoint(None, alias, spec.cache_identity(f"local:{checkpoint_identity(str(path))}"), mode,
+                           start=start_local)
     else:
         assert spec.base_url and spec.model
         base = spec.base_url.rstrip("/")
-        yield Endpoint(base, spec.model, f"openai:{base}:{spec.model}", mode, api_key=_api_key(spec))
+        yield Endpoint(base, spec.model, spec.cache_identity(f"openai:{base}:{spec.model}"), mode,
+                       api_key=_api_key(spec))
 
 
 def run_with_llm(spec: ModelSpec, settings: ClientSettings,

@@ -35,6 +35,9 @@ class ModelSpec:
     max_batch: int = 16
     # openai only: the endpoint's context length in tokens, when known; long generations cap max_tokens to fit
     context_window: int | None = None
+    # any string naming the weights behind the name (a checkpoint hash, a date): part of the response cache's
+    # identity, so a model retrained and served again under the same name and URL is asked again, not replayed
+    revision: str | None = None
 
     def __post_init__(self) -> None:
         if self.provider == "openai" and (not self.base_url or not self.model):
@@ -43,6 +46,10 @@ class ModelSpec:
             raise ValueError("provider 'local' needs path (a checkpoint directory)")
         if self.n_ctx < 256:
             raise ValueError("n_ctx must be at least 256")
+
+    def cache_identity(self, identity: str) -> str:
+        """``identity`` (what the backend says the model is) with the spec's revision, when it has one."""
+        return f"{identity}@{self.revision}" if self.revision else identity
 
     def context_tokens(self) -> int | None:
         """The backend's context length in tokens, or None when unknown."""

@@ -102,8 +102,12 @@ class SFTSettings:
     eval_steps: int | None = None  # evaluate every N steps; null: once per epoch
 
     def __post_init__(self) -> None:
+        # both put several examples in one row, and the per-sequence mean would average them as one
         if self.loss_averaging == "sequence" and self.packing:
             raise ValueError("loss_averaging 'sequence' needs packing off (packed rows mix sequences)")
+        if self.loss_averaging == "sequence" and self.padding_free:
+            raise ValueError("loss_averaging 'sequence' needs padding_free off (a padding-free batch is one row "
+                             "holding every sequence)")
 
 
 def prompt_completion(messages: list[dict[str, str]]) -> dict[str, Any]:
@@ -122,7 +126,12 @@ def load_split(path: str | Path) -> Any:
 
 
 def sequence_mean_loss(gradient_accumulation_steps: int):
-    """A ``compute_loss_func``: per-sequence mean token loss, averaged over the sequences of the batch."""
+    """A ``compute_loss_func``: per-sequence mean token loss, averaged over the sequences of the batch.
+
+    Each process averages its own sequences and DDP/DeepSpeed average the gradients over processes, so the
+    trainer must not also multiply the loss by the number of processes, as transformers does for a custom loss
+    when ``average_tokens_across_devices`` is on (right for a token sum over a global token count, wrong here):
+    ``sft_trainer`` turns it off in this mode."""
     import torch
     import torch.nn.functional as F
 
@@ -135,8 +144,9 @@ def sequence_mean_loss(gradient_accumulation_steps: int):
         per_sequence = (per_token * mask).sum(dim=1) / counts.clamp(min=1)
         has_targets = (counts > 0).float()
         loss = (per_sequence * has_targets).sum() / has_targets.sum().clamp(min=1)
-        # the Trainer leaves gradient-accumulation scaling to a custom loss function
-        return loss / gradient_accumulation_steps
+        # The Trainer leaves gradient-accumulation scaling of a training step to a custom loss function; an
+        # evaluation step (run without gradients) is one batch, not a share of an accumulated one.
+        return loss / gradient_accumulation_steps if torch.is_grad_enabled() else loss
 
     return loss_fn
 
@@ -193,26 +203,33 @@ def summarize(log_history: list[dict[str, Any]], started: float) -> dict[str, An
             "runtime_s": round(runtime, 1)}
 
 
+def sft_trainer(cfg: SFTSettings, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, scratch: str) -> Any:
+    """TRL's SFTTrainer configured by ``cfg``: loss on the answer only, averaged per token or per sequence."""
+    from trl import SFTConfig, SFTTrainer
+
+    t, sequence = cfg.train, cfg.loss_averaging == "sequence"
+    args = SFTConfig(**t.trainer_kwargs(scratch), packing=cfg.packing, padding_free=cfg.padding_free,
+                     completion_only_loss=True, eval_strategy="no" if len(eval_ds) == 0 else
+                     ("steps" if cfg.eval_steps else "epoch"), eval_steps=cfg.eval_steps, disable_tqdm=None,
+                     average_tokens_across_devices=not sequence)
+    return SFTTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
+        processing_class=tokenizer, peft_config=t.peft_config(),
+        compute_loss_func=sequence_mean_loss(t.gradient_accumulation_steps) if sequence else None)
+
+
 def run_sft(cfg: SFTSettings, base_dir: str | Path, data_dir: str | Path, output_dir: str | Path,
             metrics: str | Path, plot_csv: str | Path) -> dict[str, Any]:
     import tempfile
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
     train_ds, eval_ds = load_split(Path(data_dir) / "train.parquet"), load_split(Path(data_dir) / "validation.parquet")
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype="auto")
     t = cfg.train
     with tempfile.TemporaryDirectory(prefix="sft-") as scratch:
-        args = SFTConfig(**t.trainer_kwargs(scratch), packing=cfg.packing, padding_free=cfg.padding_free,
-                         completion_only_loss=True, eval_strategy="no" if len(eval_ds) == 0 else
-                         ("steps" if cfg.eval_steps else "epoch"), eval_steps=cfg.eval_steps, disable_tqdm=None)
-        trainer = SFTTrainer(
-            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
-            processing_class=tokenizer, peft_config=t.peft_config(),
-            compute_loss_func=sequence_mean_loss(t.gradient_accumulation_steps)
-            if cfg.loss_averaging == "sequence" else None)
+        trainer = sft_trainer(cfg, model, tokenizer, train_ds, eval_ds, scratch)
         started = time.perf_counter()
         # the curve starts at the model before any update (train() resets the log, so it is kept aside)
         before = [{"step": 0, "eval_loss": trainer.evaluate()["eval_loss"]}] if len(eval_ds) else []
