@@ -314,6 +314,8 @@ class FakeOpenAIServer:
         self.backlog = backlog
         self.context_words = context_words
         self.log: list[dict[str, Any]] = []
+        # every request body received, in order (in memory only: what a test asserts a client sent)
+        self.bodies: list[dict[str, Any]] = []
         self._script = script
         self._replies = list(replies or [])
         self._rng = random.Random(seed)
@@ -428,6 +430,8 @@ class FakeOpenAIServer:
             h.send_json(400, _error_body(f"Invalid JSON body: {e}", "invalid_request_error", None))
             return
         key = request_key(body)
+        with self._lock:
+            self.bodies.append(body)
         prompt_tokens = approx_tokens(_prompt_words(body.get("messages")))
 
         if self.require_key is not None and h.headers.get("Authorization") != f"Bearer {self.require_key}":

@@ -3,6 +3,7 @@ against the fake OpenAI server (re-asks, context overflow, caching)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sys
@@ -26,7 +27,7 @@ from longwriter.eval.judge import (
     shorten,
     verdict,
 )
-from longwriter.llm import ClientSettings, LLMClient, ModelSpec, run_with_llm
+from longwriter.llm import ClientSettings, LLMClient, ModelSpec, Sampling, run_with_llm
 from longwriter.wordcount import count_words
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -462,3 +463,54 @@ def test_rate_superscript_score_is_reasked(fake_server: type[FakeOpenAIServer], 
     with fake_server(replies=[_reply(clarity="²"), _reply()]) as srv:
         outcome = _rate(srv, tmp_path)
     assert outcome.rating == Rating(SCORES, "fine") and outcome.attempts == 2
+
+
+# --- re-asks that can succeed ------------------------------------------------------------------------------
+
+
+def _reasked(fake_server, tmp_path, ask) -> list[dict[str, Any]]:
+    """The request bodies a role sends to a deterministic backend whose first reply is unusable."""
+    from longwriter.llm import Endpoint, ResponseCache
+
+    settings = ClientSettings(cache_dir=str(tmp_path), max_concurrency=1, max_retries=0)
+
+    async def main(srv):
+        with ResponseCache(tmp_path / "c.sqlite") as cache:
+            async with LLMClient(Endpoint(srv.base_url, "m", "fake", "json_schema"), cache, settings) as llm:
+                return await ask(llm)
+
+    with fake_server(replies=["I would rather not say."]) as srv:
+        result = asyncio.run(main(srv))
+        bodies = list(srv.bodies)
+    assert len(bodies) == 2, bodies
+    first, second = bodies
+    # the re-ask is a different request: the unusable reply and its fault quoted back, at a raised temperature
+    assert second["messages"][:len(first["messages"])] == first["messages"]
+    assert second["messages"][len(first["messages"])] == {"role": "assistant", "content": "I would rather not say."}
+    assert "could not be used" in second["messages"][-1]["content"]
+    assert second["temperature"] > first["temperature"]
+    return result
+
+
+def test_a_judge_re_ask_is_not_the_failed_request_again(fake_server, tmp_path) -> None:
+    cfg = JudgeConfig(sampling=Sampling(temperature=0.0, top_p=1.0, max_tokens=256), max_attempts=3)
+    outcome = _reasked(fake_server, tmp_path, lambda llm: rate(llm, "Write an essay.", "An essay.", cfg))
+    assert outcome.rating is not None and outcome.attempts == 2
+
+
+def test_a_selector_re_ask_is_not_the_failed_request_again(fake_server, tmp_path) -> None:
+    from longwriter.agentwrite.select import SelectConfig
+    from longwriter.agentwrite.selector import ask_selector
+
+    cfg = SelectConfig(max_attempts=3)
+    verdict = _reasked(fake_server, tmp_path, lambda llm: ask_selector(llm, "p1", "Write a long essay.", cfg))
+    assert verdict.error is None and verdict.attempts == 2
+
+
+def test_a_plan_re_ask_is_not_the_failed_request_again(fake_server, tmp_path) -> None:
+    from longwriter.agentwrite.plan import PlanConfig, Repairs, plan_one
+
+    cfg = PlanConfig(sampling=Sampling(temperature=0.0, max_tokens=400), max_attempts=3)
+    row = {"id": "p1", "prompt": "Write a 1000-word essay about rivers.", "required_words": 1000}
+    outcome = _reasked(fake_server, tmp_path, lambda llm: plan_one(llm, row, cfg, Repairs()))
+    assert outcome.attempts == 2

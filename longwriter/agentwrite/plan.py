@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from longwriter.files import read_table, write_json
 from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
-from longwriter.llm.structured import extract_json
+from longwriter.llm.structured import extract_json, reask
 from longwriter.schemas import Instructions, Plans, empty, validate, write_checked, write_failures
 
 
@@ -295,10 +295,10 @@ async def plan_one(llm: LLMClient, row: dict[str, Any], cfg: PlanConfig, repairs
     lo, hi = paragraph_bounds(required, cfg)
     schema = plan_schema(lo, hi) if structured else None
     messages = plan_messages(row["prompt"], required, cfg, structured)
-    error = "no attempt made"
+    error, request, sampling = "no attempt made", messages, cfg.sampling
     for sample in range(cfg.max_attempts):
         try:
-            reply = await llm.complete(messages, cfg.sampling, schema=schema, sample=sample)
+            reply = await llm.complete(request, sampling, schema=schema, sample=sample)
         except LLMCallError as e:
             return PlanOutcome(row["id"], None, sample + 1, str(e))
         try:
@@ -306,6 +306,7 @@ async def plan_one(llm: LLMClient, row: dict[str, Any], cfg: PlanConfig, repairs
             return PlanOutcome(row["id"], repair(parsed, required, cfg, repairs), sample + 1)
         except UnusablePlan as e:
             error = f"unusable plan: {e}"
+            request, sampling = reask(messages, cfg.sampling, reply.text, str(e), attempt=sample + 1)
     return PlanOutcome(row["id"], None, cfg.max_attempts, error)
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from longwriter.llm import LLMCallError, LLMClient
-from longwriter.llm.structured import extract_json
+from longwriter.llm.structured import extract_json, reask
 from longwriter.schemas import LANGS, Instructions, empty
 
 if TYPE_CHECKING:  # the config lives beside the stage that reads it; importing it here would be circular
@@ -40,6 +40,8 @@ Request:
 {prompt}
 >>>"""
 
+_UNUSABLE = 'it must be one JSON object with "needs_long_answer" (true or false) and "estimated_words" (an integer)'
+
 
 @dataclass
 class Verdict:
@@ -54,10 +56,11 @@ async def ask_selector(llm: LLMClient, prompt_id: str, prompt: str, cfg: SelectC
     """Ask the selector whether ``prompt`` needs a long answer; re-ask on unusable output."""
     messages = [{"role": "user", "content": SELECTOR_PROMPT.format(min_words=cfg.min_estimated_words, prompt=prompt)}]
     verdict = Verdict(prompt_id)
+    request, sampling = messages, cfg.sampling
     for sample in range(cfg.max_attempts):
         verdict.attempts = sample + 1
         try:
-            reply = await llm.complete(messages, cfg.sampling, schema=SELECTOR_SCHEMA, sample=sample)
+            reply = await llm.complete(request, sampling, schema=SELECTOR_SCHEMA, sample=sample)
         except LLMCallError as e:
             verdict.error = str(e)
             return verdict
@@ -69,6 +72,7 @@ async def ask_selector(llm: LLMClient, prompt_id: str, prompt: str, cfg: SelectC
             verdict.error = None
             return verdict
         verdict.error = f"unusable selector output: {reply.text[:200]!r}"
+        request, sampling = reask(messages, cfg.sampling, reply.text, _UNUSABLE, attempt=sample + 1)
     return verdict
 
 

@@ -20,7 +20,7 @@ import polars as pl
 from tqdm import tqdm
 
 from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
-from longwriter.llm.structured import extract_json
+from longwriter.llm.structured import extract_json, reask
 from longwriter.wordcount import count_words
 
 T = TypeVar("T")
@@ -87,7 +87,8 @@ class JudgeConfig:
 
     model: ModelSpec = field(default_factory=ModelSpec)
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, top_p=1.0, max_tokens=768))
-    # an unusable reply is asked again (a new sample) up to this many times in all, then recorded as a failure
+    # an unusable reply is asked again (quoted back with its fault, warmer) up to this many times in all, then
+    # recorded as a failure
     max_attempts: int = 3
     # answers longer than this are shown to the judge as head and tail (flagged); None: always whole
     max_answer_words: int | None = None
@@ -221,13 +222,15 @@ async def _ask(llm: LLMClient, cfg: JudgeConfig, schema: dict[str, Any], parse: 
     failing: the backend's own error says when, whatever its tokenizer.
     """
     limit = cfg.max_answer_words
-    error, sample = "no attempt made", 0
+    error, sample, unusable = "no attempt made", 0, None
     while sample < cfg.max_attempts:
         shown = [shorten(a, limit) for a in answers]
         truncated = any(cut for _, cut in shown)
+        messages, sampling = build([text for text, _ in shown]), cfg.sampling
+        if unusable is not None:  # the last reply and its fault quoted back, warmer: not the same request again
+            messages, sampling = reask(messages, sampling, *unusable, attempt=sample)
         try:
-            reply = await llm.complete(build([text for text, _ in shown]), cfg.sampling,
-                                       schema=_schema(llm, schema), sample=sample)
+            reply = await llm.complete(messages, sampling, schema=_schema(llm, schema), sample=sample)
         except LLMCallError as e:
             longest = max(count_words(text) for text, _ in shown)
             if _too_long(e) and longest > 64:
@@ -238,12 +241,12 @@ async def _ask(llm: LLMClient, cfg: JudgeConfig, schema: dict[str, Any], parse: 
         try:
             return parse(reply.text), sample, truncated, None
         except UnusableJudgement as e:
-            error = f"unusable judgement: {e}"
+            error, unusable = f"unusable judgement: {e}", (reply.text, str(e))
     return None, cfg.max_attempts, truncated, error
 
 
 async def rate(llm: LLMClient, request: str, answer: str, cfg: JudgeConfig) -> RatingOutcome:
-    """Rate one answer; an unusable reply is asked again as a new sample, up to ``max_attempts`` in all."""
+    """Rate one answer; an unusable reply is asked again (``reask``), up to ``max_attempts`` in all."""
     rating, attempts, truncated, error = await _ask(
         llm, cfg, RATING_SCHEMA, parse_rating, [answer], lambda shown: rating_messages(request, shown[0]))
     return RatingOutcome(rating, attempts, truncated, error)
