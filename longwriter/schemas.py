@@ -148,7 +148,8 @@ class Answers(pa.DataFrameModel):
 
 
 class Scores(pa.DataFrameModel):
-    """LongBench-Write per answer: the length score and the judge's six 1-5 ratings (null if unjudged)."""
+    """LongBench-Write per request and model: the length score and the judge's six 1-5 ratings (null if unjudged).
+    A request the model left unanswered has a row too (``answered`` false, produced 0, S_l 0, no ratings)."""
 
     model: str = pa.Field(str_length={"min_value": 1})
     index: int = pa.Field(ge=0)
@@ -156,6 +157,7 @@ class Scores(pa.DataFrameModel):
     bucket: str
     required: int = pa.Field(ge=1)
     produced: int = pa.Field(ge=0)
+    answered: bool
     length_score: float = pa.Field(ge=0, le=100)
     relevance: int = pa.Field(nullable=True, ge=1, le=5)
     accuracy: int = pa.Field(nullable=True, ge=1, le=5)

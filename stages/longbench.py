@@ -1,5 +1,6 @@
-"""longbench: LongBench-Write scores of every answer: length score S_l, the judge's six quality ratings
-(S_q), S = (S_l + S_q) / 2, overall, per length bucket and per language (params: judge, llm).
+"""longbench: LongBench-Write scores of every request: length score S_l (0 for a request left unanswered), the
+judge's six quality ratings (S_q), S = (S_l + S_q) / 2, overall, per length bucket and per language (params:
+longbench.input, judge, llm).
 
 Writes the per-answer scores table, per-model metrics and the produced-vs-required scatter (CSV + PNG).
 """
@@ -9,7 +10,7 @@ import click
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
 from longwriter.eval.judge import JudgeConfig
-from longwriter.eval.longbench import run_longbench
+from longwriter.eval.longbench import LongBenchConfig, run_longbench
 from longwriter.llm import ClientSettings
 
 
@@ -17,7 +18,7 @@ from longwriter.llm import ClientSettings
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
 @click.option("--answers", default="data/eval/longbench_answers.parquet", show_default=True, help="Answers.")
 @click.option("--answer-failures", default="data/failures/longbench_answer.parquet", show_default=True,
-              help="Requests left unanswered (counted in metrics).")
+              help="Requests left unanswered (scored 0).")
 @click.option("--output", default="data/eval/longbench_scores.parquet", show_default=True, help="Scores table.")
 @click.option("--failures", default="data/failures/longbench.parquet", show_default=True, help="Judge failures.")
 @click.option("--metrics", default="metrics/longbench.json", show_default=True, help="Metrics JSON.")
@@ -27,10 +28,11 @@ from longwriter.llm import ClientSettings
 def main(params_file: str, answers: str, answer_failures: str, output: str, failures: str, metrics: str,
          plot_csv: str, plot_png: str) -> None:
     params = read_params(params_file)
+    cfg = build(LongBenchConfig, section(params, "longbench", params_file), f"{params_file}:longbench")
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
-    result = run_longbench(judge, settings, answers, answer_failures, output, failures, metrics, plot_csv,
-                           plot_png)
+    result = run_longbench(judge, settings, cfg.input, answers, answer_failures, output, failures, metrics,
+                           plot_csv, plot_png)
     for name, m in result.items():
         if name != "judge_llm":
             click.echo(f"longbench {name}: S {m.get('S')} (S_l {m.get('S_l')}, S_q {m.get('S_q')}), "

@@ -15,7 +15,7 @@ from longwriter.eval.answers import fit_max_tokens
 from longwriter.eval.benchmark import read_benchmark
 from longwriter.eval.compare import compare_metrics, outcome
 from longwriter.eval.judge import DIMENSIONS, Rating, RatingOutcome
-from longwriter.eval.longbench import longbench_metrics, score_row
+from longwriter.eval.longbench import longbench_metrics, score_row, unanswered_rows
 from longwriter.eval.ruler import ruler_metrics
 from longwriter.eval.scoring import bucket_of
 from longwriter.llm import ModelSpec
@@ -218,6 +218,12 @@ def _scores() -> pl.DataFrame:
     return validate(pl.DataFrame(rows, schema=empty(Scores).schema), Scores, "scores")
 
 
+def _all_answered(s: float | None, s_l: float | None, s_q: float | None, answers: int, judged: int) -> dict:
+    """A metrics group in which every request was answered: S_l over the requests equals S_l over the answers."""
+    return {"S": s, "S_l": s_l, "S_q": s_q, "S_l_answered": s_l, "requests": answers, "answers": answers,
+            "judged": judged}
+
+
 def _dim(*ratings: int) -> float:
     return (sum(ratings) / len(ratings) - 1) * 25
 
@@ -254,33 +260,50 @@ def test_longbench_metrics_buckets_and_languages() -> None:
     assert list(m2["buckets"]) == ["0-500", "500-2k", "4k-20k", "20k+"]
 
     q0 = (4 + 3 + 4 + 3 + 2 + 3) / 6 * 25  # m1's only judged 0-500 answer
-    assert m1["buckets"]["0-500"] == {"S": round((50 + q0) / 2, 2), "S_l": 50.0, "S_q": round(q0, 2),
-                                      "answers": 2, "judged": 1}
-    assert m1["buckets"]["500-2k"] == {"S": 50.0, "S_l": 50.0, "S_q": 50.0, "answers": 1, "judged": 1}
+    assert m1["buckets"]["0-500"] == _all_answered(round((50 + q0) / 2, 2), 50.0, round(q0, 2), 2, 1)
+    assert m1["buckets"]["500-2k"] == _all_answered(50.0, 50.0, 50.0, 1, 1)
     q2 = (0 + 1 + 2 + 3 + 4 + 0) / 6 * 25
-    assert m1["buckets"]["2k-4k"] == {"S": round((200 / 3 + q2) / 2, 2), "S_l": 66.67, "S_q": round(q2, 2),
-                                      "answers": 1, "judged": 1}
-    assert m2["buckets"]["0-500"] == {"S": 82.5, "S_l": 90.0, "S_q": 75.0, "answers": 1, "judged": 1}
-    assert m2["buckets"]["20k+"] == {"S": 75.0, "S_l": 100.0, "S_q": 50.0, "answers": 1, "judged": 1}
+    assert m1["buckets"]["2k-4k"] == _all_answered(round((200 / 3 + q2) / 2, 2), 66.67, round(q2, 2), 1, 1)
+    assert m2["buckets"]["0-500"] == _all_answered(82.5, 90.0, 75.0, 1, 1)
+    assert m2["buckets"]["20k+"] == _all_answered(75.0, 100.0, 50.0, 1, 1)
 
     assert list(m1["lang"]) == ["en", "zh"]
     en_dims = [_dim(5, 1), _dim(4, 2), _dim(5, 3), _dim(4, 4), _dim(3, 5), _dim(4, 1)]
     en_l, en_q = (100 + 200 / 3) / 2, sum(en_dims) / 6
-    assert m1["lang"]["en"] == {"S": round((en_l + en_q) / 2, 2), "S_l": round(en_l, 2), "S_q": round(en_q, 2),
-                                "answers": 2, "judged": 2}
-    assert m1["lang"]["zh"] == {"S": 37.5, "S_l": 25.0, "S_q": 50.0, "answers": 2, "judged": 1}
+    assert m1["lang"]["en"] == _all_answered(round((en_l + en_q) / 2, 2), round(en_l, 2), round(en_q, 2), 2, 2)
+    assert m1["lang"]["zh"] == _all_answered(37.5, 25.0, 50.0, 2, 1)
     zh_only = m2["lang"]["zh"]
-    assert zh_only == {"S": 100.0, "S_l": 100.0, "S_q": 100.0, "answers": 1, "judged": 1}
+    assert zh_only == _all_answered(100.0, 100.0, 100.0, 1, 1)
 
 
 def test_longbench_metrics_unjudged_group_has_no_quality() -> None:
     rows = [score_row(_answer("m", 0, "en", "0-500", 100, 100), _rated(*[5] * 6)),
             score_row(_answer("m", 1, "zh", "4k-20k", 5000, 2500), FAILED)]
     m = longbench_metrics(pl.DataFrame(rows, schema=empty(Scores).schema))["m"]
-    assert m["buckets"]["4k-20k"] == {"S": None, "S_l": 50.0, "S_q": None, "answers": 1, "judged": 0}
+    assert m["buckets"]["4k-20k"] == _all_answered(None, 50.0, None, 1, 0)
     assert m["lang"]["zh"]["S_q"] is None
     assert (m["S_l"], m["S_q"], m["S"]) == (75.0, 100.0, 87.5)
     assert m["judge_failed"] == 1
+
+
+def test_an_unanswered_request_scores_zero_in_the_headline_s_l(tmp_path: Path) -> None:
+    """A model that errors on the long prompts must not score higher than one that answers them badly."""
+    bench = pl.DataFrame({"index": [0, 1], "prompt": ["Write 100 words.", "写五千字。"], "type": [None, None],
+                          "required": [100, 5000], "lang": ["en", "zh"], "bucket": ["0-500", "4k-20k"]})
+    failures = pl.DataFrame({"stage": ["longbench_answer"], "instruction_id": ["m/1"], "section": [None],
+                             "attempts": [3], "error": ["context length exceeded"]})
+    rows = [score_row(_answer("m", 0, "en", "0-500", 100, 100), _rated(*[5] * 6)),
+            *unanswered_rows(bench, failures, "f.parquet")]
+    scores = validate(pl.DataFrame(rows, schema=empty(Scores).schema), Scores, "scores")
+    assert scores.filter(pl.col("index") == 1).select("produced", "answered", "length_score").row(0) == (0, False, 0.0)
+    m = longbench_metrics(scores)["m"]
+    assert (m["S_l"], m["S_l_answered"], m["S_q"]) == (50.0, 100.0, 100.0)  # (100 + 0) / 2 vs 100 / 1
+    assert m["S"] == 75.0 and (m["requests"], m["answers"], m["unanswered"], m["judge_failed"]) == (2, 1, 1, 0)
+    assert m["buckets"]["4k-20k"] == {"S": None, "S_l": 0.0, "S_q": None, "S_l_answered": None, "requests": 1,
+                                      "answers": 0, "judged": 0}
+    assert m["lang"]["zh"]["S_l"] == 0.0
+    with pytest.raises(InputError, match=r"f.parquet: row 1, column 'instruction_id'"):
+        unanswered_rows(bench, failures.with_columns(pl.lit("m/7").alias("instruction_id")), "f.parquet")
 
 
 # ---------------------------------------------------------------------------------------------- LongWrite-Ruler

@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 
+from longwriter.errors import InputError
 from longwriter.eval.answers import EvalConfig, generate_answers
 from longwriter.eval.benchmark import read_benchmark
 from longwriter.eval.judge import DIMENSIONS, JudgeConfig, RatingOutcome, judge_answers
@@ -53,13 +54,21 @@ def run_longbench_answers(cfg: LongBenchConfig, eval_cfg: EvalConfig, settings: 
     return result
 
 
+def _mean_length_score(rows: pl.DataFrame) -> float | None:
+    return float(rows["length_score"].mean()) if rows.height else None
+
+
 def _group_scores(rows: pl.DataFrame) -> dict[str, Any]:
-    judged = rows.filter(pl.col("quality_score").is_not_null())
+    """S_l over every request asked (an unanswered one scores 0, as a model that errors on long prompts must not
+    score higher for it), beside S_l over the answered ones; S_q over the judged answers."""
+    answered = rows.filter(pl.col("answered"))
+    judged = answered.filter(pl.col("quality_score").is_not_null())
     dims = {d: dimension_score(judged[d].to_list()) for d in DIMENSIONS}
-    s_l = float(rows["length_score"].mean()) if rows.height else None
+    s_l = _mean_length_score(rows)
     s_q = quality_score(dims)
-    return {"S": rounded(overall(s_l, s_q)), "S_l": rounded(s_l), "S_q": rounded(s_q), "answers": rows.height,
-            "judged": judged.height}
+    return {"S": rounded(overall(s_l, s_q)), "S_l": rounded(s_l), "S_q": rounded(s_q),
+            "S_l_answered": rounded(_mean_length_score(answered)), "requests": rows.height,
+            "answers": answered.height, "judged": judged.height}
 
 
 def longbench_metrics(scores: pl.DataFrame) -> dict[str, Any]:
@@ -67,11 +76,13 @@ def longbench_metrics(scores: pl.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for model in sorted(scores["model"].unique().to_list()):
         mine = scores.filter(pl.col("model") == model)
-        judged = mine.filter(pl.col("quality_score").is_not_null())
+        answered = mine.filter(pl.col("answered"))
+        judged = answered.filter(pl.col("quality_score").is_not_null())
         out[model] = {
             **_group_scores(mine),
-            "judge_failed": mine.height - judged.height,
-            "judge_truncated": int(mine["judge_truncated"].sum()),
+            "unanswered": mine.height - answered.height,
+            "judge_failed": answered.height - judged.height,
+            "judge_truncated": int(answered["judge_truncated"].sum()),
             "dimensions": {d: rounded(dimension_score(judged[d].to_list())) for d in DIMENSIONS},
             "buckets": {label: _group_scores(mine.filter(pl.col("bucket") == label))
                         for label in [b[2] for b in BUCKETS] + sorted(set(mine["bucket"]) - {b[2] for b in BUCKETS})
@@ -82,25 +93,50 @@ def longbench_metrics(scores: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
+def unanswered_row(model: str, request: dict[str, Any]) -> dict[str, Any]:
+    """The ``Scores`` row of a benchmark request ``model`` left unanswered: produced 0, so S_l 0, unjudged."""
+    return {"model": model, "index": request["index"], "lang": request["lang"], "bucket": request["bucket"],
+            "required": request["required"], "produced": 0, "answered": False, "length_score": 0.0,
+            **dict.fromkeys(DIMENSIONS), "quality_score": None, "judge_attempts": 0, "judge_truncated": False,
+            "analysis": None}
+
+
 def score_row(answer: dict[str, Any], outcome: RatingOutcome) -> dict[str, Any]:
     """One ``Scores`` row from an answer and its rating (ratings null when the judge failed)."""
     ratings = outcome.rating.scores if outcome.rating else dict.fromkeys(DIMENSIONS)
     quality = quality_score({d: dimension_score([v]) for d, v in ratings.items()}) if outcome.rating else None
     return {"model": answer["model"], "index": answer["index"], "lang": answer["lang"], "bucket": answer["bucket"],
-            "required": answer["required"], "produced": answer["words"],
+            "required": answer["required"], "produced": answer["words"], "answered": True,
             "length_score": length_score(answer["required"], answer["words"]), **ratings,
             "quality_score": quality, "judge_attempts": outcome.attempts, "judge_truncated": outcome.truncated,
             "analysis": outcome.rating.analysis if outcome.rating else None}
 
 
-def run_longbench(judge: JudgeConfig, settings: ClientSettings, answers_path: str | Path,
-                  answer_failures_path: str | Path, output: str | Path, failures: str | Path,
-                  metrics: str | Path, plot_csv: str | Path, plot_png: str | Path) -> dict[str, Any]:
-    """The whole judging stage: scores table, failures, metrics and the length scatter (CSV + PNG)."""
+def unanswered_rows(benchmark: pl.DataFrame, unanswered: pl.DataFrame, path: str | Path) -> list[dict[str, Any]]:
+    """A ``Scores`` row for every request in the answering stage's failures (``model/index`` ids, read from
+    ``path``)."""
+    requests = {r["index"]: r for r in benchmark.iter_rows(named=True)}
+    rows = []
+    for row, failure in enumerate(unanswered.iter_rows(named=True), start=1):
+        model, _, index = failure["instruction_id"].rpartition("/")
+        if not index.isdigit() or int(index) not in requests:
+            raise InputError(path, f"{failure['instruction_id']!r} is no request of the benchmark file (answers "
+                                   "made from another longbench.input?)", row=row, column="instruction_id")
+        rows.append(unanswered_row(model, requests[int(index)]))
+    return rows
+
+
+def run_longbench(judge: JudgeConfig, settings: ClientSettings, benchmark_path: str | Path,
+                  answers_path: str | Path, answer_failures_path: str | Path, output: str | Path,
+                  failures: str | Path, metrics: str | Path, plot_csv: str | Path, plot_png: str | Path
+                  ) -> dict[str, Any]:
+    """The whole judging stage: scores table (every request, answered or not), failures, metrics and the length
+    scatter of the answers (CSV + PNG)."""
     answers = validate(read_table(answers_path), Answers, answers_path).filter(pl.col("sample") == 0)
     unanswered = validate(read_table(answer_failures_path), Failures, answer_failures_path)
     outcomes, judge_stats = judge_answers(answers, judge, settings, "longbench judge")
     rows = [score_row(a, o) for a, o in zip(answers.iter_rows(named=True), outcomes, strict=True)]
+    rows += unanswered_rows(read_benchmark(benchmark_path), unanswered, answer_failures_path)
     scores = pl.DataFrame(rows, schema=empty(Scores).schema).sort("model", "index")
     write_checked(scores, Scores, output)
     write_failures([{"stage": "longbench", "instruction_id": f"{a['model']}/{a['index']}", "section": None,
@@ -108,14 +144,8 @@ def run_longbench(judge: JudgeConfig, settings: ClientSettings, answers_path: st
                     for a, o in zip(answers.iter_rows(named=True), outcomes, strict=True) if o.rating is None],
                    failures)
     result = longbench_metrics(scores)
-    for failure in unanswered.iter_rows(named=True):
-        model = failure["instruction_id"].rsplit("/", 1)[0]
-        mine = result.setdefault(model, {})
-        mine["unanswered"] = mine.get("unanswered", 0) + 1
-    for mine in result.values():
-        mine.setdefault("unanswered", 0)
     result["judge_llm"] = judge_stats
-    points = scores.select("model", "index", "required", "produced", "length_score")
+    points = scores.filter(pl.col("answered")).select("model", "index", "required", "produced", "length_score")
     write_csv(points, plot_csv)
     length_png(points, plot_png, "LongBench-Write: produced vs required words", lines=False)
     write_json(result, metrics)
