@@ -380,6 +380,21 @@ def test_sft_lowers_the_training_loss(averaging: str, base_dir: Path, mix_dir: P
     assert not torch.equal(trained["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
 
 
+def test_the_same_training_twice_is_the_same_checkpoint(base_dir: Path, mix_dir: Path, tmp_path: Path) -> None:
+    """A rerun that trains to the same weights must not look like a new model: DVC would rerun what follows it and
+    the response cache would pay again for every answer of the "new" checkpoint."""
+    from longwriter.llm.local import checkpoint_identity
+
+    outs = []
+    for run in ("a", "b"):
+        run_sft(_sft_settings(max_steps=2), base_dir, mix_dir, tmp_path / run / "out", tmp_path / run / "m.json",
+                tmp_path / run / "c.csv")
+        outs.append(tmp_path / run / "out")
+    files = [sorted(p.name for p in out.iterdir()) for out in outs]
+    assert files[0] == files[1] and "training_args.bin" not in files[0]
+    assert checkpoint_identity(str(outs[0])) == checkpoint_identity(str(outs[1]))
+
+
 def test_sft_validation_curve_starts_at_step_0(base_dir: Path, mix_dir: Path, tmp_path: Path) -> None:
     result = run_sft(_sft_settings(max_steps=2), base_dir, mix_dir, tmp_path / "out", tmp_path / "metrics.json",
                      tmp_path / "curve.csv")

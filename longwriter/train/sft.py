@@ -179,6 +179,9 @@ def publish(trainer: Any, tokenizer: Any, output_dir: str | Path, lora: bool) ->
         assert staged is not None
         try:
             tokenizer.save_pretrained(staged)
+            # the Trainer's pickled arguments name its temporary output directory: kept, they would make two
+            # trainings to the same weights two checkpoints, for DVC and for the response cache alike
+            (staged / "training_args.bin").unlink(missing_ok=True)
             swap_into(staged, output_dir)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
