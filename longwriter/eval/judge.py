@@ -261,8 +261,8 @@ async def verdict(llm: LLMClient, request: str, first: str, second: str,
     return result, attempts, error
 
 
-def judge_answers(answers: pl.DataFrame, judge: JudgeConfig, settings: ClientSettings, desc: str,
-                  on_done: Callable[[], None] | None = None) -> tuple[list[RatingOutcome], dict[str, Any]]:
+def judge_answers(answers: pl.DataFrame, judge: JudgeConfig, settings: ClientSettings, desc: str
+                  ) -> tuple[list[RatingOutcome], dict[str, Any]]:
     """Rate every answer (row order kept); also returns the judge's call stats as metrics."""
     rows = list(answers.iter_rows(named=True))
 
