@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import signal
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
@@ -76,7 +77,29 @@ def run_with_llm(spec: ModelSpec, settings: ClientSettings,
         settings = dataclasses.replace(settings, max_concurrency=max(settings.max_concurrency, spec.max_batch))
     with open_endpoint(spec, settings) as endpoint, \
             ResponseCache(settings.cache_path / "responses.sqlite") as cache:
+        stopped: list[int] = []
+
         async def main() -> tuple[T, CallStats]:
-            async with LLMClient(endpoint, cache, settings) as llm:
-                return await work(llm), llm.stats
-        return asyncio.run(main())
+            # SIGTERM cancels the work as Ctrl-C does inside asyncio.run: the stage's own handler would raise
+            # KeyboardInterrupt in whichever task happens to run, which leaves that task's error unretrieved
+            # and printed as a traceback.
+            loop, task = asyncio.get_running_loop(), asyncio.current_task()
+            assert task is not None
+            previous = signal.getsignal(signal.SIGTERM)
+
+            def stop() -> None:
+                stopped.append(signal.SIGTERM)
+                task.cancel()
+            loop.add_signal_handler(signal.SIGTERM, stop)
+            try:
+                async with LLMClient(endpoint, cache, settings) as llm:
+                    return await work(llm), llm.stats
+            finally:
+                loop.remove_signal_handler(signal.SIGTERM)
+                signal.signal(signal.SIGTERM, previous)
+        try:
+            return asyncio.run(main())
+        except asyncio.CancelledError:
+            if stopped:
+                raise KeyboardInterrupt(f"signal {stopped[0]}") from None
+            raise
