@@ -86,6 +86,7 @@ class Sections(pa.DataFrameModel):
     latency_s: float = pa.Field(ge=0)
     finish_reason: str
     continuations: int = pa.Field(ge=0)
+    attempts: int = pa.Field(ge=1)  # writes of the paragraph until it was complete text
     model: str
 
     class Config:
@@ -103,6 +104,7 @@ class LongSamples(pa.DataFrameModel):
     words: int = pa.Field(ge=1)
     planned_words: int = pa.Field(ge=1)
     sections: int = pa.Field(ge=1)
+    lines_removed: int = pa.Field(ge=0)  # label, echo and preamble lines removed at its sections' starts
 
     class Config:
         strict = True
@@ -141,6 +143,10 @@ class Answers(pa.DataFrameModel):
     prompt_tokens: int = pa.Field(ge=0)
     completion_tokens: int = pa.Field(ge=0)
     latency_s: float = pa.Field(ge=0)
+    cap_lossless: bool  # max_tokens left room for 4x the required words (S_l is 0 from there on): nothing lost
+    cap_below_ask: bool  # max_tokens was below even the words asked for
+    effective_words: int = pa.Field(ge=0)  # words before the answer fell into a loop (all when it did not)
+    degenerate: bool  # it fell into a loop (longwriter.repetition)
 
     class Config:
         strict = True
@@ -159,6 +165,9 @@ class Scores(pa.DataFrameModel):
     produced: int = pa.Field(ge=0)
     answered: bool
     length_score: float = pa.Field(ge=0, le=100)
+    effective_words: int = pa.Field(ge=0)  # produced words before the answer fell into a loop
+    degenerate: bool
+    length_score_effective: float = pa.Field(ge=0, le=100)  # S_l on the effective words
     relevance: int = pa.Field(nullable=True, ge=1, le=5)
     accuracy: int = pa.Field(nullable=True, ge=1, le=5)
     coherence: int = pa.Field(nullable=True, ge=1, le=5)
@@ -219,13 +228,43 @@ class Pairs(pa.DataFrameModel):
         strict = True
 
 
+# Why a row is in a failures table. Errors: something failed that a rerun or a better model may fix.
+ERROR_REASONS = {
+    "llm_error": "a model call failed after its retries (HTTP error, timeout, malformed reply)",
+    "unusable_output": "the model's reply failed validation after its re-asks (plan, selector or judge)",
+}
+# Drops: the pipeline chose to leave the row out, by a rule that keeps the figures honest.
+DROP_REASONS = {
+    "empty": "nothing left of the text (an empty reply, or empty after cleaning)",
+    "refusal": "the model refused or wrote an 'as an AI' disclaimer",
+    "filtered": "a content filter stopped the reply",
+    "cut_off": "the text stopped on the token limit in mid-sentence (after its continuations and retries)",
+    "incomplete": "an answer lacks some of its planned sections",
+    "collapsed": "the plan had more sections than max_sections",
+    "too_short": "the answer has fewer words than min_words_ratio of its plan",
+    "repetitive": "the answer repeats its n-grams beyond max_repetition",
+    "no_user_turn": "a pool conversation without a user turn",
+    "duplicate_point": "a plan line repeating an earlier one, or empty, was removed from the plan",
+    "too_few_rated": "a prompt with fewer than two rated, complete answers gives no preference pair",
+    "zero_margin": "the best answer scores no higher than the other one: no preference to learn",
+    "over_max_length": "a training example longer than max_length tokens",
+    "unanswered": "a request one of the compared models did not answer",
+}
+FAILURE_REASONS = {**ERROR_REASONS, **DROP_REASONS}
+
+
 class Failures(pa.DataFrameModel):
-    """Rows a stage could not produce or chose to drop, with the reason: nothing is lost silently."""
+    """Rows a stage could not produce or chose to drop, with the reason: nothing is lost silently.
+
+    ``reason`` is one of ``FAILURE_REASONS`` (errors and deliberate drops are told apart); ``error`` is the
+    detail in words.
+    """
 
     stage: str
     instruction_id: str
     section: int = pa.Field(nullable=True)
     attempts: int = pa.Field(ge=0)
+    reason: str = pa.Field(isin=sorted(FAILURE_REASONS))
     error: str
 
     class Config:
@@ -250,6 +289,14 @@ def write_checked(df: pl.DataFrame, model: type[pa.DataFrameModel], path: str | 
 def write_failures(rows: list[dict], path: str | Path) -> None:
     """Write a stage's ``Failures`` table (possibly empty)."""
     write_checked(failures_frame(rows), Failures, path)
+
+
+def reason_counts(rows: list[dict]) -> dict[str, int]:
+    """Failure rows per reason, for a stage's metrics."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def validate(df: pl.DataFrame, model: type[pa.DataFrameModel], path: str | Path) -> pl.DataFrame:

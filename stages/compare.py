@@ -24,10 +24,10 @@ def main(params_file: str, answers: str, output: str, failures: str, metrics: st
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
     result = run_compare(cfg, judge, settings, answers, output, failures, metrics)
-    for name, m in result.items():
-        if name != "judge_llm":
-            click.echo(f"compare {name}: win {m['win_rate']}, tie {m['tie_rate']}, loss {m['loss_rate']} "
-                       f"over {m['judged']} requests, {m['failed']} failed")
+    for a, b in cfg.pairs:
+        name, m = f"{a}_vs_{b}", result[f"{a}_vs_{b}"]
+        click.echo(f"compare {name}: win {m['win_rate']}, tie {m['tie_rate']}, loss {m['loss_rate']} "
+                   f"over {m['judged']} requests, {m['failed']} failed, {m['unanswered']} unanswered")
     if not cfg.pairs:
         click.echo("compare: no pairs in params (compare.pairs); nothing to judge")
 

@@ -14,11 +14,14 @@ from longwriter.train.dpo import DPOSettings, run_dpo
 @click.option("--output", default="models/dpo", show_default=True, help="Trained checkpoint directory.")
 @click.option("--metrics", default="metrics/dpo.json", show_default=True, help="Metrics JSON.")
 @click.option("--plot-csv", default="plots/dpo_loss.csv", show_default=True, help="Loss curve for DVC plots.")
+@click.option("--failures", default="data/failures/dpo.parquet", show_default=True,
+              help="Examples over max_length (dropped or truncated).")
 @stage_entry
-def main(params_file: str, model: str, pairs: str, output: str, metrics: str, plot_csv: str) -> None:
+def main(params_file: str, model: str, pairs: str, output: str, metrics: str, plot_csv: str,
+         failures: str) -> None:
     params = read_params(params_file)
     cfg = build(DPOSettings, section(params, "dpo", params_file), f"{params_file}:dpo")
-    r = run_dpo(cfg, model, pairs, output, metrics, plot_csv)
+    r = run_dpo(cfg, model, pairs, output, metrics, plot_csv, failures)
     click.echo(f"dpo: {r['pairs']} pairs, {r['steps']} steps, loss {r.get('loss_first')} -> {r.get('loss_last')}, "
                f"reward accuracy {r.get('reward_accuracy_last')}")
 

@@ -1,6 +1,6 @@
 """longbench: LongBench-Write scores of every request: length score S_l (0 for a request left unanswered), the
 judge's six quality ratings (S_q), S = (S_l + S_q) / 2, overall, per length bucket and per language (params:
-longbench.input, judge, llm).
+longbench.input, longbench.en_file, judge, llm).
 
 Writes the per-answer scores table, per-model metrics and the produced-vs-required scatter (CSV + PNG).
 """
@@ -32,7 +32,7 @@ def main(params_file: str, answers: str, answer_failures: str, output: str, fail
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
     result = run_longbench(judge, settings, cfg.input, answers, answer_failures, output, failures, metrics,
-                           plot_csv, plot_png)
+                           plot_csv, plot_png, en_file=cfg.en_file)
     for name, m in result.items():
         if name != "judge_llm":
             click.echo(f"longbench {name}: S {m.get('S')} (S_l {m.get('S_l')}, S_q {m.get('S_q')}), "

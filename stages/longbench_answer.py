@@ -1,5 +1,5 @@
 """longbench_answer: every model in eval.models answers the LongBench-Write requests (params: longbench.input,
-eval, llm).
+longbench.en_file, eval, llm).
 
 Reads any file in LongBench-Write's format (prompt, type, length). Judging is the next stage, so a new judge
 never regenerates answers.

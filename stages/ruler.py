@@ -1,7 +1,9 @@
 """ruler: LongWrite-Ruler, how long can each model write when asked for L words? (params: ruler, eval, llm)
 
-Every model in eval.models answers every request of the ruler file whose length is in ruler.lengths.
-Writes the answers table, per-model metrics (mean words per length, max output length, truncated share)
+Every model in eval.models answers every request of the ruler file whose length is in ruler.lengths, each with
+max_tokens capped per request (eval.cap_ratio, eval.tokens_per_word; eval.sampling.max_tokens is the ceiling).
+Writes the answers table, per-model metrics (mean words per length and max output length, on the words produced
+and on the words before a loop; degenerate and truncated shares; answers capped below lossless / below the ask)
 and the required-vs-produced curve as CSV (for `dvc plots show`) and PNG.
 """
 
@@ -30,8 +32,9 @@ def main(params_file: str, output: str, failures: str, metrics: str, plot_csv: s
     result = run_ruler(cfg, eval_cfg, settings, output, failures, metrics, plot_csv, plot_png)
     for model in eval_cfg.models:
         m = result[model.name]
-        click.echo(f"ruler {model.name}: max output length {m['max_output_length']} words, "
-                   f"mean words per length {m.get('mean_words', {})}, {m['failed']} failed")
+        click.echo(f"ruler {model.name}: max output length {m['max_output_length']} words "
+                   f"({m.get('max_output_length_effective', 0)} before loops), mean words per length "
+                   f"{m.get('mean_words', {})}, {m['failed']} failed")
 
 
 if __name__ == "__main__":

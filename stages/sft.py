@@ -18,11 +18,14 @@ from longwriter.train.sft import SFTSettings, run_sft
 @click.option("--output", default="models/sft", show_default=True, help="Trained checkpoint directory.")
 @click.option("--metrics", default="metrics/sft.json", show_default=True, help="Metrics JSON.")
 @click.option("--plot-csv", default="plots/sft_loss.csv", show_default=True, help="Loss curve for DVC plots.")
+@click.option("--failures", default="data/failures/sft.parquet", show_default=True,
+              help="Examples over max_length (dropped or truncated).")
 @stage_entry
-def main(params_file: str, base: str, data: str, output: str, metrics: str, plot_csv: str) -> None:
+def main(params_file: str, base: str, data: str, output: str, metrics: str, plot_csv: str,
+         failures: str) -> None:
     params = read_params(params_file)
     cfg = build(SFTSettings, section(params, "sft", params_file), f"{params_file}:sft")
-    r = run_sft(cfg, base, data, output, metrics, plot_csv)
+    r = run_sft(cfg, base, data, output, metrics, plot_csv, failures)
     click.echo(f"sft: {r['steps']} steps, train loss {r['train_loss_first']} -> {r['train_loss_last']}, "
                f"validation loss {r['validation_loss_first']} -> {r['validation_loss_last']}, "
                f"{r['tokens_per_s']} tokens/s")

@@ -267,7 +267,8 @@ class FakeOpenAIServer:
 
     faults: fault name -> probability per request (sum <= 1), drawn from a Random(seed).
     script: outcomes ("ok" or a fault name) consumed in order before `faults` applies.
-    replies: message contents served in order, one per "ok" completion, before the generated content.
+    replies: message contents served in order, one per "ok" completion, before the generated content; an
+        entry may be a (content, finish_reason) pair, e.g. ("The harbour was", "length") for a cut-off reply.
     context_words: a prompt of more words than this is refused with HTTP 400 ("maximum context length").
     """
 
@@ -288,7 +289,7 @@ class FakeOpenAIServer:
         log_path: str | Path | None = None,
         port: int = 0,
         backlog: int = 128,
-        replies: list[str] | None = None,
+        replies: list[str | tuple[str, str]] | None = None,
         context_words: int | None = None,
     ) -> None:
         faults = dict(faults or {})
@@ -417,7 +418,9 @@ class FakeOpenAIServer:
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         finish = "stop"
         if isinstance(max_tokens, int) and n_words * 4 / 3 > max_tokens:
-            n_words, finish = int(max_tokens * 0.75), "length"
+            # cut where the token limit falls, in mid-sentence as a real server does
+            cut = int(max_tokens * 0.75)
+            return " ".join(fake_text(rng, n_words).split()[:cut]), "length"
         return fake_text(rng, n_words), finish
 
     def _handle_chat(self, h: _Handler, raw: bytes) -> None:
@@ -467,7 +470,10 @@ class FakeOpenAIServer:
 
         with self._lock:
             reply = self._replies.pop(0) if self._replies else None
-        content, finish = (reply, "stop") if reply is not None else self._completion(key, body)
+        reply_finish = "stop"
+        if isinstance(reply, tuple | list):
+            reply, reply_finish = reply
+        content, finish = (reply, reply_finish) if reply is not None else self._completion(key, body)
         completion_tokens = approx_tokens(len(content.split()))
         delay = self.base_latency_s + (completion_tokens / self.tokens_per_s if self.tokens_per_s else 0.0)
         with self._capacity or contextlib.nullcontext():

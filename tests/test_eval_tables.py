@@ -173,8 +173,11 @@ def test_bucket_boundaries(required: int, bucket: str) -> None:
 # ------------------------------------------------------------------------------------------ LongBench-Write
 
 
-def _answer(model: str, index: int, lang: str, bucket: str, required: int, words: int) -> dict[str, Any]:
-    return {"model": model, "index": index, "lang": lang, "bucket": bucket, "required": required, "words": words}
+def _answer(model: str, index: int, lang: str, bucket: str, required: int, words: int,
+            effective: int | None = None) -> dict[str, Any]:
+    """An answer row as score_row reads it; ``effective``: the words before a loop (None: no loop)."""
+    return {"model": model, "index": index, "lang": lang, "bucket": bucket, "required": required, "words": words,
+            "effective_words": words if effective is None else effective, "degenerate": effective is not None}
 
 
 def _rated(*scores: int, truncated: bool = False) -> RatingOutcome:
@@ -220,8 +223,8 @@ def _scores() -> pl.DataFrame:
 
 def _all_answered(s: float | None, s_l: float | None, s_q: float | None, answers: int, judged: int) -> dict:
     """A metrics group in which every request was answered: S_l over the requests equals S_l over the answers."""
-    return {"S": s, "S_l": s_l, "S_q": s_q, "S_l_answered": s_l, "requests": answers, "answers": answers,
-            "judged": judged}
+    return {"S": s, "S_l": s_l, "S_q": s_q, "S_l_answered": s_l, "S_l_effective": s_l, "requests": answers,
+            "answers": answers, "judged": judged}
 
 
 def _dim(*ratings: int) -> float:
@@ -299,8 +302,8 @@ def test_an_unanswered_request_scores_zero_in_the_headline_s_l(tmp_path: Path) -
     m = longbench_metrics(scores)["m"]
     assert (m["S_l"], m["S_l_answered"], m["S_q"]) == (50.0, 100.0, 100.0)  # (100 + 0) / 2 vs 100 / 1
     assert m["S"] == 75.0 and (m["requests"], m["answers"], m["unanswered"], m["judge_failed"]) == (2, 1, 1, 0)
-    assert m["buckets"]["4k-20k"] == {"S": None, "S_l": 0.0, "S_q": None, "S_l_answered": None, "requests": 1,
-                                      "answers": 0, "judged": 0}
+    assert m["buckets"]["4k-20k"] == {"S": None, "S_l": 0.0, "S_q": None, "S_l_answered": None,
+                                      "S_l_effective": 0.0, "requests": 1, "answers": 0, "judged": 0}
     assert m["lang"]["zh"]["S_l"] == 0.0
     with pytest.raises(InputError, match=r"f.parquet: row 1, column 'instruction_id'"):
         unanswered_rows(bench, failures.with_columns(pl.lit("m/7").alias("instruction_id")), "f.parquet")
@@ -319,7 +322,9 @@ def _ruler_answers(spec: dict[str, dict[int, list[tuple[int, str, str]]]]) -> pl
                 rows.append({"model": model, "index": index, "sample": 0, "prompt": f"Write {required} words.",
                              "type": None, "lang": lang, "required": required, "bucket": bucket_of(required),
                              "text": "x", "words": words, "finish_reason": finish, "max_tokens": 32768,
-                             "prompt_tokens": 10, "completion_tokens": words, "latency_s": 1.0})
+                             "prompt_tokens": 10, "completion_tokens": words, "latency_s": 1.0,
+                             "cap_lossless": True, "cap_below_ask": False, "effective_words": words,
+                             "degenerate": False})
                 index += 1
     return validate(pl.DataFrame(rows, schema=empty(Answers).schema), Answers, "answers")
 

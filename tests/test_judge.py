@@ -13,18 +13,23 @@ from typing import Any
 import openai
 import pytest
 
+from longwriter.config import build
+from longwriter.errors import InputError
 from longwriter.eval.judge import (
     DIMENSIONS,
     JudgeConfig,
     Rating,
     RatingOutcome,
     UnusableJudgement,
+    judge_answers,
     pair_messages,
     parse_rating,
     parse_verdict,
     rate,
     rating_messages,
+    read_prompt_template,
     shorten,
+    template_messages,
     verdict,
 )
 from longwriter.llm import ClientSettings, LLMClient, ModelSpec, Sampling, run_with_llm
@@ -514,3 +519,127 @@ def test_a_plan_re_ask_is_not_the_failed_request_again(fake_server, tmp_path) ->
     row = {"id": "p1", "prompt": "Write a 1000-word essay about rivers.", "required_words": 1000}
     outcome = _reasked(fake_server, tmp_path, lambda llm: plan_one(llm, row, cfg, Repairs()))
     assert outcome.attempts == 2
+
+
+# --- judge.prompt_file: a user's rating template (the paper's judge prompt) ----------------------------------
+
+# a template in the public release's shape (written here, not copied): literal braces, both placeholders
+TEMPLATE = ("Rate the response to the request from 1 to 5 on six dimensions.\n<User Request>\n$INST$\n"
+            "</User Request>\n<Response>\n$RESPONSE$\n</Response>\nReply in JSON: {\"Analysis\": ..., "
+            + ", ".join(f'"{k}": ...' for k in PAPER_KEYS) + "}. Literal {braces} and {0} stay.")
+
+
+def _paper_reply(**overrides: Any) -> str:
+    obj: dict[str, Any] = {"Analysis": "fine", **dict(zip(PAPER_KEYS, SCORES.values(), strict=True))}
+    obj.update(overrides)
+    return "Brief analysis first.\n```json\n" + json.dumps(obj) + "\n```"
+
+
+def _template(tmp_path: Path, text: str = TEMPLATE, name: str = "judge.txt") -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_template_messages_substitute_only_the_placeholders() -> None:
+    request, answer = "Write {a} story, {0} words, $RESPONSE$ included.", "A story with $INST$ and {x}."
+    messages = template_messages(TEMPLATE, request, answer)
+    assert len(messages) == 1 and messages[0]["role"] == "user"
+    expected = TEMPLATE.replace("$INST$", "\x00").replace("$RESPONSE$", answer).replace("\x00", request)
+    assert messages[0]["content"] == expected  # verbatim otherwise, braces included
+    # a placeholder inside the request or the answer is text, never substituted again
+    assert messages[0]["content"].count(answer) == 1 and messages[0]["content"].count(request) == 1
+    twice = template_messages("$INST$ | $INST$ | $RESPONSE$", "q", "a")[0]["content"]
+    assert twice == "q | q | a"
+
+
+@pytest.mark.parametrize(("text", "missing"), [
+    ("Rate this: $RESPONSE$", "$INST$"),
+    ("Rate the answer to $INST$.", "$RESPONSE$"),
+    ("Rate {request} and {response}.", "$INST$ and $RESPONSE$"),
+    ("", "$INST$ and $RESPONSE$"),
+])
+def test_a_template_missing_a_placeholder_is_refused(tmp_path: Path, text: str, missing: str) -> None:
+    path = _template(tmp_path, text)
+    with pytest.raises(InputError) as err:
+        read_prompt_template(path)
+    assert err.value.path == path
+    assert missing in str(err.value) and "judge.prompt_file" in str(err.value)
+
+
+def test_a_missing_or_undecodable_template_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as err:
+        read_prompt_template(tmp_path / "absent.txt")
+    assert err.value.path == str(tmp_path / "absent.txt") and "not found" in str(err.value)
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("$INST$ $RESPONSE$ caf\xe9".encode("latin-1"))
+    with pytest.raises(InputError, match="UTF-8"):
+        read_prompt_template(bad)
+
+
+def test_prompt_file_params_and_the_papers_sampling() -> None:
+    default = JudgeConfig()
+    assert default.prompt_file is None
+    assert default.prompt_sampling == Sampling(temperature=0.5, top_p=1.0, max_tokens=1024)
+    cfg = build(JudgeConfig, {"prompt_file": "judge.txt", "prompt_sampling": {"max_tokens": 2048}}, "judge")
+    # a partial prompt_sampling keeps the paper's temperature, not Sampling's own default
+    assert cfg.prompt_file == "judge.txt"
+    assert cfg.prompt_sampling == Sampling(temperature=0.5, top_p=1.0, max_tokens=2048)
+    assert cfg.sampling == default.sampling
+
+
+def test_rate_with_a_template_sends_it_verbatim_as_one_user_message(fake_server: type[FakeOpenAIServer],
+                                                                     tmp_path: Path) -> None:
+    path = _template(tmp_path)
+    with fake_server(replies=[_paper_reply()]) as srv:
+        outcome = _rate(srv, tmp_path, request="Write {x}.", answer="An answer.", prompt_file=path)
+        bodies = list(srv.bodies)
+    assert outcome == RatingOutcome(Rating(SCORES, "fine"), 1, False, None)
+    (body,) = bodies
+    assert body["messages"] == template_messages(TEMPLATE, "Write {x}.", "An answer.")
+    assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.5, 1.0, 1024)
+    assert "response_format" not in body  # the template says what to reply
+
+
+def test_rate_with_a_template_range_checks_and_reasks(fake_server: type[FakeOpenAIServer], tmp_path: Path) -> None:
+    path = _template(tmp_path)
+    with fake_server(replies=[_paper_reply(Clarity=6), _paper_reply(Coherence="three"), _paper_reply()]) as srv:
+        outcome = _rate(srv, tmp_path, prompt_file=path)
+        bodies = list(srv.bodies)
+    assert outcome.rating == Rating(SCORES, "fine") and outcome.attempts == 3
+    first, second, third = (b["messages"] for b in bodies)
+    assert len(first) == 1
+    # the same re-ask as the default prompt: the reply and its fault quoted back, never hotter than before
+    assert second[:1] == first and second[1]["role"] == "assistant" and "outside 1..5" in second[2]["content"]
+    assert third[:1] == first and "not an integer" in third[2]["content"]
+    assert [b["temperature"] for b in bodies] == [0.5, 0.5, 0.8]
+
+
+def test_rate_with_a_template_gives_up_like_the_default(fake_server: type[FakeOpenAIServer], tmp_path: Path) -> None:
+    path = _template(tmp_path)
+    with fake_server(replies=[_paper_reply(Accuracy=0)] * 3) as srv:
+        outcome = _rate(srv, tmp_path, prompt_file=path)
+    assert outcome.rating is None and outcome.attempts == 3 and "outside 1..5" in (outcome.error or "")
+
+
+def test_the_template_is_part_of_the_cache_key(fake_server: type[FakeOpenAIServer], tmp_path: Path) -> None:
+    one = _template(tmp_path, TEMPLATE, "one.txt")
+    two = _template(tmp_path, TEMPLATE + "\nBe lenient.", "two.txt")
+    with fake_server(replies=[_paper_reply()] * 3) as srv:
+        for path in (one, two, one):
+            assert _rate(srv, tmp_path, prompt_file=path).rating is not None
+        keys = [e["key"] for e in srv.log]
+    assert len(keys) == 2 and keys[0] != keys[1]  # the edited template is a new request; the first is cached
+
+
+def test_judge_answers_refuses_a_bad_template_before_starting_a_model(tmp_path: Path) -> None:
+    import polars as pl
+
+    path = _template(tmp_path, "Rate $RESPONSE$.")
+    # an address nothing listens on: the template is refused before any connection is tried
+    judge = JudgeConfig(model=ModelSpec(provider="openai", base_url="http://127.0.0.1:9/v1", model="m"),
+                        prompt_file=path)
+    answers = pl.DataFrame({"prompt": ["Write."], "text": ["Text."]})
+    with pytest.raises(InputError) as err:
+        judge_answers(answers, judge, _settings(tmp_path), "test")
+    assert err.value.path == path and "$INST$" in str(err.value)

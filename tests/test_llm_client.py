@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -141,3 +142,77 @@ def test_a_relative_cache_dir_is_the_workspace_s_even_in_a_dvc_experiment_copy(t
     monkeypatch.chdir(run)
     assert ClientSettings(cache_dir=".llm-cache").cache_path == tmp_path / "sub" / ".llm-cache"
     assert ClientSettings(cache_dir="/abs/cache").cache_path == Path("/abs/cache")
+
+
+def _keys(tmp_path: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "cache" / "responses.sqlite") as db:
+        return [k for (k,) in db.execute("SELECT key FROM responses")]
+
+
+PAPER = Sampling(temperature=0.5, top_p=0.8, max_tokens=200)
+# The cache key of complete(MESSAGES, PAPER, sample=1) for identity "openai:fake", computed before Sampling had
+# top_k: a request without top_k must keep it, or every cached response would be paid for again.
+KEY_BEFORE_TOP_K = "b6b52a295cc7f9a652224ec1ce5471bde9f6a370437753a978f1da5a9829c38e"
+
+
+def test_a_request_without_top_k_keeps_its_cache_key_and_body(fake_server, tmp_path):
+    with fake_server() as srv:
+        run(srv, tmp_path, lambda llm: llm.complete(MESSAGES, PAPER, sample=1))
+        body = srv.bodies[0]
+    assert _keys(tmp_path) == [KEY_BEFORE_TOP_K]
+    assert "top_k" not in body and "extra_body" not in body
+
+
+def test_top_k_is_sent_in_the_body_and_keys_the_cache(fake_server, tmp_path):
+    async def both(llm):
+        await llm.complete(MESSAGES, dataclasses.replace(PAPER, top_k=50), sample=1)
+        await llm.complete(MESSAGES, dataclasses.replace(PAPER, top_k=50), sample=1)  # a cache hit
+        return await llm.complete(MESSAGES, dataclasses.replace(PAPER, top_k=40), sample=1)
+
+    with fake_server() as srv:
+        _, stats = run(srv, tmp_path, both)
+        assert [b["top_k"] for b in srv.bodies] == [50, 40]
+    assert stats.paid_calls == 2 and stats.cache_hits == 1
+    keys = _keys(tmp_path)
+    assert len(keys) == 2 and KEY_BEFORE_TOP_K not in keys
+
+
+def test_openai_s_own_api_gets_no_top_k(tmp_path):
+    """api.openai.com refuses unknown arguments (HTTP 400): top_k is left out of the request and of its key. The
+    cache holds the answer to the request without top_k, so the call is answered there, without a network."""
+    from longwriter.llm.cache import request_key
+
+    cfg = settings(tmp_path)
+    request = {"messages": MESSAGES, "temperature": 0.5, "top_p": 0.8, "max_tokens": 200, "frequency_penalty": 0.0,
+               "presence_penalty": 0.0, "seed": 0}
+    identity = "openai:https://api.openai.com/v1:gpt-4o"
+    with ResponseCache(Path(cfg.cache_dir) / "responses.sqlite") as cache:
+        cache.put(request_key(identity, {"request": request, "sample": 0}), identity,
+                  {"text": "cached", "finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": 1,
+                   "latency_s": 0.1})
+
+        async def main():
+            ep = Endpoint("https://api.openai.com/v1", "gpt-4o", identity, "json_schema", api_key="sk-unused-key")
+            async with LLMClient(ep, cache, cfg) as llm:
+                return await llm.complete(MESSAGES, dataclasses.replace(PAPER, top_k=50))
+        reply = asyncio.run(main())
+    assert reply.cached and reply.text == "cached"
+
+
+def test_truncated_replies_are_counted_paid_or_cached(fake_server, tmp_path):
+    """An HTTP 200 reply that stops on the token limit is a completion, cached like any other, and counted."""
+    short = Sampling(temperature=0.0, max_tokens=50)  # the fake's 120 words take 160 tokens
+
+    async def calls(llm):
+        return [await llm.complete(MESSAGES, short), await llm.complete(MESSAGES, short),
+                await llm.complete(MESSAGES, SAMPLING)]
+
+    with fake_server(words=120) as srv:
+        replies, stats = run(srv, tmp_path, calls)
+        replies2, stats2 = run(srv, tmp_path, calls)
+    assert [r.finish_reason for r in replies] == ["length", "length", "stop"]
+    assert (stats.paid_calls, stats.cache_hits, stats.truncated) == (2, 1, 2)
+    assert (stats2.paid_calls, stats2.truncated) == (0, 2)
+    assert stats.as_metrics()["truncated"] == 2

@@ -88,9 +88,11 @@ def test_paragraph_bounds():
 
 def test_repair_drops_duplicates_and_fixes_budgets():
     repairs = Repairs()
+    dropped: list[str] = []
     plan = repair([Paragraph("Intro to cats", 75), Paragraph("intro to  cats!", 300), Paragraph("History", None),
-                   Paragraph("Modern cats", 2000), Paragraph("", 100)], None, CFG, repairs)
+                   Paragraph("Modern cats", 2000), Paragraph("", 100)], None, CFG, repairs, dropped)
     assert [p for p, _ in plan] == ["Intro to cats", "History", "Modern cats"]
+    assert len(dropped) == 2 and "repeats an earlier one" in dropped[0] and "empty point" in dropped[1]
     assert [w for _, w in plan] == [100, 1000, 1000]  # 75 -> 100, missing -> mean of known, 2000 -> 1000
     assert repairs.duplicates_dropped == 1 and repairs.empty_dropped == 1 and repairs.budgets_filled == 1
     assert repairs.rescaled == 0

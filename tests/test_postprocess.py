@@ -7,7 +7,8 @@ import random
 import polars as pl
 import pytest
 
-from longwriter.agentwrite.postprocess import PostprocessConfig, build_samples, repetition, strip_label
+from longwriter.agentwrite.postprocess import PostprocessConfig, build_samples, strip_label
+from longwriter.repetition import repetition
 from longwriter.schemas import LongSamples, validate
 
 
@@ -40,7 +41,7 @@ def test_repetition():
     assert repetition("我们今天去公园玩" * 10) > 0.8
 
 
-def frames(texts: dict[str, list[str]], budgets: dict[str, list[int]]):
+def frames(texts: dict[str, list[str]], budgets: dict[str, list[int]], finish: dict[str, str] | None = None):
     ids = sorted(texts)
     instructions = pl.DataFrame({"id": ids, "prompt": [f"Write about {i}" for i in ids], "lang": ["en"] * len(ids),
                                  "source": ["t"] * len(ids), "required_words": [None] * len(ids),
@@ -48,7 +49,8 @@ def frames(texts: dict[str, list[str]], budgets: dict[str, list[int]]):
                                 schema_overrides={"required_words": pl.Int64, "estimated_words": pl.Int64})
     plans = pl.DataFrame([{"instruction_id": i, "section": n, "main_point": f"p{n}", "words": w, "attempts": 1}
                           for i in ids for n, w in enumerate(budgets[i], start=1)])
-    sections = pl.DataFrame([{"instruction_id": i, "section": n, "text": t} for i in ids
+    sections = pl.DataFrame([{"instruction_id": i, "section": n, "text": t,
+                              "finish_reason": (finish or {}).get(i, "stop")} for i in ids
                              for n, t in enumerate(texts[i], start=1)])
     return instructions, plans, sections
 
@@ -79,6 +81,42 @@ def test_build_samples_keeps_and_drops_with_reasons():
     assert [m["role"] for m in msgs] == ["user", "assistant"]
     assert not msgs[1]["content"].startswith("Paragraph")
     assert samples["sections"][0] == 2 and samples["planned_words"][0] == 200
-    reasons = {d["instruction_id"]: d["error"].split(":")[0] for d in dropped}
+    reasons = {d["instruction_id"]: d["reason"] for d in dropped}
     assert reasons == {"short": "too_short", "loop": "repetitive", "partial": "incomplete", "many": "collapsed"}
     assert extra["labels_stripped"] == 1
+
+
+def test_incomplete_paragraphs_drop_their_sample_with_the_reason():
+    good = [prose(0), prose(1)]
+    texts = {
+        "good": good,
+        "cut": [good[0], prose(2)[:-1] + " and then the"],
+        "refused": ["I'm sorry, but I can't help with that request.", good[1]],
+        "zh_refused": [good[0], "抱歉，我无法完成这个请求。"],
+        "emptied": [good[0], "Paragraph 2:"],
+    }
+    budgets = {k: [100, 100] for k in texts}
+    finish = {"cut": "length"}
+    samples, dropped, _ = build_samples(*frames(texts, budgets, finish), PostprocessConfig())
+    assert samples["id"].to_list() == ["good"]
+    reasons = {d["instruction_id"]: (d["reason"], d["section"]) for d in dropped}
+    assert reasons == {"cut": ("cut_off", 2), "refused": ("refusal", 1), "zh_refused": ("refusal", 2),
+                       "emptied": ("empty", 2)}
+
+
+def test_a_length_finish_that_ends_a_sentence_is_complete():
+    samples, dropped, _ = build_samples(*frames({"a": [prose(0), prose(1)]}, {"a": [100, 100]}, {"a": "length"}),
+                                        PostprocessConfig())
+    assert samples.height == 1 and not dropped
+
+
+def test_only_lines_at_a_sections_start_are_removed_and_they_are_counted():
+    body = prose(3)
+    middle = "The report lists a word count: 300 per chapter, as the editors asked."
+    text = f"Sure, here is paragraph 2:\n\nWord count: 120\n{body}\n{middle}\n{prose(4)}"
+    samples, dropped, extra = build_samples(*frames({"a": [prose(0), text]}, {"a": [100, 100]}),
+                                            PostprocessConfig())
+    assert not dropped
+    answer = samples["messages"][0].to_list()[1]["content"]
+    assert middle in answer and "Sure, here is" not in answer and "Word count: 120" not in answer
+    assert samples["lines_removed"][0] == 2 and extra["lines_removed"] == 2

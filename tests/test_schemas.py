@@ -47,7 +47,7 @@ def sections_frame() -> pl.DataFrame:
     return pl.DataFrame({
         "instruction_id": ["i1"], "section": [1], "text": ["Once upon a time."], "words": [4], "budget": [300],
         "prompt_tokens": [120], "completion_tokens": [8], "latency_s": [0.5], "finish_reason": ["stop"],
-        "continuations": [0], "model": ["smollm2"],
+        "continuations": [0], "attempts": [1], "model": ["smollm2"],
     })
 
 
@@ -56,14 +56,16 @@ def long_samples_frame(messages=None) -> pl.DataFrame:
         messages = [[{"role": "user", "content": "Write."}, {"role": "assistant", "content": "Text."}]]
     return pl.DataFrame({
         "id": ["i1"], "lang": ["zh"], "source": ["pool"], "messages": messages, "words": [1200],
-        "planned_words": [1500], "sections": [3],
+        "planned_words": [1500], "sections": [3], "lines_removed": [0],
     })
 
 
 def failures_rows() -> list[dict]:
     return [
-        {"stage": "plan", "instruction_id": "i1", "section": None, "attempts": 3, "error": "bad JSON"},
-        {"stage": "write", "instruction_id": "i2", "section": 4, "attempts": 0, "error": "too short"},
+        {"stage": "plan", "instruction_id": "i1", "section": None, "attempts": 3, "reason": "unusable_output",
+         "error": "bad JSON"},
+        {"stage": "write", "instruction_id": "i2", "section": 4, "attempts": 0, "reason": "cut_off",
+         "error": "section 4 cut_off after 2 attempts"},
     ]
 
 
@@ -126,7 +128,7 @@ def test_failures_frame_empty() -> None:
     df = failures_frame([])
     assert df.height == 0
     assert df.schema == pl.Schema({"stage": pl.String, "instruction_id": pl.String, "section": pl.Int64,
-                                   "attempts": pl.Int64, "error": pl.String})
+                                   "attempts": pl.Int64, "reason": pl.String, "error": pl.String})
     assert validate(df, Failures, PATH).height == 0
 
 
@@ -305,6 +307,13 @@ def test_failures_negative_attempts_rejected() -> None:
     rows[1]["attempts"] = -1
     err = raises(failures_frame(rows), Failures)
     assert (err.row, err.column) == (2, "attempts")
+
+
+def test_failures_reason_outside_the_vocabulary_rejected() -> None:
+    rows = failures_rows()
+    rows[0]["reason"] = "something went wrong"
+    err = raises(failures_frame(rows), Failures)
+    assert (err.row, err.column) == (1, "reason")
 
 
 def test_failures_missing_column() -> None:

@@ -86,7 +86,9 @@ def test_a_wildchat_shard_is_a_pool_of_first_user_turns(tmp_path):
         ("h2", conversation("写一篇五千字的小说")),
         ("h3", conversation("   ", "Write a long report on tides.")),  # blank first user turn: not an instruction
     ])
-    df = load_pools([str(shard)])
+    dropped: list[dict] = []
+    df = load_pools([str(shard)], dropped)
+    assert [(d["instruction_id"], d["section"], d["reason"]) for d in dropped] == [("h3", 3, "no_user_turn")]
     assert df.to_dicts() == [
         {"id": "h1", "prompt": "Write a 3000-word history of the printing press.",
          "source": "train-00000-of-00002", "required_words": None},

@@ -84,7 +84,7 @@ def test_write_records_failed_instruction_with_its_section(fake_server, tmp_path
     failures = pl.read_parquet(tmp_path / "f.parquet").to_dicts()
     assert m["failed"] == 1 and m["sections"] == 0
     assert failures == [{"stage": "write", "instruction_id": "i0", "section": 3, "attempts": 2,
-                         "error": failures[0]["error"]}]
+                         "reason": "llm_error", "error": failures[0]["error"]}]
     assert "HTTP 503" in failures[0]["error"]
 
 
@@ -152,3 +152,88 @@ def test_empty_input_writes_empty_outputs_without_calls(fake_server, tmp_path):
         assert srv.requests_count() == 0
     assert m["instructions"] == 0 and m["success_rate"] == 0.0 and w["sections"] == 0
     assert pl.read_parquet(tmp_path / "s.parquet").height == 0 and pl.read_parquet(tmp_path / "sf.parquet").height == 0
+
+
+def _complete(n: int) -> str:
+    return " ".join(["The lighthouse keeper counted the ships."] * n)
+
+
+def test_write_rewrites_a_cut_off_paragraph_with_a_new_seed(fake_server, tmp_path):
+    write_instructions(tmp_path / "in.parquet", 1)
+    write_plans(tmp_path / "plans.parquet", 1, 2)
+    cut = ("The lighthouse keeper counted the ships and then the", "length")
+    with fake_server(replies=[cut, _complete(12), _complete(12)]) as srv:
+        cfg = WriteConfig(generator=fake_spec(srv), max_continuations=0, max_attempts=2)
+        m = run_write(tmp_path / "in.parquet", tmp_path / "plans.parquet", tmp_path / "s.parquet",
+                      tmp_path / "f.parquet", tmp_path / "m.json", cfg, fast_settings(tmp_path))
+        seeds = [b["seed"] for b in srv.bodies]
+    sections = pl.read_parquet(tmp_path / "s.parquet")
+    assert m["failed"] == 0 and m["sections_rewritten"] == 1
+    assert sections["attempts"].to_list() == [2, 1] and sections["finish_reason"].to_list() == ["stop", "stop"]
+    assert seeds[0] != seeds[1]  # the rewrite is a different request, not a replay of the cut one
+    assert all(t.endswith(".") for t in sections["text"])
+
+
+def test_write_drops_an_instruction_whose_paragraph_stays_incomplete(fake_server, tmp_path):
+    write_instructions(tmp_path / "in.parquet", 1)
+    write_plans(tmp_path / "plans.parquet", 1, 2)
+    refusal = "I'm sorry, but I can't help with writing this story."
+    with fake_server(replies=[_complete(12), refusal, refusal]) as srv:
+        cfg = WriteConfig(generator=fake_spec(srv), max_continuations=0, max_attempts=2)
+        m = run_write(tmp_path / "in.parquet", tmp_path / "plans.parquet", tmp_path / "s.parquet",
+                      tmp_path / "f.parquet", tmp_path / "m.json", cfg, fast_settings(tmp_path))
+    failures = pl.read_parquet(tmp_path / "f.parquet").to_dicts()
+    assert m["failed"] == 1 and m["sections"] == 0 and m["failures"] == {"refusal": 1}
+    assert [(f["section"], f["attempts"], f["reason"]) for f in failures] == [(2, 2, "refusal")]
+
+
+def test_a_cut_reply_is_not_kept_without_continuations(fake_server, tmp_path):
+    """The held-out probe: an HTTP 200 cut short with max_continuations 0 was kept as the section."""
+    write_instructions(tmp_path / "in.parquet", 1)
+    write_plans(tmp_path / "plans.parquet", 1, 1)
+    cut = ("The lighthouse keeper counted the ships and then the", "length")
+    with fake_server(replies=[cut, cut]) as srv:
+        cfg = WriteConfig(generator=fake_spec(srv), max_continuations=0, max_attempts=2)
+        m = run_write(tmp_path / "in.parquet", tmp_path / "plans.parquet", tmp_path / "s.parquet",
+                      tmp_path / "f.parquet", tmp_path / "m.json", cfg, fast_settings(tmp_path))
+    assert m["sections"] == 0 and m["failures"] == {"cut_off": 1}
+
+
+def test_general_keeps_complete_answers_only(fake_server, tmp_path):
+    from longwriter.train.general import GeneralConfig, run_general
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "g1", "prompt": "Name a colour."}\n{"id": "g2", "prompt": "Say hello."}\n')
+    cut = ("Blue is a colour that many people", "length")
+    # g1 and g2 ask concurrently: the fake serves replies in arrival order, so each gets one of the first two
+    with fake_server(replies=[cut, cut, "Sure, here is one:\nBlue.", cut]) as srv:
+        cfg = GeneralConfig(prompts=str(prompts), generator=fake_spec(srv), max_attempts=2)
+        m = run_general(cfg, fast_settings(tmp_path, max_concurrency=1), tmp_path / "chat.parquet",
+                        tmp_path / "f.parquet", tmp_path / "m.json")
+    chat = pl.read_parquet(tmp_path / "chat.parquet")
+    failures = pl.read_parquet(tmp_path / "f.parquet")
+    assert m["examples"] == 1 and m["failures"] == {"cut_off": 1}
+    assert chat["messages"][0].to_list()[1]["content"] == "Blue."
+    assert failures["reason"].to_list() == ["cut_off"] and failures["attempts"].to_list() == [2]
+
+
+def test_compare_records_requests_one_model_did_not_answer(fake_server, tmp_path):
+    from longwriter.eval.answers import answer_row
+    from longwriter.eval.compare import CompareConfig, run_compare
+    from longwriter.eval.judge import JudgeConfig
+    from longwriter.schemas import Answers, empty, write_checked
+
+    def row(model: str, index: int) -> dict:
+        request = {"index": index, "prompt": f"Write {index}.", "type": None, "lang": "en", "required": 100,
+                   "bucket": "0-500"}
+        return answer_row(model, request, 0, f"Answer {index} of {model}.", "stop", 512, 5, 5, 0.1)
+
+    answers = pl.DataFrame([row("a", 0), row("b", 0), row("a", 1), row("b", 2)], schema=empty(Answers).schema)
+    write_checked(answers, Answers, tmp_path / "answers.parquet")
+    with fake_server() as srv:
+        m = run_compare(CompareConfig(pairs=(("a", "b"),)), JudgeConfig(model=fake_spec(srv)),
+                        fast_settings(tmp_path), tmp_path / "answers.parquet", tmp_path / "c.parquet",
+                        tmp_path / "f.parquet", tmp_path / "m.json")
+    failures = pl.read_parquet(tmp_path / "f.parquet").filter(pl.col("reason") == "unanswered")
+    assert sorted(failures["instruction_id"]) == ["a_vs_b/1", "a_vs_b/2"]
+    assert m["a_vs_b"]["unanswered"] == 2 and m["a_vs_b"]["judged"] + m["a_vs_b"]["failed"] == 1

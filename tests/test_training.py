@@ -53,6 +53,7 @@ def _long_frame(n: int) -> pl.DataFrame:
         "words": [100 + i for i in range(n)],
         "planned_words": [120] * n,
         "sections": [3] * n,
+        "lines_removed": [0] * n,
     }, schema_overrides={"messages": MESSAGES})
     return validate(df, LongSamples, "long.parquet")
 
@@ -525,3 +526,43 @@ def test_dpo_without_pairs_publishes_the_input_model(base_dir: Path, tmp_path: P
     assert all(torch.equal(trained[k], base[k]) for k in base)
     _load(tmp_path / "out")
     assert pl.read_csv(tmp_path / "curve.csv").height == 0
+
+
+def test_build_pairs_records_prompts_without_a_pair() -> None:
+    cands = (_candidates("flat", [70.0, 70.0, 70.0]) + _candidates("one", [None, 99.0])
+             + _candidates("ok", [10.0, 70.0, 70.0]))
+    dropped: list[dict] = []
+    pairs = build_pairs(cands, seed=0, dropped=dropped)
+    assert [p["prompt_id"] for p in pairs] == ["ok"] and pairs[0]["margin"] == 60.0
+    assert {(d["instruction_id"], d["reason"]) for d in dropped} == {("flat", "zero_margin"), ("one", "too_few_rated")}
+
+
+
+@pytest.mark.parametrize("action", ["drop", "truncate"])
+def test_sft_examples_over_max_length_are_dropped_or_truncated_and_counted(action: str, base_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    long = [{"role": "user", "content": "Write a long line."},
+            {"role": "assistant", "content": "wave after wave " * 200 + "the end."}]
+    mix = tmp_path / "mix"
+    write_checked(_chat_frame([*SFT_CONVERSATIONS, long], "train"), Chat, mix / "train.parquet")
+    write_checked(_chat_frame(SFT_CONVERSATIONS[:1], "val"), Chat, mix / "validation.parquet")
+    cfg = _sft_settings(max_steps=1)
+    cfg = SFTSettings(train=dataclasses.replace(cfg.train, over_max_length=action), eval_steps=None)
+    result = run_sft(cfg, base_dir, mix, tmp_path / "out", tmp_path / "m.json", tmp_path / "c.csv",
+                     tmp_path / "f.parquet")
+    failures = pl.read_parquet(tmp_path / "f.parquet")
+    assert result["over_max_length"] == {"count": 1, "action": action}
+    assert failures["instruction_id"].to_list() == ["train-4"] and failures["reason"].to_list() == ["over_max_length"]
+    assert result["examples"]["train"] == (4 if action == "drop" else 5)
+
+
+def test_dpo_pairs_over_max_length_are_dropped_and_recorded(base_dir: Path, tmp_path: Path) -> None:
+    frame = _pairs_frame(3).with_columns(
+        pl.when(pl.col("prompt_id") == "p1").then(pl.lit("long " * 400)).otherwise(pl.col("rejected"))
+        .alias("rejected"))
+    pairs = tmp_path / "pairs.parquet"
+    write_checked(frame, Pairs, pairs)
+    result = run_dpo(_dpo_settings(), base_dir, pairs, tmp_path / "out", tmp_path / "metrics.json",
+                     tmp_path / "curve.csv", tmp_path / "f.parquet")
+    assert result["pairs"] == 2 and result["over_max_length"] == {"count": 1, "action": "drop"}
+    assert pl.read_parquet(tmp_path / "f.parquet")["instruction_id"].to_list() == ["p1"]

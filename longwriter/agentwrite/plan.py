@@ -24,7 +24,7 @@ from tqdm import tqdm
 from longwriter.files import read_table, write_json
 from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
 from longwriter.llm.structured import extract_json, reask
-from longwriter.schemas import Instructions, Plans, empty, validate, write_checked, write_failures
+from longwriter.schemas import Instructions, Plans, empty, reason_counts, validate, write_checked, write_failures
 
 
 @dataclass(frozen=True)
@@ -210,8 +210,9 @@ def _key(point: str) -> str:
 
 
 def repair(paragraphs: list[Paragraph], required: int | None, cfg: PlanConfig,
-           repairs: Repairs) -> list[tuple[str, int]]:
-    """Validate and repair a parsed plan, or raise ``UnusablePlan``."""
+           repairs: Repairs, dropped: list[str] | None = None) -> list[tuple[str, int]]:
+    """Validate and repair a parsed plan, or raise ``UnusablePlan``. Points left out (empty, or repeating an
+    earlier one) are described in ``dropped`` when it is given."""
     lo, hi = paragraph_bounds(required, cfg)
     kept: list[Paragraph] = []
     seen: set[str] = set()
@@ -221,9 +222,13 @@ def repair(paragraphs: list[Paragraph], required: int | None, cfg: PlanConfig,
         key = _key(p.main_point)
         if len(key) < 2:
             repairs.empty_dropped += 1
+            if dropped is not None:
+                dropped.append(f"empty point {p.main_point!r} left out")
             continue
         if key in seen:
             repairs.duplicates_dropped += 1
+            if dropped is not None:
+                dropped.append(f"point {p.main_point[:80]!r} repeats an earlier one: left out")
             continue
         seen.add(key)
         kept.append(p)
@@ -287,6 +292,8 @@ class PlanOutcome:
     paragraphs: list[tuple[str, int]] | None
     attempts: int
     error: str | None = None
+    reason: str | None = None  # a failures-table reason when paragraphs is None
+    dropped_points: list[str] = field(default_factory=list)
 
 
 async def plan_one(llm: LLMClient, row: dict[str, Any], cfg: PlanConfig, repairs: Repairs) -> PlanOutcome:
@@ -300,14 +307,16 @@ async def plan_one(llm: LLMClient, row: dict[str, Any], cfg: PlanConfig, repairs
         try:
             reply = await llm.complete(request, sampling, schema=schema, sample=sample)
         except LLMCallError as e:
-            return PlanOutcome(row["id"], None, sample + 1, str(e))
+            return PlanOutcome(row["id"], None, sample + 1, str(e), "llm_error")
         try:
             parsed = parse_plan_json(reply.text) if structured else parse_plan_lines(reply.text)
-            return PlanOutcome(row["id"], repair(parsed, required, cfg, repairs), sample + 1)
+            dropped: list[str] = []
+            return PlanOutcome(row["id"], repair(parsed, required, cfg, repairs, dropped), sample + 1,
+                               dropped_points=dropped)
         except UnusablePlan as e:
             error = f"unusable plan: {e}"
             request, sampling = reask(messages, cfg.sampling, reply.text, str(e), attempt=sample + 1)
-    return PlanOutcome(row["id"], None, cfg.max_attempts, error)
+    return PlanOutcome(row["id"], None, cfg.max_attempts, error, "unusable_output")
 
 
 def run_plan(instructions_path: str | Path, output: str | Path, failures: str | Path, metrics: str | Path,
@@ -331,8 +340,11 @@ def run_plan(instructions_path: str | Path, output: str | Path, failures: str | 
     plans = pl.DataFrame(rows, schema=empty(Plans).schema).sort("instruction_id", "section")
     write_checked(plans, Plans, output)
     failed = [o for o in outcomes if o.paragraphs is None]
-    write_failures([{"stage": "plan", "instruction_id": o.instruction_id, "section": None, "attempts": o.attempts,
-                     "error": o.error} for o in failed], failures)
+    failure_rows = [{"stage": "plan", "instruction_id": o.instruction_id, "section": None, "attempts": o.attempts,
+                     "reason": o.reason, "error": o.error} for o in failed]
+    failure_rows += [{"stage": "plan", "instruction_id": o.instruction_id, "section": None, "attempts": o.attempts,
+                      "reason": "duplicate_point", "error": d} for o in outcomes for d in o.dropped_points]
+    write_failures(failure_rows, failures)
     planned = [o for o in outcomes if o.paragraphs]
     sizes = [len(o.paragraphs or []) for o in planned]
     result = {
@@ -347,6 +359,7 @@ def run_plan(instructions_path: str | Path, output: str | Path, failures: str | 
                        "mean": round(sum(sizes) / len(sizes), 2) if sizes else 0.0},
         "planned_words": int(plans["words"].sum()) if plans.height else 0,
         "repairs": vars(repairs),
+        "failures": reason_counts(failure_rows),
         "llm": stats.as_metrics(),
     }
     write_json(result, metrics)

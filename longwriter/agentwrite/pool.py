@@ -69,10 +69,11 @@ def pool_files(path: str) -> list[Path]:
     return files
 
 
-def first_user_turns(df: pl.DataFrame, path: str | Path) -> pl.DataFrame:
+def first_user_turns(df: pl.DataFrame, path: str | Path, dropped: list[dict] | None = None) -> pl.DataFrame:
     """A pool file's rows as prompts: unchanged when it has a ``prompt`` column; a chat log's rows get the
     first user turn of their conversation as ``prompt`` (and ``conversation_hash`` as ``id``). Conversations
-    without a non-blank user turn are left out: an empty chat message is not an instruction."""
+    without a non-blank user turn are left out (an empty chat message is not an instruction) and, when
+    ``dropped`` is given, recorded there as failures rows."""
     if "prompt" in df.columns:
         return df
     column = next((c for c in _CHAT_COLUMNS if c in df.columns), None)
@@ -86,22 +87,31 @@ def first_user_turns(df: pl.DataFrame, path: str | Path) -> pl.DataFrame:
     turn = pl.element()
     first_user = pl.col(column).list.eval(
         turn.filter(turn.struct.field("role") == "user").struct.field("content").first()).list.first()
-    df = df.with_columns(first_user.alias("prompt")).filter(pl.col("prompt").str.contains(r"\S"))
+    df = df.with_columns(first_user.alias("prompt"))
+    has_turn = pl.col("prompt").str.contains(r"\S").fill_null(False)
+    if dropped is not None:
+        key = "id" if "id" in df.columns else "conversation_hash" if "conversation_hash" in df.columns else None
+        for row in df.filter(~has_turn).select(
+                pl.col(key).cast(pl.Utf8) if key else pl.lit(None, pl.Utf8), "_row").iter_rows():
+            dropped.append({"stage": "select", "instruction_id": row[0] or f"{Path(path).name}:{row[1]}",
+                            "section": row[1], "attempts": 0, "reason": "no_user_turn",
+                            "error": f"{path}: row {row[1]} has no non-blank user turn"})
+    df = df.filter(has_turn)
     if "id" not in df.columns and "conversation_hash" in df.columns:
         df = df.with_columns(pl.col("conversation_hash").cast(pl.Utf8).alias("id"))
     return df
 
 
-def load_pools(paths: list[str]) -> pl.DataFrame:
+def load_pools(paths: list[str], dropped: list[dict] | None = None) -> pl.DataFrame:
     """Read and validate each pool; returns id, prompt, source, required_words (one frame, pool order).
 
     A pool is a file (JSONL or Parquet) or a directory of them; its source is the file's, or the directory's,
-    name unless rows carry their own."""
+    name unless rows carry their own. Chat rows without a user turn go to ``dropped`` (see first_user_turns)."""
     frames = []
     for path in paths:
         source = Path(path).stem
         for file in pool_files(path):
-            df = first_user_turns(read_table(file, _POOL_COLUMNS), file)
+            df = first_user_turns(read_table(file, _POOL_COLUMNS), file, dropped)
             df = (df.drop("_row") if _certainly_valid(df.drop("_row", strict=False), Pool)
                   else validate(df, Pool, str(file)))
             frames.append(df.select(

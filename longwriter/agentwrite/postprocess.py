@@ -2,31 +2,37 @@
 
 As in the paper: strip the labels a model puts at a paragraph's start ("Paragraph 1:", "第1段"), and drop
 answers that came out too short or whose plan collapsed into too many steps. Beyond the paper: drop answers
-that degenerate into repetition, which small models do.
+that degenerate into repetition, which small models do, and answers with a paragraph that is not complete
+text (``longwriter.completeness``: a refusal, empty, filtered or cut off mid-sentence). Lines are removed only
+at a paragraph's start (labels, plan echoes, preambles such as "Sure, here is paragraph 2:"), and every removal
+is counted per sample (``lines_removed``): a line that mentions a word count inside the text stays.
+Every dropped answer has a failures row with its reason.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from longwriter.completeness import incomplete_reason, strip_preamble
 from longwriter.files import read_table, write_json
+from longwriter.repetition import repetition
 from longwriter.schemas import (
     Instructions,
     LongSamples,
     Plans,
     Sections,
     empty,
+    reason_counts,
     validate,
     write_checked,
     write_failures,
 )
-from longwriter.wordcount import count_words, word_units
+from longwriter.wordcount import count_words
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,8 @@ _LABEL_EN = re.compile(rf"^\s*(?:#+\s*)?[*_]*\s*(?:paragraph|section)\s*{_NUM}\s
 _LABEL_ZH = re.compile(rf"^\s*(?:#+\s*)?[*_]*\s*第\s*{_NUM}\s*(?:段|部分)\s*[*_]*\s*(?:[:：、.\-–—]\s*)?")
 # A line that only echoes the plan ("Main Point: ... - Word Count: 300 words").
 _PLAN_ECHO = re.compile(r"^\s*[*_#\s-]*(?:main\s*point|word\s*count|主要内容|字数)\s*[:：].*$", re.IGNORECASE)
-# Anywhere in a paragraph: lines that echo the prompt's scaffolding instead of writing (plan lines with their
-# word counts, delimiters, section headings of the prompt). Small models copy these.
+# At a paragraph's start: lines that echo the prompt's scaffolding instead of writing (plan lines with their
+# word counts, delimiters, section headings of the prompt). Small models copy these before they write.
 _ECHO_LINE = re.compile(r"^\s*(?:<<<|>>>|```\w*|\(nothing yet\)|#+\s*(?:writing instruction|plan of the whole "
                         r"piece|text written so far.*|your task)\s*|.*\b(?:word\s*count|字数)\s*[:：].*)\s*$",
                         re.IGNORECASE)
@@ -82,24 +88,25 @@ def strip_label(text: str) -> tuple[str, bool]:
 
 
 def clean_section(text: str) -> tuple[str, bool, int]:
-    """``strip_label`` plus removal of echoed prompt scaffolding anywhere in the paragraph.
+    """``strip_label`` plus removal of a preamble and of echoed prompt scaffolding at the paragraph's start.
 
-    Returns the text, whether a label was stripped, and how many echo lines were removed.
+    Returns the text, whether a label was stripped, and how many lines (or line prefixes) were removed. Lines
+    after the first line of real text are never touched.
     """
-    kept = [line for line in text.split("\n") if not _ECHO_LINE.match(line)]
-    echoes = text.count("\n") + 1 - len(kept)
-    cleaned, labelled = strip_label("\n".join(kept))
-    return re.sub(r"\n{3,}", "\n\n", cleaned), labelled, echoes
-
-
-def repetition(text: str, n: int = 4) -> float:
-    """Share of word n-grams that repeat an earlier one (0: none, near 1: one phrase over and over)."""
-    units = word_units(text)
-    if len(units) < n + 1:
-        return 0.0
-    grams = Counter(tuple(units[i:i + n]) for i in range(len(units) - n + 1))
-    total = sum(grams.values())
-    return round(1 - len(grams) / total, 4)
+    removed = 0
+    lines = text.strip("\n").split("\n")
+    while True:
+        while lines and (not lines[0].strip() or _ECHO_LINE.match(lines[0])):
+            removed += bool(lines.pop(0).strip())
+        if not lines:
+            break
+        rest, had_preamble = strip_preamble("\n".join(lines))
+        if not had_preamble:
+            break
+        removed += 1
+        lines = rest.split("\n")
+    cleaned, labelled = strip_label("\n".join(lines))
+    return re.sub(r"\n{3,}", "\n\n", cleaned), labelled, removed + labelled
 
 
 def _distribution(values: list[int]) -> dict[str, float]:
@@ -115,43 +122,50 @@ def build_samples(instructions: pl.DataFrame, plans: pl.DataFrame, sections: pl.
     """Join, clean and filter. Returns samples, drop records, and counts of labels stripped."""
     planned = {iid: (n, words) for iid, n, words in plans.group_by("instruction_id").agg(
         pl.len(), pl.col("words").sum()).iter_rows()}
-    by_id: dict[str, list[str]] = {}
+    by_id: dict[str, list[tuple[int, str, str]]] = {}
     for row in sections.sort("instruction_id", "section").iter_rows(named=True):
-        by_id.setdefault(row["instruction_id"], []).append(row["text"])
+        by_id.setdefault(row["instruction_id"], []).append((row["section"], row["text"], row["finish_reason"]))
     samples, dropped = [], []
-    labels = echoes = 0
+    labels = lines_removed = 0
     for inst in instructions.sort("id").iter_rows(named=True):
         iid = inst["id"]
         if iid not in by_id:
             continue  # never planned or never written: already in an earlier stage's failures table
         n_planned, planned_words = planned.get(iid, (0, 0))
-        texts = []
-        for text in by_id[iid]:
+        texts, removed_here, unfit = [], 0, None
+        for n, text, finish in by_id[iid]:
             cleaned, stripped, removed = clean_section(text)
             labels += stripped
-            echoes += removed
+            removed_here += removed
             texts.append(cleaned)
-        answer = "\n\n".join(t for t in texts if t)
+            why = incomplete_reason(cleaned, finish)
+            if why is not None and unfit is None:
+                unfit = (n, why, f"{why}: section {n} (finish_reason {finish}): ...{cleaned[-80:]!r}")
+        lines_removed += removed_here
+        answer = "\n\n".join(texts)
         words = count_words(answer)
-        reason = None
+        reason, section = None, None
         if len(texts) != n_planned:
-            reason = f"incomplete: {len(texts)} of {n_planned} sections written"
+            reason = ("incomplete", f"{len(texts)} of {n_planned} sections written")
+        elif unfit is not None:
+            section, reason = unfit[0], unfit[1:]
         elif len(texts) > cfg.max_sections:
-            reason = f"collapsed: {len(texts)} sections > max_sections {cfg.max_sections}"
+            reason = ("collapsed", f"{len(texts)} sections > max_sections {cfg.max_sections}")
         elif words < cfg.min_words_ratio * planned_words:
-            reason = f"too_short: {words} words < {cfg.min_words_ratio} x {planned_words} planned"
+            reason = ("too_short", f"{words} words < {cfg.min_words_ratio} x {planned_words} planned")
         elif (rep := repetition(answer, cfg.repetition_n)) > cfg.max_repetition:
-            reason = f"repetitive: {rep:.2f} of {cfg.repetition_n}-grams repeated > {cfg.max_repetition}"
+            reason = ("repetitive", f"{rep:.2f} of {cfg.repetition_n}-grams repeated > {cfg.max_repetition}")
         if reason is not None:
-            dropped.append({"stage": "postprocess", "instruction_id": iid, "section": None, "attempts": 0,
-                            "error": reason})
+            dropped.append({"stage": "postprocess", "instruction_id": iid, "section": section, "attempts": 0,
+                            "reason": reason[0], "error": reason[1]})
             continue
         samples.append({"id": iid, "lang": inst["lang"], "source": inst["source"],
                         "messages": [{"role": "user", "content": inst["prompt"]},
                                      {"role": "assistant", "content": answer}],
-                        "words": words, "planned_words": planned_words, "sections": len(texts)})
+                        "words": words, "planned_words": planned_words, "sections": len(texts),
+                        "lines_removed": removed_here})
     frame = pl.DataFrame(samples, schema=empty(LongSamples).schema)
-    return frame, dropped, {"labels_stripped": labels, "echo_lines_removed": echoes}
+    return frame, dropped, {"labels_stripped": labels, "lines_removed": lines_removed}
 
 
 def run_postprocess(instructions_path: str | Path, plans_path: str | Path, sections_path: str | Path,
@@ -164,11 +178,11 @@ def run_postprocess(instructions_path: str | Path, plans_path: str | Path, secti
     samples, dropped, extra = build_samples(instructions, plans, sections, cfg)
     write_checked(samples, LongSamples, output)
     write_failures(dropped, failures)
-    reasons = Counter(d["error"].split(":")[0] for d in dropped)
     result = {
         "written": sections["instruction_id"].n_unique() if sections.height else 0,
         "kept": samples.height,
-        "dropped": dict(sorted(reasons.items())),
+        "dropped": reason_counts(dropped),
+        "samples_with_lines_removed": int((samples["lines_removed"] > 0).sum()) if samples.height else 0,
         **extra,
         "words_by_lang": {lang: _distribution(samples.filter(pl.col("lang") == lang)["words"].to_list())
                           for lang in ("zh", "en")},

@@ -22,7 +22,7 @@ from longwriter.agentwrite.stated_length import required_words
 from longwriter.files import write_json
 from longwriter.language import languages
 from longwriter.llm import ClientSettings, LLMClient, ModelSpec, Sampling, run_with_llm
-from longwriter.schemas import LANGS, Instructions, write_checked, write_failures
+from longwriter.schemas import LANGS, Instructions, reason_counts, write_checked, write_failures
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,8 @@ def prefilter(pool: pl.DataFrame, cfg: SelectConfig) -> tuple[pl.DataFrame, dict
 def run_select(output: str | Path, failures: str | Path, metrics: str | Path,
                cfg: SelectConfig, settings: ClientSettings) -> dict[str, Any]:
     """The whole stage: read pools, prefilter, ask the selector, write table, failures and metrics."""
-    candidates, counts = prefilter(load_pools(list(cfg.pools)), cfg)
+    no_user_turn: list[dict] = []
+    candidates, counts = prefilter(load_pools(list(cfg.pools), no_user_turn), cfg)
 
     async def work(llm: LLMClient) -> tuple[pl.DataFrame, list[Verdict]]:
         with tqdm(total=candidates.height, desc="select: judged", unit="prompt", disable=None) as bar:
@@ -83,14 +84,17 @@ def run_select(output: str | Path, failures: str | Path, metrics: str | Path,
     (chosen, verdicts), stats = run_with_llm(cfg.selector, settings, work)
     failed = [v for v in verdicts if v.error is not None]
     write_checked(chosen, Instructions, output)
-    write_failures([{"stage": "select", "instruction_id": v.id, "section": None, "attempts": v.attempts,
-                     "error": v.error} for v in failed], failures)
+    rows = no_user_turn + [{"stage": "select", "instruction_id": v.id, "section": None, "attempts": v.attempts,
+                            "reason": v.reason, "error": v.error} for v in failed]
+    write_failures(rows, failures)
     counts |= {
+        "no_user_turn": len(no_user_turn),
         "judged": len(verdicts),
         "judged_long": sum(1 for v in verdicts if v.needs_long_answer),
         "judge_failed": len(failed),
         "selected": chosen.height,
         "selected_by_lang": {lang: int((chosen["lang"] == lang).sum()) for lang in LANGS},
+        "failures": reason_counts(rows),
         "llm": stats.as_metrics(),
     }
     write_json(counts, metrics)

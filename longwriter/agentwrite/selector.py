@@ -50,6 +50,7 @@ class Verdict:
     estimated_words: int | None = None
     attempts: int = 0
     error: str | None = None
+    reason: str | None = None  # a failures-table reason when error is set
 
 
 async def ask_selector(llm: LLMClient, prompt_id: str, prompt: str, cfg: SelectConfig) -> Verdict:
@@ -62,16 +63,16 @@ async def ask_selector(llm: LLMClient, prompt_id: str, prompt: str, cfg: SelectC
         try:
             reply = await llm.complete(request, sampling, schema=SELECTOR_SCHEMA, sample=sample)
         except LLMCallError as e:
-            verdict.error = str(e)
+            verdict.error, verdict.reason = str(e), "llm_error"
             return verdict
         obj = extract_json(reply.text)
         if (isinstance(obj, dict) and isinstance(obj.get("needs_long_answer"), bool)
                 and isinstance(obj.get("estimated_words"), int) and not isinstance(obj["estimated_words"], bool)):
             verdict.needs_long_answer = obj["needs_long_answer"]
             verdict.estimated_words = max(0, obj["estimated_words"])
-            verdict.error = None
+            verdict.error = verdict.reason = None
             return verdict
-        verdict.error = f"unusable selector output: {reply.text[:200]!r}"
+        verdict.error, verdict.reason = f"unusable selector output: {reply.text[:200]!r}", "unusable_output"
         request, sampling = reask(messages, cfg.sampling, reply.text, _UNUSABLE, attempt=sample + 1)
     return verdict
 

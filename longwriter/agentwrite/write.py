@@ -6,7 +6,10 @@ all paragraphs of an instruction are written at once (the paper's "+Parallel" va
 
 Instructions run concurrently (bounded by the client's ``max_concurrency``); paragraphs of one instruction
 run in order. Beyond the paper, a paragraph that falls short of ``min_budget_ratio`` of its budget, or that
-stopped on the token limit mid-sentence, gets up to ``max_continuations`` "continue" calls.
+stopped on the token limit mid-sentence, gets up to ``max_continuations`` "continue" calls. A paragraph that is
+still not complete text (``longwriter.completeness``: empty, a refusal, filtered, or cut off mid-sentence) is
+written again with a new seed, up to ``max_attempts`` times; then its instruction is dropped and recorded with
+the reason: a training target never ends in mid-sentence.
 """
 
 from __future__ import annotations
@@ -23,10 +26,20 @@ from typing import Any, Literal
 import polars as pl
 from tqdm import tqdm
 
+from longwriter.completeness import ends_sentence, incomplete_reason
 from longwriter.errors import InputError
 from longwriter.files import read_table, write_json
 from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
-from longwriter.schemas import Instructions, Plans, Sections, empty, validate, write_checked, write_failures
+from longwriter.schemas import (
+    Instructions,
+    Plans,
+    Sections,
+    empty,
+    reason_counts,
+    validate,
+    write_checked,
+    write_failures,
+)
 from longwriter.wordcount import count_words
 
 
@@ -36,6 +49,8 @@ class WriteConfig:
     # a paragraph shorter than this fraction of its budget is continued
     min_budget_ratio: float = 0.6
     max_continuations: int = 1
+    # writes of a paragraph (each with its continuations) until it is complete text; then the sample is dropped
+    max_attempts: int = 2
     # per-call max_tokens = budget * tokens_per_word + 64, capped by sampling.max_tokens
     tokens_per_word: float = 2.0
     # keep only the last N words of earlier paragraphs in the prompt (None: all, as in the paper)
@@ -48,6 +63,8 @@ class WriteConfig:
             raise ValueError("min_budget_ratio must be within [0, 1]")
         if self.max_continuations < 0 or self.tokens_per_word <= 0:
             raise ValueError("max_continuations must be >= 0 and tokens_per_word > 0")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
 
 
 WRITE_PROMPT = """You are writing a long piece in several steps, one paragraph per step.
@@ -66,7 +83,6 @@ no labels such as "Paragraph {n}", no plan, no word counts."""
 CONTINUE_PROMPT = ("Continue this paragraph from exactly where it stops, without repeating anything. "
                    "Write about {words} more words. Output only the continuation.")
 
-_SENTENCE_END = re.compile(r"[.!?。！？…\"'”’)\]）」』》]\s*$")
 _CJK_END = re.compile(r"[\u4e00-\u9fff]$")
 
 
@@ -108,7 +124,7 @@ def needs_more(text: str, budget: int, finish_reason: str, cfg: WriteConfig) -> 
     """Short of its budget, or cut off by the token limit in mid-sentence before reaching the budget."""
     words = count_words(text)
     return (words < cfg.min_budget_ratio * budget
-            or (finish_reason == "length" and words < budget and not _SENTENCE_END.search(text)))
+            or (finish_reason == "length" and words < budget and not ends_sentence(text)))
 
 
 @dataclass
@@ -119,22 +135,49 @@ class Written:
     latency_s: float = 0.0
     finish_reason: str = ""
     continuations: int = 0
+    attempts: int = 1
+
+
+class IncompleteSection(Exception):
+    """A paragraph that is not complete text after all its attempts: its instruction gives no sample."""
+
+    def __init__(self, section: int, reason: str, attempts: int, text: str):
+        self.section, self.reason, self.attempts = section, reason, attempts
+        super().__init__(f"section {section} {reason} after {attempts} attempts: ...{text[-120:]!r}")
 
 
 async def write_section(llm: LLMClient, instruction: str, plan: list[tuple[str, int]], n: int,
                         written: list[str], cfg: WriteConfig) -> Written:
-    """Write one paragraph, with continuation calls while it falls short."""
+    """Write one paragraph until it is complete text (``max_attempts`` writes, each with its continuations)."""
+    out = Written("")
+    for attempt in range(cfg.max_attempts):
+        w = await _write_once(llm, instruction, plan, n, written, cfg, attempt)
+        # every attempt is paid for: the row reports them all
+        w.prompt_tokens += out.prompt_tokens
+        w.completion_tokens += out.completion_tokens
+        w.latency_s += out.latency_s
+        w.continuations += out.continuations
+        w.attempts, out = attempt + 1, w
+        reason = incomplete_reason(w.text, w.finish_reason)
+        if reason is None:
+            return w
+    raise IncompleteSection(n, reason, cfg.max_attempts, out.text)
+
+
+async def _write_once(llm: LLMClient, instruction: str, plan: list[tuple[str, int]], n: int,
+                      written: list[str], cfg: WriteConfig, attempt: int) -> Written:
+    """One write of a paragraph, with continuation calls while it falls short (``attempt`` picks the seed)."""
     budget = plan[n - 1][1]
     messages = section_messages(instruction, plan, n, written, cfg)
     sampling = _sampling_for(budget, cfg)
-    reply = await llm.complete(messages, sampling)
+    reply = await llm.complete(messages, sampling, sample=attempt)
     out = Written(reply.text.strip(), reply.prompt_tokens, reply.completion_tokens, reply.latency_s,
                   reply.finish_reason)
     while out.continuations < cfg.max_continuations and needs_more(out.text, budget, out.finish_reason, cfg):
         remaining = max(budget - count_words(out.text), budget // 4, 20)
         follow = [*messages, {"role": "assistant", "content": out.text},
                   {"role": "user", "content": CONTINUE_PROMPT.format(words=remaining)}]
-        reply = await llm.complete(follow, _sampling_for(remaining, cfg))
+        reply = await llm.complete(follow, _sampling_for(remaining, cfg), sample=attempt)
         out.continuations += 1
         out.prompt_tokens += reply.prompt_tokens
         out.completion_tokens += reply.completion_tokens
@@ -157,6 +200,7 @@ class InstructionResult:
     instruction_id: str
     rows: list[dict[str, Any]]
     error: str | None = None
+    reason: str | None = None  # a failures-table reason when error is set
     failed_section: int | None = None
     attempts: int = 0
 
@@ -189,15 +233,19 @@ async def write_instruction(llm: LLMClient, instruction_id: str, instruction: st
         else:
             outs = list(await asyncio.gather(*(one(n, []) for n in range(1, len(plan) + 1))))
     except LLMCallError as e:
-        result.error, result.attempts = str(e), e.attempts
+        result.error, result.attempts, result.reason = str(e), e.attempts, "llm_error"
         result.failed_section = getattr(e, "section", None)
+        return result
+    except IncompleteSection as e:
+        result.error, result.attempts, result.reason = str(e), e.attempts, e.reason
+        result.failed_section = e.section
         return result
     for n, w in enumerate(outs, start=1):
         result.rows.append({
             "instruction_id": instruction_id, "section": n, "text": w.text, "words": count_words(w.text),
             "budget": plan[n - 1][1], "prompt_tokens": w.prompt_tokens, "completion_tokens": w.completion_tokens,
             "latency_s": round(w.latency_s, 4), "finish_reason": w.finish_reason, "continuations": w.continuations,
-            "model": llm.endpoint.model})
+            "attempts": w.attempts, "model": llm.endpoint.model})
     return result
 
 
@@ -250,14 +298,17 @@ def run_write(instructions_path: str | Path, plans_path: str | Path, output: str
     sections = pl.DataFrame(rows, schema=empty(Sections).schema).sort("instruction_id", "section")
     write_checked(sections, Sections, output)
     failed = [r for r in results if r.error is not None]
-    write_failures([{"stage": "write", "instruction_id": r.instruction_id, "section": r.failed_section,
-                     "attempts": r.attempts, "error": r.error} for r in failed], failures)
+    failure_rows = [{"stage": "write", "instruction_id": r.instruction_id, "section": r.failed_section,
+                     "attempts": r.attempts, "reason": r.reason, "error": r.error} for r in failed]
+    write_failures(failure_rows, failures)
     result = {
         "mode": cfg.mode,
         "instructions": len(plans),
         "written": len(results) - len(failed),
         "failed": len(failed),
+        "failures": reason_counts(failure_rows),
         "sections": sections.height,
+        "sections_rewritten": int((sections["attempts"] > 1).sum()) if sections.height else 0,
         "words": int(sections["words"].sum()) if sections.height else 0,
         "planned_words": int(sections["budget"].sum()) if sections.height else 0,
         "written_to_planned": (round(sections["words"].sum() / sections["budget"].sum(), 4)

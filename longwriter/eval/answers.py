@@ -1,13 +1,18 @@
 """The models under test answering benchmark requests (ruler, longbench), through the shared client and cache.
 
-A request is sent as the user's only message, as the paper's evaluation does. ``max_tokens`` is the param's
-value (the paper: 32,768) capped so that prompt and answer fit the backend's context, where that is known.
+A request is sent as the user's only message, as the paper's evaluation does. Its ``max_tokens`` is the least of
+three: the request's lossless cap, ``ceil(cap_ratio x required words x tokens_per_word) + cap_margin`` (S_l is 0
+from 4x the required words on, so with ``cap_ratio`` 4 nothing a longer answer could score is lost), the
+sampling's ``max_tokens`` (a ceiling; the paper: 32,768) and what fits the backend's context after the prompt,
+where that is known. Each answer records whether its limit was lossless and whether it was below even the words
+asked, and how much of it was written before it fell into a loop (``longwriter.repetition``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +20,46 @@ import polars as pl
 from tqdm import tqdm
 
 from longwriter.llm import CallStats, ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
-from longwriter.schemas import Answers, empty
+from longwriter.repetition import degeneration
+from longwriter.schemas import EVAL_LANGS, Answers, empty
 from longwriter.wordcount import count_words
 
 # chat-template tokens around each message, and a little slack: the bound must never undershoot
 _TEMPLATE_TOKENS_PER_MESSAGE = 16
 _SLACK_TOKENS = 32
+# S_l (longwriter.eval.scoring.length_score) is 0 from this many times the required words on: a limit that lets
+# an answer reach it loses nothing any longer answer could score
+LOSSLESS_RATIO = 4.0
+
+
+def _default_tokens_per_word() -> dict[str, float]:
+    # Upper bounds, so that a cap computed from them never cuts an answer short of its words. Words are the
+    # paper's (one per CJK ideograph, one per Latin-letter word); punctuation, digits, markdown and line breaks
+    # cost tokens but count no words. The SmolLM2 tokenizer (the embedded and trained models) measured 1.0-1.7
+    # tokens per word on the project's English prompts and 2.2-2.3 on markdown-heavy English with digits
+    # (README.md: 2.28), so en: 2.5. Chinese: 2.0-2.4 per counted character, punctuation and markdown included;
+    # a byte-level BPE (GPT-2/SmolLM2 style) or a byte-fallback one spends at most 3 tokens on a CJK character
+    # (its 3 UTF-8 bytes), and tokenizers trained on Chinese (GLM-4, Qwen, Llama 3, GPT-4o) about 0.7-1.5, so
+    # zh: 3.0. A language without an entry ("other") takes the largest.
+    return {"en": 2.5, "zh": 3.0}
+
+
+@dataclass(frozen=True)
+class LengthCap:
+    """Per-request token limits from the words a request asks for (``EvalConfig``'s cap fields)."""
+
+    ratio: float = LOSSLESS_RATIO
+    tokens_per_word: float | dict[str, float] = field(default_factory=_default_tokens_per_word)
+    margin: int = 64
+
+    def per_word(self, lang: str) -> float:
+        if isinstance(self.tokens_per_word, dict):
+            return self.tokens_per_word.get(lang, max(self.tokens_per_word.values()))
+        return self.tokens_per_word
+
+    def tokens(self, required: int, lang: str, ratio: float | None = None) -> int:
+        """Tokens for ``ratio`` (default: the cap's) x ``required`` words in ``lang``, margin included."""
+        return math.ceil((self.ratio if ratio is None else ratio) * required * self.per_word(lang)) + self.margin
 
 
 @dataclass(frozen=True)
@@ -40,7 +79,16 @@ class EvalConfig:
     """The ``eval`` section: which models are evaluated and how they sample."""
 
     models: tuple[EvalModel, ...] = (EvalModel("embedded"),)
-    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.5, top_p=1.0, max_tokens=32768))
+    # the paper's generation settings; max_tokens is a ceiling over the per-request caps below
+    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.5, top_p=0.8, top_k=50,
+                                                                max_tokens=32768))
+    # each request's max_tokens is at most ceil(cap_ratio x required words x tokens_per_word) + cap_margin:
+    # 4 (or more) loses nothing, as S_l is 0 from 4x the required words on; less saves time and is counted
+    cap_ratio: float = LOSSLESS_RATIO
+    # tokens per counted word, one number or one per language ({en: .., zh: .., other: ..}); see
+    # _default_tokens_per_word for why 2.5 and 3.0
+    tokens_per_word: float | dict[str, float] = field(default_factory=_default_tokens_per_word)
+    cap_margin: int = 64
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
@@ -48,6 +96,25 @@ class EvalConfig:
             raise ValueError("list at least one model")
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique: {names}")
+        if isinstance(self.cap_ratio, bool) or not isinstance(self.cap_ratio, int | float) or self.cap_ratio <= 0:
+            raise ValueError(f"cap_ratio must be a positive number, got {self.cap_ratio!r}")
+        if isinstance(self.cap_margin, bool) or not isinstance(self.cap_margin, int) or self.cap_margin < 0:
+            raise ValueError(f"cap_margin must be a non-negative integer, got {self.cap_margin!r}")
+        per_word = self.tokens_per_word
+        values = list(per_word.values()) if isinstance(per_word, dict) else [per_word]
+        if isinstance(per_word, dict):
+            unknown = sorted(set(per_word) - set(EVAL_LANGS), key=str)
+            if not per_word or unknown:
+                raise ValueError(f"tokens_per_word: languages must be some of {', '.join(EVAL_LANGS)}"
+                                 + (f", got {', '.join(map(str, unknown))}" if unknown else ""))
+        if any(isinstance(v, bool) or not isinstance(v, int | float) or v <= 0 for v in values):
+            raise ValueError(f"tokens_per_word must be positive numbers, got {per_word!r}")
+        object.__setattr__(self, "tokens_per_word", {k: float(v) for k, v in per_word.items()}
+                           if isinstance(per_word, dict) else float(per_word))
+
+    @property
+    def length_cap(self) -> LengthCap:
+        return LengthCap(self.cap_ratio, self.tokens_per_word, self.cap_margin)
 
 
 def fit_max_tokens(spec: ModelSpec, messages: list[dict[str, str]], wanted: int) -> int:
@@ -60,19 +127,47 @@ def fit_max_tokens(spec: ModelSpec, messages: list[dict[str, str]], wanted: int)
 
 
 def answer_row(model: str, request: dict[str, Any], sample: int, text: str, finish_reason: str, max_tokens: int,
-               prompt_tokens: int, completion_tokens: int, latency_s: float) -> dict[str, Any]:
-    """One ``Answers`` row."""
+               prompt_tokens: int, completion_tokens: int, latency_s: float, cap: LengthCap | None = None
+               ) -> dict[str, Any]:
+    """One ``Answers`` row. ``cap`` (default: ``LengthCap()``) tells whether ``max_tokens`` was lossless (enough
+    for 4x the required words) and whether it was below the words asked (1x)."""
+    cap = cap or LengthCap()
+    required, lang = request["required"], request["lang"]
+    effective, degenerate = degeneration(text)
     return {"model": model, "index": request["index"], "sample": sample, "prompt": request["prompt"],
-            "type": request["type"], "lang": request["lang"], "required": request["required"],
+            "type": request["type"], "lang": lang, "required": required,
             "bucket": request["bucket"], "text": text, "words": count_words(text), "finish_reason": finish_reason,
             "max_tokens": max_tokens, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "latency_s": latency_s}
+            "latency_s": latency_s, "cap_lossless": max_tokens >= cap.tokens(required, lang, LOSSLESS_RATIO),
+            "cap_below_ask": max_tokens < cap.tokens(required, lang, 1.0), "effective_words": effective,
+            "degenerate": degenerate}
+
+
+def request_limit(spec: ModelSpec, request: dict[str, Any], ceiling: int, cap: LengthCap | None) -> int:
+    """A request's max_tokens: its cap (when there is one), the ceiling and the context, whichever is least."""
+    wanted = ceiling if cap is None else min(ceiling, cap.tokens(request["required"], request["lang"]))
+    return fit_max_tokens(spec, [{"role": "user", "content": request["prompt"]}], wanted)
+
+
+def answer_metrics(answers: pl.DataFrame) -> dict[str, Any]:
+    """Of one model's answers: how many had a limit below the lossless one and below the words asked, the share
+    cut at that limit (finish_reason "length") and the share that fell into a loop."""
+    n = answers.height
+    return {
+        "capped_below_lossless": int((~answers["cap_lossless"]).sum()) if n else 0,
+        "capped_below_ask": int(answers["cap_below_ask"].sum()) if n else 0,
+        "truncated_share": round(float((answers["finish_reason"] == "length").mean()), 4) if n else None,
+        "degenerate_share": round(float(answers["degenerate"].mean()), 4) if n else None,
+    }
 
 
 def generate_answers(bench: pl.DataFrame, models: tuple[EvalModel, ...], sampling: Sampling,
-                     settings: ClientSettings, stage: str, samples: int = 1
+                     settings: ClientSettings, stage: str, samples: int = 1, cap: LengthCap | None = None
                      ) -> tuple[pl.DataFrame, list[dict[str, Any]], dict[str, CallStats]]:
-    """Every model answers every request ``samples`` times. Returns answers, failure rows, stats per model."""
+    """Every model answers every request ``samples`` times. Returns answers, failure rows, stats per model.
+
+    ``cap``: each request's max_tokens is at most its ``cap.tokens(required, lang)`` (None: only the ceiling
+    ``sampling.max_tokens`` and the context bound it)."""
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     stats: dict[str, CallStats] = {}
@@ -83,15 +178,15 @@ def generate_answers(bench: pl.DataFrame, models: tuple[EvalModel, ...], samplin
                       disable=None) as bar:
                 async def one(request: dict[str, Any], sample: int) -> dict[str, Any]:
                     messages = [{"role": "user", "content": request["prompt"]}]
-                    limit = fit_max_tokens(model.spec, messages, sampling.max_tokens)
+                    limit = request_limit(model.spec, request, sampling.max_tokens, cap)
                     capped = dataclasses.replace(sampling, max_tokens=limit)
                     try:
                         c = await llm.complete(messages, capped, sample=sample)
                         out = answer_row(model.name, request, sample, c.text, c.finish_reason, limit,
-                                         c.prompt_tokens, c.completion_tokens, c.latency_s)
+                                         c.prompt_tokens, c.completion_tokens, c.latency_s, cap)
                     except LLMCallError as e:
                         out = {"stage": stage, "instruction_id": f"{model.name}/{request['index']}",
-                               "section": sample, "attempts": e.attempts, "error": str(e)}
+                               "section": sample, "attempts": e.attempts, "reason": "llm_error", "error": str(e)}
                     bar.update(1)
                     bar.set_postfix(tokens=llm.stats.completion_tokens, refresh=False)
                     return out

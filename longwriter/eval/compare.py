@@ -16,10 +16,10 @@ import polars as pl
 from tqdm import tqdm
 
 from longwriter.errors import ConfigError
-from longwriter.eval.judge import JudgeConfig, verdict
+from longwriter.eval.judge import JudgeConfig, failure_reason, verdict
 from longwriter.files import read_table, write_json
 from longwriter.llm import ClientSettings, LLMClient, run_with_llm
-from longwriter.schemas import Answers, Comparisons, empty, validate, write_checked, write_failures
+from longwriter.schemas import Answers, Comparisons, empty, reason_counts, validate, write_checked, write_failures
 
 _POINTS = {"a": 1.0, "tie": 0.5, "b": 0.0}
 
@@ -68,6 +68,12 @@ def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings
             raise ConfigError(f"compare.pairs names model(s) {unknown} with no answers in {answers_path}")
     by_key = {(r["model"], r["index"]): r for r in answers.iter_rows(named=True)}
     jobs = [(a, b, i) for a, b in cfg.pairs for (m, i) in sorted(by_key) if m == a and (b, i) in by_key]
+    # a request one of the two models did not answer cannot be compared: recorded, not skipped in silence
+    unanswered = [{"stage": "compare", "instruction_id": f"{a}_vs_{b}/{i}", "section": None, "attempts": 0,
+                   "reason": "unanswered",
+                   "error": f"no answer from {', '.join(m for m in (a, b) if (m, i) not in by_key)}"}
+                  for a, b in cfg.pairs for i in sorted({i for (m, i) in by_key if m in (a, b)})
+                  if (a, i) not in by_key or (b, i) not in by_key]
 
     async def work(llm: LLMClient) -> list[dict[str, Any]]:
         with tqdm(total=len(jobs), desc="compare", unit="pair", disable=None) as bar:
@@ -86,10 +92,16 @@ def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings
     table = pl.DataFrame([{k: v for k, v in r.items() if k != "error"} for r in rows],
                          schema=empty(Comparisons).schema).sort("model_a", "model_b", "index")
     write_checked(table, Comparisons, output)
-    write_failures([{"stage": "compare", "instruction_id": f"{r['model_a']}_vs_{r['model_b']}/{r['index']}",
-                     "section": None, "attempts": r["attempts"], "error": r["error"]}
-                    for r in rows if r["outcome"] is None], failures)
+    failure_rows = unanswered + [
+        {"stage": "compare", "instruction_id": f"{r['model_a']}_vs_{r['model_b']}/{r['index']}", "section": None,
+         "attempts": r["attempts"], "reason": failure_reason(r["error"]), "error": r["error"]}
+        for r in rows if r["outcome"] is None]
+    write_failures(failure_rows, failures)
     result = compare_metrics(table, cfg.pairs)
+    for a, b in cfg.pairs:
+        result[f"{a}_vs_{b}"]["unanswered"] = sum(1 for f in unanswered
+                                                  if f["instruction_id"].startswith(f"{a}_vs_{b}/"))
+    result["failures"] = reason_counts(failure_rows)
     if stats is not None:
         result["judge_llm"] = stats.as_metrics()
     write_json(result, metrics)

@@ -5,6 +5,12 @@ integer through, a backend without structured output may wrap the JSON in prose)
 travel as data between tags named with a hash of their content: an answer that tells the judge what to do,
 what scale to use or which format to answer in is still only text being rated, and it cannot close its own
 tag. Whatever the text says, the result is six integers in 1..5 or a recorded failure.
+
+``judge.prompt_file`` replaces that prompt for ratings with a user's template (e.g. the public LongWriter
+release's judge prompt, imported with ``dvc import-url``): ``$INST$`` and ``$RESPONSE$`` are replaced by the
+request and the answer, and the result is sent verbatim as one user message, with ``judge.prompt_sampling`` and
+no JSON schema (the template says what to reply), as in the paper. The reply is parsed, range-checked and
+re-asked exactly as the default prompt's.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import polars as pl
 from tqdm import tqdm
 
+from longwriter.errors import InputError
 from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
 from longwriter.llm.structured import extract_json, reask
 from longwriter.wordcount import count_words
@@ -92,6 +100,10 @@ class JudgeConfig:
     max_attempts: int = 3
     # answers longer than this are shown to the judge as head and tail (flagged); None: always whole
     max_answer_words: int | None = None
+    # a rating prompt template (placeholders ``PLACEHOLDERS``) sent as one user message instead of the default
+    # prompt, with ``prompt_sampling`` (the paper's: temperature 0.5) and no schema; None: the default prompt
+    prompt_file: str | None = None
+    prompt_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.5, top_p=1.0, max_tokens=1024))
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -116,6 +128,19 @@ class RatingOutcome:
     attempts: int
     truncated: bool
     error: str | None = None
+
+    @property
+    def reason(self) -> str | None:
+        """The failures-table reason when there is no rating."""
+        return None if self.error is None else failure_reason(self.error)
+
+
+_UNUSABLE = "unusable judgement"
+
+
+def failure_reason(error: str) -> str:
+    """The failures-table reason of a judge error: replies that never parsed, or a call that failed."""
+    return "unusable_output" if error.startswith(_UNUSABLE) else "llm_error"
 
 
 def _key(name: str) -> str:
@@ -204,7 +229,38 @@ def pair_messages(request: str, first: str, second: str) -> list[dict[str, str]]
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def _schema(llm: LLMClient, schema: dict[str, Any]) -> dict[str, Any] | None:
+# what a rating template holds in place of the request and of the answer (the public release's names)
+REQUEST_PLACEHOLDER, RESPONSE_PLACEHOLDER = "$INST$", "$RESPONSE$"
+PLACEHOLDERS = (REQUEST_PLACEHOLDER, RESPONSE_PLACEHOLDER)
+_PLACEHOLDER = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS))
+
+
+def read_prompt_template(path: str | Path) -> str:
+    """The rating template at ``path`` (``judge.prompt_file``), checked to hold both placeholders."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(path, "file not found (judge.prompt_file)") from None
+    except UnicodeDecodeError as e:
+        raise InputError(path, f"not valid UTF-8 (judge.prompt_file): byte {e.start}") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read the judge prompt template: {e.strerror}") from None
+    missing = [p for p in PLACEHOLDERS if p not in text]
+    if missing:
+        raise InputError(path, f"the judge prompt template (judge.prompt_file) lacks the placeholder(s) "
+                               f"{' and '.join(missing)}: {REQUEST_PLACEHOLDER} stands for the request, "
+                               f"{RESPONSE_PLACEHOLDER} for the response")
+    return text
+
+
+def template_messages(template: str, request: str, answer: str) -> list[dict[str, str]]:
+    """The template with its placeholders replaced, in one pass (a placeholder inside the request or the answer
+    stays as written; nothing else in the template, braces included, is touched), as one user message."""
+    values = {REQUEST_PLACEHOLDER: request, RESPONSE_PLACEHOLDER: answer}
+    return [{"role": "user", "content": _PLACEHOLDER.sub(lambda m: values[m.group(0)], template)}]
+
+
+def _schema(llm: LLMClient, schema: dict[str, Any] | None) -> dict[str, Any] | None:
     return schema if llm.endpoint.structured_output != "none" else None
 
 
@@ -213,20 +269,21 @@ def _too_long(e: LLMCallError) -> bool:
     return "maximum context length" in str(e).lower()
 
 
-async def _ask(llm: LLMClient, cfg: JudgeConfig, schema: dict[str, Any], parse: Callable[[str], T],
-               answers: list[str], build: Callable[[list[str]], list[dict[str, str]]]
-               ) -> tuple[T | None, int, bool, str | None]:
+async def _ask(llm: LLMClient, cfg: JudgeConfig, schema: dict[str, Any] | None, parse: Callable[[str], T],
+               answers: list[str], build: Callable[[list[str]], list[dict[str, str]]],
+               first_sampling: Sampling | None = None) -> tuple[T | None, int, bool, str | None]:
     """Ask until the reply parses: result, attempts, whether answers were shortened, error.
 
     Answers too long for the judge's context are shown shorter (halved until they fit, flagged) rather than
-    failing: the backend's own error says when, whatever its tokenizer.
+    failing: the backend's own error says when, whatever its tokenizer. ``first_sampling``: the first request's
+    sampling (``cfg.sampling`` when None); re-asks raise its temperature.
     """
     limit = cfg.max_answer_words
     error, sample, unusable = "no attempt made", 0, None
     while sample < cfg.max_attempts:
         shown = [shorten(a, limit) for a in answers]
         truncated = any(cut for _, cut in shown)
-        messages, sampling = build([text for text, _ in shown]), cfg.sampling
+        messages, sampling = build([text for text, _ in shown]), first_sampling or cfg.sampling
         if unusable is not None:  # the last reply and its fault quoted back, warmer: not the same request again
             messages, sampling = reask(messages, sampling, *unusable, attempt=sample)
         try:
@@ -241,14 +298,24 @@ async def _ask(llm: LLMClient, cfg: JudgeConfig, schema: dict[str, Any], parse: 
         try:
             return parse(reply.text), sample, truncated, None
         except UnusableJudgement as e:
-            error, unusable = f"unusable judgement: {e}", (reply.text, str(e))
+            error, unusable = f"{_UNUSABLE}: {e}", (reply.text, str(e))
     return None, cfg.max_attempts, truncated, error
 
 
-async def rate(llm: LLMClient, request: str, answer: str, cfg: JudgeConfig) -> RatingOutcome:
-    """Rate one answer; an unusable reply is asked again (``reask``), up to ``max_attempts`` in all."""
-    rating, attempts, truncated, error = await _ask(
-        llm, cfg, RATING_SCHEMA, parse_rating, [answer], lambda shown: rating_messages(request, shown[0]))
+async def rate(llm: LLMClient, request: str, answer: str, cfg: JudgeConfig,
+               template: str | None = None) -> RatingOutcome:
+    """Rate one answer; an unusable reply is asked again (``reask``), up to ``max_attempts`` in all.
+
+    With ``cfg.prompt_file`` the rating prompt is that template (``template``: its text, already read by
+    ``read_prompt_template``; read here when None)."""
+    if cfg.prompt_file is None:
+        rating, attempts, truncated, error = await _ask(
+            llm, cfg, RATING_SCHEMA, parse_rating, [answer], lambda shown: rating_messages(request, shown[0]))
+    else:
+        text = template if template is not None else read_prompt_template(cfg.prompt_file)
+        rating, attempts, truncated, error = await _ask(
+            llm, cfg, None, parse_rating, [answer], lambda shown: template_messages(text, request, shown[0]),
+            first_sampling=cfg.prompt_sampling)
     return RatingOutcome(rating, attempts, truncated, error)
 
 
@@ -265,11 +332,13 @@ def judge_answers(answers: pl.DataFrame, judge: JudgeConfig, settings: ClientSet
                   ) -> tuple[list[RatingOutcome], dict[str, Any]]:
     """Rate every answer (row order kept); also returns the judge's call stats as metrics."""
     rows = list(answers.iter_rows(named=True))
+    # a bad template is refused before any model is started
+    template = read_prompt_template(judge.prompt_file) if judge.prompt_file is not None else None
 
     async def work(llm: LLMClient) -> list[RatingOutcome]:
         with tqdm(total=len(rows), desc=desc, unit="answer", disable=None) as bar:
             async def one(row: dict[str, Any]) -> RatingOutcome:
-                outcome = await rate(llm, row["prompt"], row["text"], judge)
+                outcome = await rate(llm, row["prompt"], row["text"], judge, template)
                 bar.update(1)
                 return outcome
             return list(await asyncio.gather(*(one(r) for r in rows)))

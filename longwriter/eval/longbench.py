@@ -3,7 +3,9 @@
 Answering and judging are separate stages so that changing the judge re-judges without regenerating, and
 changing a model under test regenerates only what the response cache has not seen. Scores follow the paper:
 S_l per answer from the word counts, S_q from the judge's six 1-5 ratings, S = (S_l + S_q) / 2, overall, per
-length bucket and per language.
+length bucket and per language. Beside the paper's S_l (on the words produced, the headline) stands
+``S_l_effective``, on the words written before an answer fell into a loop (``longwriter.repetition``): a model
+that loops up to the requested length scores well on the first and not on the second.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import polars as pl
 
 from longwriter.errors import InputError
-from longwriter.eval.answers import EvalConfig, generate_answers
+from longwriter.eval.answers import EvalConfig, answer_metrics, generate_answers
 from longwriter.eval.benchmark import read_benchmark
 from longwriter.eval.judge import DIMENSIONS, JudgeConfig, RatingOutcome, judge_answers
 from longwriter.eval.plots import length_png
@@ -29,14 +31,17 @@ from longwriter.schemas import Answers, Failures, Scores, empty, validate, write
 class LongBenchConfig:
     # any file in LongBench-Write's format (prompt, type, length), e.g. the public 120-prompt set
     input: str = "data/eval/longbench.jsonl"
+    # a file of the benchmark's English requests (the public release's English half): its prompts count as en,
+    # the others as zh; None: by each request's lang field, else by its script (benchmark.read_benchmark)
+    en_file: str | None = None
 
 
 def run_longbench_answers(cfg: LongBenchConfig, eval_cfg: EvalConfig, settings: ClientSettings,
                           output: str | Path, failures: str | Path, metrics: str | Path) -> dict[str, Any]:
     """Every listed model answers every request once."""
-    bench = read_benchmark(cfg.input)
+    bench = read_benchmark(cfg.input, en_file=cfg.en_file)
     answers, failed, stats = generate_answers(bench, eval_cfg.models, eval_cfg.sampling, settings,
-                                              "longbench_answer")
+                                              "longbench_answer", cap=eval_cfg.length_cap)
     write_checked(answers, Answers, output)
     write_failures(failed, failures)
     result: dict[str, Any] = {}
@@ -46,28 +51,30 @@ def run_longbench_answers(cfg: LongBenchConfig, eval_cfg: EvalConfig, settings: 
             "answers": mine.height,
             "failed": sum(1 for f in failed if f["instruction_id"].startswith(f"{model.name}/")),
             "mean_words": rounded(mine["words"].mean() if mine.height else None, 1),
-            "truncated_share": rounded(float((mine["finish_reason"] == "length").mean()) if mine.height else None,
-                                       4),
+            "mean_effective_words": rounded(mine["effective_words"].mean() if mine.height else None, 1),
+            **answer_metrics(mine),
             "llm": stats[model.name].as_metrics(),
         }
     write_json(result, metrics)
     return result
 
 
-def _mean_length_score(rows: pl.DataFrame) -> float | None:
-    return float(rows["length_score"].mean()) if rows.height else None
+def _mean_length_score(rows: pl.DataFrame, column: str = "length_score") -> float | None:
+    return float(rows[column].mean()) if rows.height else None
 
 
 def _group_scores(rows: pl.DataFrame) -> dict[str, Any]:
     """S_l over every request asked (an unanswered one scores 0, as a model that errors on long prompts must not
-    score higher for it), beside S_l over the answered ones; S_q over the judged answers."""
+    score higher for it), beside S_l over the answered ones and S_l on the effective words (over every request
+    too); S_q over the judged answers."""
     answered = rows.filter(pl.col("answered"))
     judged = answered.filter(pl.col("quality_score").is_not_null())
     dims = {d: dimension_score(judged[d].to_list()) for d in DIMENSIONS}
     s_l = _mean_length_score(rows)
     s_q = quality_score(dims)
     return {"S": rounded(overall(s_l, s_q)), "S_l": rounded(s_l), "S_q": rounded(s_q),
-            "S_l_answered": rounded(_mean_length_score(answered)), "requests": rows.height,
+            "S_l_answered": rounded(_mean_length_score(answered)),
+            "S_l_effective": rounded(_mean_length_score(rows, "length_score_effective")), "requests": rows.height,
             "answers": answered.height, "judged": judged.height}
 
 
@@ -83,6 +90,7 @@ def longbench_metrics(scores: pl.DataFrame) -> dict[str, Any]:
             "unanswered": mine.height - answered.height,
             "judge_failed": answered.height - judged.height,
             "judge_truncated": int(answered["judge_truncated"].sum()),
+            "degenerate_share": rounded(float(answered["degenerate"].mean()) if answered.height else None, 4),
             "dimensions": {d: rounded(dimension_score(judged[d].to_list())) for d in DIMENSIONS},
             "buckets": {label: _group_scores(mine.filter(pl.col("bucket") == label))
                         for label in [b[2] for b in BUCKETS] + sorted(set(mine["bucket"]) - {b[2] for b in BUCKETS})
@@ -97,8 +105,8 @@ def unanswered_row(model: str, request: dict[str, Any]) -> dict[str, Any]:
     """The ``Scores`` row of a benchmark request ``model`` left unanswered: produced 0, so S_l 0, unjudged."""
     return {"model": model, "index": request["index"], "lang": request["lang"], "bucket": request["bucket"],
             "required": request["required"], "produced": 0, "answered": False, "length_score": 0.0,
-            **dict.fromkeys(DIMENSIONS), "quality_score": None, "judge_attempts": 0, "judge_truncated": False,
-            "analysis": None}
+            "effective_words": 0, "degenerate": False, "length_score_effective": 0.0, **dict.fromkeys(DIMENSIONS),
+            "quality_score": None, "judge_attempts": 0, "judge_truncated": False, "analysis": None}
 
 
 def score_row(answer: dict[str, Any], outcome: RatingOutcome) -> dict[str, Any]:
@@ -107,7 +115,9 @@ def score_row(answer: dict[str, Any], outcome: RatingOutcome) -> dict[str, Any]:
     quality = quality_score({d: dimension_score([v]) for d, v in ratings.items()}) if outcome.rating else None
     return {"model": answer["model"], "index": answer["index"], "lang": answer["lang"], "bucket": answer["bucket"],
             "required": answer["required"], "produced": answer["words"], "answered": True,
-            "length_score": length_score(answer["required"], answer["words"]), **ratings,
+            "length_score": length_score(answer["required"], answer["words"]),
+            "effective_words": answer["effective_words"], "degenerate": answer["degenerate"],
+            "length_score_effective": length_score(answer["required"], answer["effective_words"]), **ratings,
             "quality_score": quality, "judge_attempts": outcome.attempts, "judge_truncated": outcome.truncated,
             "analysis": outcome.rating.analysis if outcome.rating else None}
 
@@ -128,19 +138,19 @@ def unanswered_rows(benchmark: pl.DataFrame, unanswered: pl.DataFrame, path: str
 
 def run_longbench(judge: JudgeConfig, settings: ClientSettings, benchmark_path: str | Path,
                   answers_path: str | Path, answer_failures_path: str | Path, output: str | Path,
-                  failures: str | Path, metrics: str | Path, plot_csv: str | Path, plot_png: str | Path
-                  ) -> dict[str, Any]:
+                  failures: str | Path, metrics: str | Path, plot_csv: str | Path, plot_png: str | Path,
+                  en_file: str | Path | None = None) -> dict[str, Any]:
     """The whole judging stage: scores table (every request, answered or not), failures, metrics and the length
     scatter of the answers (CSV + PNG)."""
     answers = validate(read_table(answers_path), Answers, answers_path).filter(pl.col("sample") == 0)
     unanswered = validate(read_table(answer_failures_path), Failures, answer_failures_path)
     outcomes, judge_stats = judge_answers(answers, judge, settings, "longbench judge")
     rows = [score_row(a, o) for a, o in zip(answers.iter_rows(named=True), outcomes, strict=True)]
-    rows += unanswered_rows(read_benchmark(benchmark_path), unanswered, answer_failures_path)
+    rows += unanswered_rows(read_benchmark(benchmark_path, en_file=en_file), unanswered, answer_failures_path)
     scores = pl.DataFrame(rows, schema=empty(Scores).schema).sort("model", "index")
     write_checked(scores, Scores, output)
     write_failures([{"stage": "longbench", "instruction_id": f"{a['model']}/{a['index']}", "section": None,
-                     "attempts": o.attempts, "error": o.error}
+                     "attempts": o.attempts, "reason": o.reason, "error": o.error}
                     for a, o in zip(answers.iter_rows(named=True), outcomes, strict=True) if o.rating is None],
                    failures)
     result = longbench_metrics(scores)

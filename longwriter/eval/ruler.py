@@ -1,8 +1,10 @@
 """Stage ``ruler`` (LongWrite-Ruler): how long can each model write when asked for L words?
 
 Each listed model answers every request of the ruler file (8 requests, 4 zh + 4 en, per length L). Per model:
-the mean produced words per L, the largest L whose mean reaches ``reach`` x L ("max output length"), and the
-share of answers cut by the token limit.
+the mean produced words per L, the largest L whose mean reaches ``reach`` x L ("max output length", the paper's,
+on the words produced), the same two on the effective words (those written before an answer fell into a loop,
+``longwriter.repetition``), the share of answers that fell into a loop, the share cut by the token limit and how
+many answers had a limit below the lossless one or below the words asked (``longwriter.eval.answers``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from longwriter.eval.answers import EvalConfig, generate_answers
+from longwriter.eval.answers import EvalConfig, answer_metrics, generate_answers
 from longwriter.eval.benchmark import read_benchmark
 from longwriter.eval.plots import length_png
 from longwriter.files import write_csv, write_json
@@ -36,18 +38,29 @@ class RulerConfig:
             raise ValueError("reach must be within (0, 1]")
 
 
+def _per_length(answers: pl.DataFrame, column: str, lengths: tuple[int, ...], reach: float
+                 ) -> tuple[dict[str, float], int]:
+    """Mean of ``column`` per required length (the listed ones present), and the largest length it reaches."""
+    means = {int(n): float(m) for n, m in answers.group_by("required").agg(pl.col(column).mean()).iter_rows()}
+    reached = [n for n in sorted(lengths) if n in means and means[n] >= reach * n]
+    return {str(n): round(means[n], 1) for n in sorted(lengths) if n in means}, max(reached, default=0)
+
+
 def ruler_metrics(answers: pl.DataFrame, lengths: tuple[int, ...], reach: float) -> dict[str, Any]:
-    """Per model: mean words per length, max output length, truncated share (answers cut at max_tokens)."""
+    """Per model: mean words per length and max output length, on the words produced (the paper's) and on the
+    effective words; degenerate and truncated shares; limits below lossless and below the ask."""
     out: dict[str, Any] = {}
     for model in sorted(answers["model"].unique().to_list()):
         mine = answers.filter(pl.col("model") == model)
-        means = {int(n): float(m) for n, m in mine.group_by("required").agg(pl.col("words").mean()).iter_rows()}
-        reached = [n for n in sorted(lengths) if n in means and means[n] >= reach * n]
+        mean_words, max_length = _per_length(mine, "words", lengths, reach)
+        mean_effective, max_effective = _per_length(mine, "effective_words", lengths, reach)
         out[model] = {
             "answers": mine.height,
-            "max_output_length": max(reached, default=0),
-            "truncated_share": round(float((mine["finish_reason"] == "length").mean()), 4),
-            "mean_words": {str(n): round(means[n], 1) for n in sorted(lengths) if n in means},
+            "max_output_length": max_length,
+            "max_output_length_effective": max_effective,
+            **answer_metrics(mine),
+            "mean_words": mean_words,
+            "mean_effective_words": mean_effective,
             "mean_words_by_lang": {
                 lang: round(float(mine.filter(pl.col("lang") == lang)["words"].mean()), 1)
                 for lang in sorted(mine["lang"].unique().to_list())},
@@ -60,7 +73,8 @@ def run_ruler(cfg: RulerConfig, eval_cfg: EvalConfig, settings: ClientSettings, 
               ) -> dict[str, Any]:
     """The whole stage: answers, failures, metrics and the required-vs-produced curve (CSV + PNG)."""
     bench = read_benchmark(cfg.input, list(cfg.lengths))
-    answers, failed, stats = generate_answers(bench, eval_cfg.models, eval_cfg.sampling, settings, "ruler")
+    answers, failed, stats = generate_answers(bench, eval_cfg.models, eval_cfg.sampling, settings, "ruler",
+                                              cap=eval_cfg.length_cap)
     write_checked(answers, Answers, output)
     write_failures(failed, failures)
     result = ruler_metrics(answers, cfg.lengths, cfg.reach)

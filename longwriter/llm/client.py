@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 
@@ -25,6 +26,9 @@ from longwriter.llm.spec import ClientSettings, Sampling
 
 # Client errors that retrying cannot fix (bad request, bad key, unknown model).
 _FATAL_STATUS = {400, 401, 403, 404, 422}
+# Hosts whose API refuses parameters it does not know (HTTP 400 "Unrecognized request argument"): top_k is
+# left out of requests to them. llama.cpp, vLLM and the local server take it.
+_NO_TOP_K_HOSTS = ("api.openai.com", ".openai.azure.com")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class CallStats:
     paid_calls: int = 0
     retries: int = 0
     failed_calls: int = 0
+    # completions (paid or cached) that ended on the token limit (finish_reason "length"): an HTTP 200 reply,
+    # accepted and cached, whose text stops mid-sentence
+    truncated: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     paid_completion_tokens: int = 0
@@ -137,6 +144,10 @@ class LLMClient:
         }
         if response_format is not None:
             request["response_format"] = response_format
+        if sampling.top_k is not None and self._takes_top_k():
+            # the openai client merges extra_body into the JSON body; absent when None, so a request without
+            # top_k (and its cache key) is exactly what it was before top_k existed
+            request["extra_body"] = {"top_k": sampling.top_k}
         key = request_key(self.endpoint.identity, {"request": request, "sample": sample})
         self.stats.calls += 1
         hit = self.cache.get(key)
@@ -154,7 +165,14 @@ class LLMClient:
     def _account(self, c: Completion) -> Completion:
         self.stats.prompt_tokens += c.prompt_tokens
         self.stats.completion_tokens += c.completion_tokens
+        if c.finish_reason == "length":
+            self.stats.truncated += 1
         return c
+
+    def _takes_top_k(self) -> bool:
+        # an endpoint started on demand (embedded, local) has no base_url yet: it is llama.cpp or ours
+        host = (urlsplit(self.endpoint.base_url).hostname or "") if self.endpoint.base_url else ""
+        return not any(host == h or (h.startswith(".") and host.endswith(h)) for h in _NO_TOP_K_HOSTS)
 
     async def _send(self, request: dict[str, Any]) -> Completion:
         assert self._slots is not None

@@ -38,19 +38,24 @@ def use_vllm() -> bool:
 
 
 class _RowSampler:
-    """Temperature/top-p sampling with one random generator per batch row, as a logits processor.
+    """Temperature/top-k/top-p sampling (in transformers' order) with one random generator per batch row, as a
+    logits processor.
 
     ``generate`` then runs greedy over a distribution with one finite entry, so each row's tokens depend on
     its own request seed only, not on which other requests happened to share its batch.
     """
 
-    def __init__(self, torch: Any, seeds: list[int], temperature: float, top_p: float):
-        self.torch, self.temperature, self.top_p = torch, temperature, top_p
+    def __init__(self, torch: Any, seeds: list[int], temperature: float, top_p: float, top_k: int | None = None):
+        self.torch, self.temperature, self.top_p, self.top_k = torch, temperature, top_p, top_k
         self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         torch = self.torch
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        logits = scores.float() / self.temperature
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
         if self.top_p < 1.0:
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             outside = sorted_probs.cumsum(dim=-1) - sorted_probs > self.top_p
@@ -112,8 +117,8 @@ class TransformersChat:
             self.cond.notify()
 
     @staticmethod
-    def _key(body: dict[str, Any]) -> tuple[float, float]:
-        return float(body.get("temperature", 1.0)), float(body.get("top_p", 1.0))
+    def _key(body: dict[str, Any]) -> tuple[float, float, int | None]:
+        return float(body.get("temperature", 1.0)), float(body.get("top_p", 1.0)), body.get("top_k")
 
     def _serve(self) -> None:
         while True:
@@ -149,13 +154,13 @@ class TransformersChat:
                  for b in bodies]
         inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         limits = [b["max_tokens"] for b in bodies]
-        temperature, top_p = self._key(bodies[0])
+        temperature, top_p, top_k = self._key(bodies[0])
         processors = []
         if temperature > 0:
             from transformers import LogitsProcessorList
 
             processors = LogitsProcessorList(
-                [_RowSampler(torch, [b["seed"] for b in bodies], temperature, top_p)])
+                [_RowSampler(torch, [b["seed"] for b in bodies], temperature, top_p, top_k)])
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=max(limits), do_sample=False,
                                       logits_processor=processors or None, temperature=None, top_p=None,
@@ -207,8 +212,12 @@ def _checked(body: Any) -> dict[str, Any]:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"seed must be an integer, got {seed!r}")
+    top_k = body.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
+        raise ValueError(f"top_k must be an integer, got {top_k!r}")
+    # as llama.cpp (0) and vLLM (-1): a top_k below 1 means no top-k cut
     return {**body, "temperature": number("temperature", 1.0), "top_p": number("top_p", 1.0),
-            "max_tokens": max_tokens, "seed": seed or 0}
+            "top_k": top_k if top_k is not None and top_k >= 1 else None, "max_tokens": max_tokens, "seed": seed or 0}
 
 
 def _handler(chat: TransformersChat) -> type[BaseHTTPRequestHandler]:

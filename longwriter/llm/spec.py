@@ -73,6 +73,15 @@ class Sampling:
     # OpenAI-style penalties (llama.cpp and vLLM take them too): small models loop and copy their context
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # sample among the k most likely tokens only (the paper's evaluation: 50). Not an OpenAI parameter: sent as
+    # an extra body field, which llama.cpp, vLLM and the local transformers server read (OpenAI's own API would
+    # refuse it, so the client leaves it out there). None: not sent, and no part of the cache key.
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
+                                       or self.top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or null, got {self.top_k!r}")
 
 
 @dataclass(frozen=True)

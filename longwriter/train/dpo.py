@@ -10,9 +10,9 @@ from typing import Any
 import polars as pl
 
 from longwriter.files import read_table, write_csv, write_json
-from longwriter.schemas import Pairs, validate
+from longwriter.schemas import Pairs, validate, write_failures
 from longwriter.train.checkpoint import save_checkpoint
-from longwriter.train.sft import TrainSettings, publish
+from longwriter.train.sft import TrainSettings, over_max_length, publish
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def dpo_curve(log_history: list[dict[str, Any]]) -> pl.DataFrame:
 
 
 def run_dpo(cfg: DPOSettings, model_dir: str | Path, pairs_path: str | Path, output_dir: str | Path,
-            metrics: str | Path, plot_csv: str | Path) -> dict[str, Any]:
+            metrics: str | Path, plot_csv: str | Path, failures: str | Path | None = None) -> dict[str, Any]:
     import tempfile
 
     from datasets import Dataset
@@ -46,10 +46,18 @@ def run_dpo(cfg: DPOSettings, model_dir: str | Path, pairs_path: str | Path, out
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
     t = cfg.train
     started = time.perf_counter()
+    long_rows = over_max_length(tokenizer, {r["prompt_id"]: [
+        [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r[side]}]
+        for side in ("chosen", "rejected")] for r in pairs.iter_rows(named=True)}, t, "dpo")
+    if failures is not None:
+        write_failures(long_rows, failures)
+    if t.over_max_length == "drop":
+        pairs = pairs.filter(~pl.col("prompt_id").is_in([r["instruction_id"] for r in long_rows]))
+    over = {"count": len(long_rows), "action": t.over_max_length}
     if pairs.height == 0:
         # nothing to learn from: the policy is the SFT model, said so in the metrics rather than failing
         save_checkpoint(model, tokenizer, output_dir)
-        result = {"pairs": 0, "steps": 0, "trained": False}
+        result = {"pairs": 0, "steps": 0, "trained": False, "over_max_length": over}
         write_csv(dpo_curve([]), plot_csv)
         write_json(result, metrics)
         return result
@@ -66,6 +74,7 @@ def run_dpo(cfg: DPOSettings, model_dir: str | Path, pairs_path: str | Path, out
         publish(trainer, tokenizer, output_dir, t.lora is not None)
     curve = dpo_curve(history)
     result = {"pairs": pairs.height, "steps": int(curve["step"].max() or 0) if curve.height else 0, "trained": True,
+              "over_max_length": over,
               "beta": cfg.beta,
               "loss_first": round(float(curve["loss"][0]), 4) if curve.height else None,
               "loss_last": round(float(curve["loss"][-1]), 4) if curve.height else None,

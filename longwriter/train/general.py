@@ -15,16 +15,41 @@ from typing import Any
 import polars as pl
 from tqdm import tqdm
 
+from longwriter.completeness import incomplete_reason, strip_preamble
 from longwriter.files import read_table, write_json
 from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
-from longwriter.schemas import Chat, Pool, empty, validate, write_checked, write_failures
+from longwriter.schemas import Chat, Pool, empty, reason_counts, validate, write_checked, write_failures
 
 
 @dataclass(frozen=True)
 class GeneralConfig:
     prompts: str = "data/general/prompts.jsonl"
     generator: ModelSpec = field(default_factory=ModelSpec)
-    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.95, max_tokens=256))
+    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.95, max_tokens=512))
+    # answers until one is complete text (longwriter.completeness); then the prompt is dropped and recorded
+    max_attempts: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+
+
+async def answer(llm: LLMClient, prompt_id: str, prompt: str, cfg: GeneralConfig) -> dict[str, Any]:
+    """A chat row, or a failures row: an answer cut off, empty or refused is asked again with a new seed."""
+    messages = [{"role": "user", "content": prompt}]
+    for attempt in range(cfg.max_attempts):
+        try:
+            reply = await llm.complete(messages, cfg.sampling, sample=attempt)
+        except LLMCallError as e:
+            return {"id": prompt_id, "reason": "llm_error", "error": str(e), "attempts": attempt + 1}
+        reason = incomplete_reason(reply.text, reply.finish_reason)
+        if reason is None:
+            text = strip_preamble(reply.text)[0]
+            return {"id": prompt_id, "source": "general",
+                    "messages": [*messages, {"role": "assistant", "content": text}]}
+    return {"id": prompt_id, "reason": reason, "attempts": cfg.max_attempts,
+            "error": f"{reason} after {cfg.max_attempts} attempts (finish_reason {reply.finish_reason}): "
+                     f"...{reply.text[-120:]!r}"}
 
 
 def run_general(cfg: GeneralConfig, settings: ClientSettings, output: str | Path, failures: str | Path,
@@ -35,15 +60,7 @@ def run_general(cfg: GeneralConfig, settings: ClientSettings, output: str | Path
     async def work(llm: LLMClient) -> list[dict[str, Any]]:
         with tqdm(total=len(rows), desc="general", unit="answer", disable=None) as bar:
             async def one(row: dict[str, Any]) -> dict[str, Any]:
-                messages = [{"role": "user", "content": row["prompt"]}]
-                try:
-                    reply = await llm.complete(messages, cfg.sampling)
-                    out = {"id": row["id"], "source": "general",
-                           "messages": [*messages, {"role": "assistant", "content": reply.text.strip()}]}
-                    if not reply.text.strip():
-                        out = {"id": row["id"], "error": "empty answer", "attempts": 1}
-                except LLMCallError as e:
-                    out = {"id": row["id"], "error": str(e), "attempts": e.attempts}
+                out = await answer(llm, row["id"], row["prompt"], cfg)
                 bar.update(1)
                 return out
             return list(await asyncio.gather(*(one(r) for r in rows)))
@@ -51,9 +68,10 @@ def run_general(cfg: GeneralConfig, settings: ClientSettings, output: str | Path
     results, stats = run_with_llm(cfg.generator, settings, work)
     chat = pl.DataFrame([r for r in results if "error" not in r], schema=empty(Chat).schema).sort("id")
     write_checked(chat, Chat, output)
-    failed = [r for r in results if "error" in r]
-    write_failures([{"stage": "general", "instruction_id": r["id"], "section": None, "attempts": r["attempts"],
-                     "error": r["error"]} for r in failed], failures)
-    result = {"prompts": len(rows), "examples": chat.height, "failed": len(failed), "llm": stats.as_metrics()}
+    failed = [{"stage": "general", "instruction_id": r["id"], "section": None, "attempts": r["attempts"],
+               "reason": r["reason"], "error": r["error"]} for r in results if "error" in r]
+    write_failures(failed, failures)
+    result = {"prompts": len(rows), "examples": chat.height, "failed": len(failed),
+              "failures": reason_counts(failed), "llm": stats.as_metrics()}
     write_json(result, metrics)
     return result

@@ -2,9 +2,12 @@
 
 For each long-writing instruction the SFT model writes ``samples`` answers; the judge scores each one with
 LongBench-Write's scorer, S = (S_l + S_q) / 2 (length against the instruction's required or estimated
-words, quality from the six ratings). The best answer is ``chosen``, a random other one ``rejected``
-(seeded per prompt). Answers the judge could not rate take no part; a prompt with fewer than two rated
-answers gives no pair.
+words, quality from the six ratings). The best answer is ``chosen``, a random other one that scores lower
+``rejected`` (seeded per prompt). Answers that are not complete text (``longwriter.completeness``: cut off at
+the token limit, empty, refused) and answers the judge could not rate take no part; a prompt with fewer than
+two such answers, or whose answers all score the same, gives no pair. Each of these is a failures row.
+Sampling sizes each prompt's ``max_tokens`` from its required words, as the evaluation does, so an answer
+that may be complete is not cut by one small limit for all.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from typing import Any
 
 import polars as pl
 
-from longwriter.eval.answers import EvalModel, generate_answers
+from longwriter.completeness import incomplete_reason
+from longwriter.eval.answers import LOSSLESS_RATIO, EvalModel, LengthCap, generate_answers
 from longwriter.eval.judge import DIMENSIONS, JudgeConfig, judge_answers
 from longwriter.eval.scoring import bucket_of, dimension_score, length_score, overall, quality_score
 from longwriter.files import read_table, write_json
 from longwriter.llm import ClientSettings, ModelSpec, Sampling
-from longwriter.schemas import Instructions, Pairs, empty, validate, write_checked, write_failures
+from longwriter.schemas import Instructions, Pairs, empty, reason_counts, validate, write_checked, write_failures
 
 
 @dataclass(frozen=True)
@@ -29,33 +33,50 @@ class PairsConfig:
     """The ``dpo_pairs`` section."""
 
     samples: int = 4
-    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.8, top_p=0.95, max_tokens=1024))
+    # max_tokens is a ceiling: each prompt's limit is cap_ratio x its required words (in tokens, as the
+    # evaluation sizes it), so a long prompt's answers are not all cut by one small limit; a cut answer is not
+    # complete text and takes no part in a pair
+    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.8, top_p=0.95, max_tokens=32768))
+    cap_ratio: float = LOSSLESS_RATIO
     seed: int = 0
     max_batch: int = 16
 
     def __post_init__(self) -> None:
         if self.samples < 2:
             raise ValueError("samples must be >= 2 (a pair needs two answers)")
+        if self.cap_ratio <= 0:
+            raise ValueError("cap_ratio must be > 0")
 
 
-def build_pairs(candidates: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+def build_pairs(candidates: list[dict[str, Any]], seed: int,
+                dropped: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Pairs from scored answers (dicts: prompt_id, prompt, sample, text, score or None).
 
-    Per prompt: chosen = the highest score (the lowest sample number on a tie), rejected = one of the other
-    rated answers drawn with ``random.Random(f"{seed}:{prompt_id}")``, so a pair does not depend on which other
-    prompts are in the run.
+    Per prompt: chosen = the highest score (the lowest sample number on a tie), rejected = one of the rated
+    answers scoring lower, drawn with ``random.Random(f"{seed}:{prompt_id}")``, so a pair does not depend on
+    which other prompts are in the run. Prompts without a pair are described in ``dropped`` (failures rows).
     """
     by_prompt: dict[str, list[dict[str, Any]]] = {}
     for c in candidates:
+        by_prompt.setdefault(c["prompt_id"], [])
         if c["score"] is not None:
-            by_prompt.setdefault(c["prompt_id"], []).append(c)
+            by_prompt[c["prompt_id"]].append(c)
     pairs = []
     for prompt_id in sorted(by_prompt):
         rated = sorted(by_prompt[prompt_id], key=lambda c: c["sample"])
+        why = None
         if len(rated) < 2:
+            why = ("too_few_rated", f"{len(rated)} rated, complete answer(s); a pair needs 2")
+        else:
+            best = max(rated, key=lambda c: (c["score"], -c["sample"]))
+            others = [c for c in rated if c["score"] < best["score"]]
+            if not others:
+                why = ("zero_margin", f"all {len(rated)} rated answers score {best['score']:.2f}")
+        if why is not None:
+            if dropped is not None:
+                dropped.append({"stage": "dpo_pairs", "instruction_id": prompt_id, "section": None, "attempts": 0,
+                                "reason": why[0], "error": why[1]})
             continue
-        best = max(rated, key=lambda c: (c["score"], -c["sample"]))
-        others = [c for c in rated if c is not best]
         other = random.Random(f"{seed}:{prompt_id}").choice(others)
         pairs.append({"prompt_id": prompt_id, "prompt": best["prompt"], "chosen": best["text"],
                       "rejected": other["text"], "chosen_sample": best["sample"], "rejected_sample": other["sample"],
@@ -83,10 +104,22 @@ def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings
     requests = _requests(instructions)
     policy = EvalModel("policy", ModelSpec(provider="local", path=str(model_dir), max_batch=cfg.max_batch))
     answers, unanswered, gen_stats = generate_answers(requests.drop("id"), (policy,), cfg.sampling, settings,
-                                                      "dpo_pairs", samples=cfg.samples)
-    outcomes, judge_stats = judge_answers(answers, judge, settings, "dpo_pairs judge")
+                                                      "dpo_pairs", samples=cfg.samples,
+                                                      cap=LengthCap(ratio=cfg.cap_ratio))
     ids = dict(zip(requests["index"].to_list(), requests["id"].to_list(), strict=True))
-    candidates, unrated = [], []
+    # an answer that is not complete text (cut off, empty, refused) is neither chosen nor rejected: DPO would
+    # teach the model to stop in mid-sentence, or to prefer that over another answer
+    why = [incomplete_reason(t, f) for t, f in zip(answers["text"].to_list(), answers["finish_reason"].to_list(),
+                                                    strict=True)]
+    incomplete = [{"stage": "dpo_pairs", "instruction_id": ids[a["index"]], "section": a["sample"], "attempts": 0,
+                   "reason": r, "error": f"sample {a['sample']} {r} (finish_reason {a['finish_reason']}, "
+                                         f"{a['words']} words)"}
+                  for a, r in zip(answers.iter_rows(named=True), why, strict=True) if r is not None]
+    candidates = [{"prompt_id": ids[a["index"]], "prompt": a["prompt"], "sample": a["sample"], "text": a["text"],
+                   "score": None} for a, r in zip(answers.iter_rows(named=True), why, strict=True) if r is not None]
+    answers = answers.filter(pl.Series([r is None for r in why], dtype=pl.Boolean))
+    outcomes, judge_stats = judge_answers(answers, judge, settings, "dpo_pairs judge")
+    unrated = []
     for a, o in zip(answers.iter_rows(named=True), outcomes, strict=True):
         score = None
         if o.rating is not None:
@@ -94,17 +127,22 @@ def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings
             score = overall(length_score(a["required"], a["words"]), s_q)
         else:
             unrated.append({"stage": "dpo_pairs", "instruction_id": ids[a["index"]], "section": a["sample"],
-                            "attempts": o.attempts, "error": o.error})
+                            "attempts": o.attempts, "reason": o.reason, "error": o.error})
         candidates.append({"prompt_id": ids[a["index"]], "prompt": a["prompt"], "sample": a["sample"],
                            "text": a["text"], "score": score})
-    pairs = pl.DataFrame(build_pairs(candidates, cfg.seed), schema=empty(Pairs).schema)
+    no_pair: list[dict[str, Any]] = []
+    pairs = pl.DataFrame(build_pairs(candidates, cfg.seed, no_pair), schema=empty(Pairs).schema)
     write_checked(pairs, Pairs, output)
     for f in unanswered:
         f["instruction_id"] = ids[int(f["instruction_id"].rsplit("/", 1)[1])]
-    write_failures(unanswered + unrated, failures)
+    failure_rows = unanswered + incomplete + unrated + no_pair
+    write_failures(failure_rows, failures)
     scores = [c["score"] for c in candidates if c["score"] is not None]
-    result = {"prompts": requests.height, "samples": answers.height, "unanswered": len(unanswered),
-              "unrated": len(unrated), "pairs": pairs.height,
+    result = {"prompts": requests.height, "samples": len(candidates), "unanswered": len(unanswered),
+              "incomplete": len(incomplete), "unrated": len(unrated), "pairs": pairs.height,
+              "failures": reason_counts(failure_rows),
+              "max_tokens": {"min": int(answers["max_tokens"].min()), "max": int(answers["max_tokens"].max())}
+              if answers.height else None,
               "score_mean": round(sum(scores) / len(scores), 2) if scores else None,
               "margin_mean": round(float(pairs["margin"].mean()), 2) if pairs.height else None,
               "margin_min": round(float(pairs["margin"].min()), 2) if pairs.height else None,

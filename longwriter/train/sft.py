@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 import polars as pl
 
+from longwriter.errors import LongwriterError
 from longwriter.files import read_table, write_csv, write_json
-from longwriter.schemas import Chat, validate
+from longwriter.schemas import Chat, validate, write_failures
 from longwriter.train.checkpoint import save_checkpoint, staging_dir, swap_into
 
 
@@ -49,7 +50,10 @@ class TrainSettings:
     max_steps: int = -1                    # > 0 overrides epochs
     per_device_train_batch_size: int = 1
     gradient_accumulation_steps: int = 1
-    max_length: int = 4096                 # tokens per example; longer ones are truncated
+    max_length: int = 4096                 # tokens per example (prompt + answer under the chat template)
+    # an example over max_length: "drop" it (the default: a training target is never cut) or "truncate" it
+    # (TRL cuts its end); counted in the metrics and listed in the stage's failures table either way
+    over_max_length: Literal["drop", "truncate"] = "drop"
     gradient_checkpointing: bool = False   # trades compute for memory: on for 8B+ models
     warmup_steps: float = 0.0             # an int: steps; a float in [0, 1): a fraction of all steps
     lr_scheduler_type: str = "linear"
@@ -117,12 +121,30 @@ def prompt_completion(messages: list[dict[str, str]]) -> dict[str, Any]:
     return {"prompt": messages[:-1], "completion": messages[-1:]}
 
 
-def load_split(path: str | Path) -> Any:
-    """A mix split as a ``datasets.Dataset`` of prompt-completion examples."""
+def load_split(path: str | Path, exclude: frozenset[str] = frozenset()) -> Any:
+    """A mix split as a ``datasets.Dataset`` of prompt-completion examples (less the ids in ``exclude``)."""
     from datasets import Dataset
 
     table = validate(read_table(path), Chat, path)
-    return Dataset.from_list([prompt_completion(m) for m in table["messages"].to_list()])
+    return Dataset.from_list([prompt_completion(m) for i, m in zip(table["id"].to_list(), table["messages"].to_list(),
+                                                                   strict=True) if i not in exclude])
+
+
+def over_max_length(tokenizer: Any, examples: dict[str, list[list[dict[str, str]]]], t: TrainSettings,
+                    stage: str) -> list[dict[str, Any]]:
+    """Failures rows for the examples (id -> its conversations: one for SFT, chosen and rejected for DPO) with a
+    conversation longer than ``t.max_length`` tokens under the chat template."""
+    from longwriter.train.mix import token_lengths
+
+    rows = []
+    for example_id, conversations in examples.items():
+        longest = max(token_lengths(tokenizer, conversations))
+        if longest > t.max_length:
+            action = "dropped" if t.over_max_length == "drop" else "truncated by the trainer"
+            rows.append({"stage": stage, "instruction_id": example_id, "section": None, "attempts": 0,
+                         "reason": "over_max_length",
+                         "error": f"{longest} tokens > max_length {t.max_length}: {action}"})
+    return rows
 
 
 def sequence_mean_loss(gradient_accumulation_steps: int):
@@ -222,15 +244,27 @@ def sft_trainer(cfg: SFTSettings, model: Any, tokenizer: Any, train_ds: Any, eva
 
 
 def run_sft(cfg: SFTSettings, base_dir: str | Path, data_dir: str | Path, output_dir: str | Path,
-            metrics: str | Path, plot_csv: str | Path) -> dict[str, Any]:
+            metrics: str | Path, plot_csv: str | Path, failures: str | Path | None = None) -> dict[str, Any]:
     import tempfile
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    train_ds, eval_ds = load_split(Path(data_dir) / "train.parquet"), load_split(Path(data_dir) / "validation.parquet")
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype="auto")
     t = cfg.train
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    splits = {name: Path(data_dir) / f"{name}.parquet" for name in ("train", "validation")}
+    long_rows: list[dict[str, Any]] = []
+    for name, path in splits.items():
+        table = validate(read_table(path), Chat, path)
+        rows = over_max_length(tokenizer, {i: [m] for i, m in zip(
+            table["id"].to_list(), table["messages"].to_list(), strict=True)}, t, f"sft:{name}")
+        long_rows += rows
+    exclude = frozenset(r["instruction_id"] for r in long_rows) if t.over_max_length == "drop" else frozenset()
+    train_ds, eval_ds = load_split(splits["train"], exclude), load_split(splits["validation"], exclude)
+    if len(train_ds) == 0:
+        raise LongwriterError(f"{splits['train']}: no training example within max_length {t.max_length} tokens "
+                              f"({len(long_rows)} longer): raise sft.train.max_length or set over_max_length: "
+                              "truncate")
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype="auto")
     with tempfile.TemporaryDirectory(prefix="sft-") as scratch:
         trainer = sft_trainer(cfg, model, tokenizer, train_ds, eval_ds, scratch)
         started = time.perf_counter()
@@ -245,10 +279,13 @@ def run_sft(cfg: SFTSettings, base_dir: str | Path, data_dir: str | Path, output
         publish(trainer, tokenizer, output_dir, t.lora is not None)
     result = summarize(history, started)
     result.update({"examples": {"train": len(train_ds), "validation": len(eval_ds)},
+                   "over_max_length": {"count": len(long_rows), "action": t.over_max_length},
                    "loss_averaging": cfg.loss_averaging, "lora": t.lora is not None,
                    "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))})
     if any(isinstance(v, float) and math.isnan(v) for v in result.values()):
         raise RuntimeError("training diverged: a loss is NaN")
     write_csv(loss_curve(history), plot_csv)
+    if failures is not None:
+        write_failures(long_rows, failures)
     write_json(result, metrics)
     return result
