@@ -237,3 +237,13 @@ def test_compare_records_requests_one_model_did_not_answer(fake_server, tmp_path
     failures = pl.read_parquet(tmp_path / "f.parquet").filter(pl.col("reason") == "unanswered")
     assert sorted(failures["instruction_id"]) == ["a_vs_b/1", "a_vs_b/2"]
     assert m["a_vs_b"]["unanswered"] == 2 and m["a_vs_b"]["judged"] + m["a_vs_b"]["failed"] == 1
+
+
+def test_a_paragraph_cut_past_its_budget_is_continued_to_a_sentence_end():
+    from longwriter.agentwrite.write import needs_more
+
+    cfg = WriteConfig(min_budget_ratio=0.6)
+    over = "word " * 120 + "and the"
+    assert needs_more(over, 100, "length", cfg)  # past its budget, but cut mid-sentence
+    assert not needs_more("word " * 120 + "end.", 100, "length", cfg)
+    assert not needs_more(over, 100, "stop", cfg)

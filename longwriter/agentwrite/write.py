@@ -121,10 +121,10 @@ def _join(text: str, more: str) -> str:
 
 
 def needs_more(text: str, budget: int, finish_reason: str, cfg: WriteConfig) -> bool:
-    """Short of its budget, or cut off by the token limit in mid-sentence before reaching the budget."""
+    """Short of its budget, or cut off by the token limit in mid-sentence (a continuation finishes the sentence
+    even past the budget: a paragraph that stops mid-sentence is not a training target)."""
     words = count_words(text)
-    return (words < cfg.min_budget_ratio * budget
-            or (finish_reason == "length" and words < budget and not ends_sentence(text)))
+    return words < cfg.min_budget_ratio * budget or (finish_reason == "length" and not ends_sentence(text))
 
 
 @dataclass
