@@ -9,6 +9,11 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 # on a GPU node use the build for its CUDA, e.g. `make install TORCH="torch==2.13.0 --index-url ..."`.
 TORCH ?= torch==2.13.0
 
+# dvc.yaml's commands run a bare `python`: the directory of the interpreter installed into goes first on PATH,
+# so `make run PYTHON=/path/venv/bin/python` (a virtualenv that is not activated) runs every stage with it.
+BIN := $(shell $(PYTHON) -c 'import os, sys; print(os.path.dirname(sys.executable))')
+WITH_BIN := PATH="$(BIN):$$PATH"
+
 .PHONY: install run test lint
 
 install:
@@ -18,11 +23,11 @@ install:
 	$(PYTHON) -m pip install -e ".[dev]"
 
 run: install
-	$(PYTHON) -m dvc repro
-	$(PYTHON) -m dvc metrics show
+	$(WITH_BIN) $(PYTHON) -m dvc repro
+	$(WITH_BIN) $(PYTHON) -m dvc metrics show
 
 test: install
-	$(PYTHON) -m pytest
+	$(WITH_BIN) $(PYTHON) -m pytest
 
 lint:
 	$(PYTHON) -m ruff check .
