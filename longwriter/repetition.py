@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from longwriter.wordcount import count_words, word_units
+from longwriter.wordcount import word_units
 
 # n-gram length of the loop measure, in word units (words, or CJK characters)
 LOOP_N = 4
@@ -73,15 +73,9 @@ def loop_start(text: str, n: int = LOOP_N, min_loop_words: int = MIN_LOOP_WORDS)
     return _loop_start_units(word_units(text), n, min_loop_words)
 
 
-def effective_words(text: str, n: int = LOOP_N, min_loop_words: int = MIN_LOOP_WORDS) -> int:
-    """The words of ``text`` written before it falls into a loop: all of them (``count_words``) when it does
-    not."""
-    start = loop_start(text, n, min_loop_words)
-    return count_words(text) if start is None else start
-
-
 def degeneration(text: str, n: int = LOOP_N, min_loop_words: int = MIN_LOOP_WORDS) -> tuple[int, bool]:
-    """``(effective_words, degenerate)`` of ``text`` in one pass."""
+    """``(effective_words, degenerate)`` of ``text``: the words written before it falls into a loop (all of them,
+    ``count_words``, when it does not), and whether it does."""
     units = word_units(text)
     start = _loop_start_units(units, n, min_loop_words)
     return (len(units), False) if start is None else (start, True)

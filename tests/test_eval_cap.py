@@ -27,7 +27,7 @@ from longwriter.eval.longbench import longbench_metrics, score_row, unanswered_r
 from longwriter.eval.ruler import RulerConfig, ruler_metrics
 from longwriter.eval.scoring import bucket_of, length_score
 from longwriter.llm import ClientSettings, ModelSpec, Sampling
-from longwriter.repetition import degeneration, effective_words, loop_start, repetition
+from longwriter.repetition import degeneration, loop_start, repetition
 from longwriter.schemas import Answers, Scores, empty, validate
 from longwriter.wordcount import count_words
 
@@ -200,7 +200,7 @@ def test_repetition_is_postprocess_s() -> None:
 def test_an_exact_loop_starts_at_its_second_copy() -> None:
     assert loop_start(LOOP_EN) == 15 + 17
     assert degeneration(LOOP_EN) == (32, True)
-    assert effective_words(LOOP_EN) == 32 and count_words(LOOP_EN) == 15 + 170
+    assert degeneration(LOOP_EN)[0] == 32 and count_words(LOOP_EN) == 15 + 170
 
 
 def test_a_loop_with_small_changes_is_found() -> None:

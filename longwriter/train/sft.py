@@ -123,9 +123,13 @@ def prompt_completion(messages: list[dict[str, str]]) -> dict[str, Any]:
 
 def load_split(path: str | Path, exclude: frozenset[str] = frozenset()) -> Any:
     """A mix split as a ``datasets.Dataset`` of prompt-completion examples (less the ids in ``exclude``)."""
+    return chat_dataset(validate(read_table(path), Chat, path), exclude)
+
+
+def chat_dataset(table: pl.DataFrame, exclude: frozenset[str] = frozenset()) -> Any:
+    """A ``Chat`` table as a ``datasets.Dataset`` of prompt-completion examples (less the ids in ``exclude``)."""
     from datasets import Dataset
 
-    table = validate(read_table(path), Chat, path)
     return Dataset.from_list([prompt_completion(m) for i, m in zip(table["id"].to_list(), table["messages"].to_list(),
                                                                    strict=True) if i not in exclude])
 
@@ -252,14 +256,11 @@ def run_sft(cfg: SFTSettings, base_dir: str | Path, data_dir: str | Path, output
     t = cfg.train
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     splits = {name: Path(data_dir) / f"{name}.parquet" for name in ("train", "validation")}
-    long_rows: list[dict[str, Any]] = []
-    for name, path in splits.items():
-        table = validate(read_table(path), Chat, path)
-        rows = over_max_length(tokenizer, {i: [m] for i, m in zip(
-            table["id"].to_list(), table["messages"].to_list(), strict=True)}, t, f"sft:{name}")
-        long_rows += rows
+    tables = {name: validate(read_table(path), Chat, path) for name, path in splits.items()}
+    long_rows = [row for name, table in tables.items() for row in over_max_length(tokenizer, dict(zip(
+        table["id"].to_list(), ([m] for m in table["messages"].to_list()), strict=True)), t, f"sft:{name}")]
     exclude = frozenset(r["instruction_id"] for r in long_rows) if t.over_max_length == "drop" else frozenset()
-    train_ds, eval_ds = load_split(splits["train"], exclude), load_split(splits["validation"], exclude)
+    train_ds, eval_ds = chat_dataset(tables["train"], exclude), chat_dataset(tables["validation"], exclude)
     if len(train_ds) == 0:
         raise LongwriterError(f"{splits['train']}: no training example within max_length {t.max_length} tokens "
                               f"({len(long_rows)} longer): raise sft.train.max_length or set over_max_length: "
