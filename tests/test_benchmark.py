@@ -123,7 +123,7 @@ def test_a_bad_en_file_is_named(tmp_path: Path, en_rows: list[Any] | None, row: 
     assert words in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["longbench.jsonl", "ruler.jsonl"])
+@pytest.mark.parametrize("name", ["longbench.jsonl", "longbench_buckets.jsonl", "ruler.jsonl"])
 def test_the_projects_files_keep_their_script_languages(name: str) -> None:
     bench = read_benchmark(ROOT / "data" / "eval" / name)
     assert bench["lang"].to_list() == languages(bench["prompt"]).to_list()

@@ -22,8 +22,9 @@ from longwriter.eval.answers import (
     generate_answers,
     request_limit,
 )
+from longwriter.eval.benchmark import read_benchmark
 from longwriter.eval.judge import DIMENSIONS, Rating, RatingOutcome
-from longwriter.eval.longbench import longbench_metrics, score_row, unanswered_row
+from longwriter.eval.longbench import LongBenchConfig, longbench_metrics, score_row, unanswered_row
 from longwriter.eval.ruler import RulerConfig, ruler_metrics
 from longwriter.eval.scoring import bucket_of, length_score
 from longwriter.llm import ClientSettings, ModelSpec, Sampling
@@ -65,13 +66,32 @@ def test_params_yaml_eval_and_ruler_are_laptop_sized() -> None:
     assert cfg.sampling.max_tokens == 1024  # the ceiling
     assert (cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.top_k) == (0.5, 0.8, 50)
     assert cfg.cap_ratio == 4.0 and cfg.tokens_per_word == {"en": 2.5, "zh": 3.0}
-    assert build(RulerConfig, section(params, "ruler"), "params.yaml:ruler").lengths == (250, 500)
+    assert build(RulerConfig, section(params, "ruler"), "params.yaml:ruler").lengths == (100, 300)
     # what the params comment says: above ~96 en / 80 zh words a cap is below lossless, above ~384 / 320 below
     # the ask
     cap = cfg.length_cap
     for lang, lossless, ask in (("en", 96, 384), ("zh", 80, 320)):
         assert cap.tokens(lossless, lang) <= 1024 < cap.tokens(lossless + 1, lang)
         assert cap.tokens(ask, lang, 1.0) <= 1024 < cap.tokens(ask + 1, lang, 1.0)
+
+
+def test_defaults_never_cap_a_request_below_what_it_asks() -> None:
+    """The laptop defaults' ceiling holds every default request's ask (issue 13), for each default eval model."""
+    params = read_params(ROOT / "params.yaml")
+    cfg = build(EvalConfig, section(params, "eval"), "params.yaml:eval")
+    ruler = build(RulerConfig, section(params, "ruler"), "params.yaml:ruler")
+    longbench = build(LongBenchConfig, section(params, "longbench"), "params.yaml:longbench")
+    requests = (read_benchmark(ROOT / ruler.input, lengths=list(ruler.lengths)).to_dicts()
+                + read_benchmark(ROOT / longbench.input).to_dicts())
+    assert len(requests) == 32
+    specs = [m.spec for m in cfg.models] + [ModelSpec()]  # the checkpoints, and the embedded model
+    for spec in specs:
+        for request in requests:
+            limit = request_limit(spec, request, cfg.sampling.max_tokens, cfg.length_cap)
+            assert limit >= cfg.length_cap.tokens(request["required"], request["lang"], 1.0), (spec, request)
+    # the four-bucket file asks what only a GPU run's ceiling holds: it is not a default
+    buckets = read_benchmark(ROOT / "data" / "eval" / "longbench_buckets.jsonl").to_dicts()
+    assert max(cfg.length_cap.tokens(r["required"], r["lang"], 1.0) for r in buckets) == 30064
 
 
 @pytest.mark.parametrize(("data", "match"), [

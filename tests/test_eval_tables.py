@@ -64,8 +64,11 @@ def test_read_benchmark_without_type_field_gives_null_types() -> None:
     assert bench["lang"].to_list() == ["en", "zh", "en"]
 
 
-def test_project_longbench_file() -> None:
-    bench = read_benchmark(ROOT / "data" / "eval" / "longbench.jsonl")
+def test_project_longbench_files() -> None:
+    laptop = read_benchmark(ROOT / "data" / "eval" / "longbench.jsonl")
+    assert laptop.height == 16 and laptop["lang"].value_counts().sort("lang")["count"].to_list() == [8, 8]
+    assert set(laptop["bucket"]) == {"0-500"} and laptop["required"].max() <= 300
+    bench = read_benchmark(ROOT / "data" / "eval" / "longbench_buckets.jsonl")
     assert bench.height == 16
     assert bench["index"].to_list() == list(range(16))
     assert set(bench["lang"]) == {"zh", "en"}
