@@ -24,7 +24,7 @@ T = TypeVar("T")
 # against what the stage scripts read.
 SECTIONS = frozenset({
     "llm", "models", "select", "plan", "write", "postprocess", "base", "general", "mix", "train", "sft",
-    "dpo_pairs", "dpo", "eval", "ruler", "longbench", "judge", "compare",
+    "dpo_pairs", "dpo", "eval", "ruler", "longbench", "judge", "compare", "export",
 })
 
 
@@ -63,7 +63,9 @@ def build(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    # a field with metadata param=False is run-time state, never set from params.yaml
+    fields = {f.name: f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+              if f.metadata.get("param", True)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")

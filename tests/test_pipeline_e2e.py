@@ -52,6 +52,7 @@ TINY_PARAMS = {
               "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 400, "seed": 0}},
     # keep every written answer: training needs at least one long sample
     "postprocess": {"min_words_ratio": 0.0, "max_repetition": 1.0},
+    "export": {"shard_rows": 1},
     **training_params(EMBEDDED),
     # the embedded model and the checkpoint SFT just trained, served by transformers in-process
     "eval": {"models": [{"name": "a", "spec": EMBEDDED},
@@ -113,8 +114,13 @@ def test_repro_produces_valid_tables_and_metrics(repo):
         m = metrics(repo, stage)["llm"]
         assert m["paid_calls"] > 0 and m["failed_calls"] == 0 and m["completion_tokens"] > 0
     shown = dvc("metrics", "show", cwd=repo)
-    for stage in ("select", "plan", "write", "postprocess"):
+    for stage in ("select", "plan", "write", "postprocess", "export"):
         assert f"metrics/{stage}.json" in shown
+    # the same samples as a Hugging Face dataset, one shard per row here
+    from datasets import load_dataset
+
+    exported = load_dataset(str(repo / "data" / "hf_dataset"))["train"]
+    assert exported["id"] == samples["id"].to_list() and metrics(repo, "export")["shards"] == samples.height
 
 
 def test_training_stages_train_real_checkpoints(repo):

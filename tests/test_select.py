@@ -339,6 +339,34 @@ def test_plain_characters_are_left_alone_by_nfkc_and_lowercasing():
     assert pl.Series(wide).str.normalize("NFKC").to_list() == narrow
 
 
+def test_a_parquet_chat_log_read_by_duckdb_matches_the_polars_reading_row_for_row(tmp_path):
+    from longwriter.agentwrite.pool import first_user_turns
+    from longwriter.files import read_table
+
+    def turns(i: int) -> list[dict]:
+        if i % 11 == 0:  # a system turn first: the first *user* turn is the instruction
+            return [{**conversation("x")[0], "role": "system", "content": "Be brief."}, *conversation(f"Essay {i}")]
+        if i % 13 == 0:
+            return conversation(" \n ")  # no usable user turn: dropped, recorded with its row
+        if i % 17 == 0:
+            return [conversation("x")[1]]  # a reply only
+        return conversation(f"Write essay {i}.", "And another.")
+
+    rows = [(f"h{i}", turns(i)) for i in range(1, 3001)]
+    shard = write_shard(tmp_path / "big.parquet", rows)
+    df = pl.read_parquet(shard)
+    df.write_parquet(shard, row_group_size=64)  # many row groups, scanned on several threads
+    dropped: list[dict] = []
+    by_duckdb = load_pools([str(shard)], dropped)
+    polars_dropped: list[dict] = []
+    by_polars = first_user_turns(read_table(shard, ["conversation_hash", "conversation"]), shard, polars_dropped)
+    assert by_duckdb["prompt"].to_list() == by_polars["prompt"].to_list()
+    assert by_duckdb["id"].to_list() == by_polars["id"].to_list()
+    assert dropped == polars_dropped and len(dropped) == len([i for i in range(1, 3001)
+                                                              if i % 11 and (i % 13 == 0 or i % 17 == 0)])
+    assert by_duckdb.filter(pl.col("id") == "h22")["prompt"].item() == "Essay 22"
+
+
 def test_large_parquet_pool_is_read_in_parallel_slices(tmp_path, monkeypatch):
     import longwriter.files as files
 

@@ -12,12 +12,12 @@ from typing import TypeVar
 
 from longwriter.errors import ConfigError
 from longwriter.llm.cache import ResponseCache
-from longwriter.llm.client import CallStats, Completion, Endpoint, LLMCallError, LLMClient
+from longwriter.llm.client import BudgetExhausted, CallStats, Completion, Endpoint, LLMCallError, LLMClient
 from longwriter.llm.server import DEFAULT_ALIAS, embedded_identity, embedded_server
 from longwriter.llm.spec import ClientSettings, ModelSpec, Sampling
 
-__all__ = ["CallStats", "ClientSettings", "Completion", "Endpoint", "LLMCallError", "LLMClient", "ModelSpec",
-           "ResponseCache", "Sampling", "open_endpoint", "run_with_llm"]
+__all__ = ["BudgetExhausted", "CallStats", "ClientSettings", "Completion", "Endpoint", "LLMCallError", "LLMClient",
+           "ModelSpec", "ResponseCache", "Sampling", "open_endpoint", "run_with_llm"]
 
 T = TypeVar("T")
 
@@ -67,7 +67,8 @@ def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoin
         assert spec.base_url and spec.model
         base = spec.base_url.rstrip("/")
         yield Endpoint(base, spec.model, spec.cache_identity(f"openai:{base}:{spec.model}"), mode,
-                       api_key=_api_key(spec))
+                       api_key=_api_key(spec), price_input_per_mtok=spec.price_input_per_mtok or 0.0,
+                       price_output_per_mtok=spec.price_output_per_mtok or 0.0, rpm=spec.rpm, tpm=spec.tpm)
 
 
 def run_with_llm(spec: ModelSpec, settings: ClientSettings,

@@ -2,10 +2,11 @@
 
 Every stage calls ``LLMClient.complete``. A call is answered from the response cache when the same request
 (model identity, messages, sampling, schema, seed, sample index) completed before; otherwise it is sent
-with at most ``max_concurrency`` requests in flight, retried with exponential backoff and jitter on 429,
-5xx, timeouts, dropped connections and unreadable bodies, and stored the moment it succeeds. After
-``max_retries`` retries it raises ``LLMCallError`` carrying the last error, which stages record as a
-failed row.
+with at most ``max_concurrency`` requests in flight (and within the spec's requests and tokens per minute),
+retried by tenacity with exponential backoff and jitter on 429, 5xx, timeouts, dropped connections and
+unreadable bodies, and stored the moment it succeeds. After ``max_retries`` retries it raises
+``LLMCallError`` carrying the last error, which stages record as a failed row. Paid calls are priced from the
+spec; once a stage's spend reaches ``llm.max_cost_usd`` no new request is sent (``BudgetExhausted``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import openai
+from aiolimiter import AsyncLimiter
+from openai.types.chat import ChatCompletion
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from longwriter.errors import LongwriterError
 from longwriter.llm.cache import ResponseCache, request_key
@@ -29,6 +33,11 @@ _FATAL_STATUS = {400, 401, 403, 404, 422}
 # Hosts whose API refuses parameters it does not know (HTTP 400 "Unrecognized request argument"): top_k is
 # left out of requests to them. llama.cpp, vLLM and the local server take it.
 _NO_TOP_K_HOSTS = ("api.openai.com", ".openai.azure.com")
+# rpm and tpm are per minute; the tests shorten the window rather than wait minutes
+_LIMIT_WINDOW_S = 60.0
+# a request's tokens for the tpm limit, before the reply says: its characters / 4 (OpenAI's own estimate of
+# prompt tokens) plus max_tokens, as OpenAI's rate limiter counts it
+_CHARS_PER_TOKEN = 4
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,14 @@ class Endpoint:
     structured_output: str  # json_schema | json_object | none
     api_key: str = field(default="not-needed", repr=False)
     start: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    # dollars per million prompt / completion tokens (0: a local backend, or no prices given)
+    price_input_per_mtok: float = 0.0
+    price_output_per_mtok: float = 0.0
+    rpm: int | None = None
+    tpm: int | None = None
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_input_per_mtok + completion_tokens * self.price_output_per_mtok) / 1e6
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,10 @@ class Completion:
     latency_s: float
     cached: bool
     attempts: int
+
+
+class BudgetExhausted(LongwriterError):
+    """The stage's paid calls reached ``llm.max_cost_usd``: nothing more is sent (the stage stops)."""
 
 
 class LLMCallError(LongwriterError):
@@ -80,11 +101,14 @@ class CallStats:
     completion_tokens: int = 0
     paid_completion_tokens: int = 0
     paid_seconds: float = 0.0
+    # US dollars of this client's paid calls, from the spec's prices (0 without prices, and for local backends)
+    cost_usd: float = 0.0
 
     def as_metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = asdict(self)
         out["cache_hit_rate"] = round(self.cache_hits / self.calls, 4) if self.calls else 0.0
         out["paid_seconds"] = round(self.paid_seconds, 2)
+        out["cost_usd"] = round(self.cost_usd, 6)
         out["paid_tokens_per_s"] = (round(self.paid_completion_tokens / self.paid_seconds, 1)
                                     if self.paid_seconds else 0.0)
         return out
@@ -101,9 +125,15 @@ class LLMClient:
         self._client: openai.AsyncOpenAI | None = None
         self._slots: asyncio.Semaphore | None = None
         self._connecting = asyncio.Lock()
+        self._rpm: AsyncLimiter | None = None
+        self._tpm: AsyncLimiter | None = None
 
     async def __aenter__(self) -> LLMClient:
         self._slots = asyncio.Semaphore(self.settings.max_concurrency)
+        if self.endpoint.rpm:
+            self._rpm = AsyncLimiter(self.endpoint.rpm, _LIMIT_WINDOW_S)
+        if self.endpoint.tpm:
+            self._tpm = AsyncLimiter(self.endpoint.tpm, _LIMIT_WINDOW_S)
         return self
 
     async def _connected(self) -> openai.AsyncOpenAI:
@@ -115,8 +145,12 @@ class LLMClient:
                     # blocking on purpose: every request waits for the server anyway, and the server must be
                     # started from the main thread (its PDEATHSIG is tied to the starting thread)
                     base_url = self.endpoint.start()
+                # the SDK's aiohttp transport: httpx's cost a third of the client's CPU per request, and at 64
+                # slots that CPU bounds requests/s (bench/write_makespan.py)
                 self._client = openai.AsyncOpenAI(base_url=base_url, api_key=self.endpoint.api_key,
-                                                  timeout=self.settings.request_timeout_s, max_retries=0)
+                                                  timeout=self.settings.request_timeout_s, max_retries=0,
+                                                  http_client=openai.DefaultAioHttpClient(
+                                                      timeout=self.settings.request_timeout_s))
             return self._client
 
     async def __aexit__(self, *exc: object) -> None:
@@ -160,7 +194,25 @@ class LLMClient:
         self.stats.paid_calls += 1
         self.stats.paid_completion_tokens += completion.completion_tokens
         self.stats.paid_seconds += completion.latency_s
+        cost = self.endpoint.cost_usd(completion.prompt_tokens, completion.completion_tokens)
+        self.stats.cost_usd += cost
+        self.settings.spend.usd += cost
         return self._account(completion)
+
+    def _check_budget(self) -> None:
+        limit, spent = self.settings.max_cost_usd, self.settings.spend.usd
+        if limit is not None and spent >= limit:
+            raise BudgetExhausted(
+                f"llm.max_cost_usd reached: this stage's paid calls cost {spent:.4f} USD of {limit:.4f}; every "
+                f"answer so far is cached, so a rerun with a higher llm.max_cost_usd goes on from here")
+
+    async def _throttle(self, request: dict[str, Any]) -> None:
+        if self._rpm is not None:
+            await self._rpm.acquire()
+        if self._tpm is not None:
+            chars = sum(len(str(m.get("content") or "")) for m in request["messages"])
+            tokens = chars // _CHARS_PER_TOKEN + int(request["max_tokens"])
+            await self._tpm.acquire(min(tokens, self._tpm.max_rate))
 
     def _account(self, c: Completion) -> Completion:
         self.stats.prompt_tokens += c.prompt_tokens
@@ -175,57 +227,90 @@ class LLMClient:
         return not any(host == h or (h.startswith(".") and host.endswith(h)) for h in _NO_TOP_K_HOSTS)
 
     async def _send(self, request: dict[str, Any]) -> Completion:
-        assert self._slots is not None
         client = await self._connected()
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after: float | None = None
-            try:
-                async with self._slots:
-                    started = time.perf_counter()
-                    resp = await client.chat.completions.create(model=self.endpoint.model, **request)
-                    latency = time.perf_counter() - started
-                if not resp.choices or resp.choices[0].message is None:
-                    raise _EmptyResponse("response has no choices")
-                choice = resp.choices[0]
-                text = choice.message.content
-                if text is None:
-                    raise _EmptyResponse("response message has no content")
-                usage = resp.usage
-                return Completion(
-                    text=text, finish_reason=choice.finish_reason or "unknown",
-                    prompt_tokens=usage.prompt_tokens if usage else 0,
-                    completion_tokens=usage.completion_tokens if usage else 0,
-                    latency_s=round(latency, 4), cached=False, attempts=attempt)
-            except asyncio.CancelledError:
-                raise
-            except openai.APIStatusError as e:
-                error = self._redact(f"HTTP {e.status_code}: {_short(e)}")
-                if e.status_code in _FATAL_STATUS:
-                    self.stats.failed_calls += 1
-                    raise LLMCallError(error, attempt) from None
-                retry_after = _retry_after(e)
-            except Exception as e:  # timeouts, dropped connections, malformed bodies, empty answers
-                error = self._redact(f"{type(e).__name__}: {_short(e)}")
-            if attempt > self.settings.max_retries:
-                self.stats.failed_calls += 1
-                raise LLMCallError(f"gave up after {attempt} attempts; last error: {error}", attempt)
-            self.stats.retries += 1
-            await asyncio.sleep(self._backoff(attempt, retry_after))
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.settings.max_retries + 1), wait=self._wait,
+                                 retry=retry_if_exception_type(_Retryable), before_sleep=self._count_retry,
+                                 reraise=True)
+        completion: Completion | None = None
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    completion = await self._attempt(client, request, attempt.retry_state.attempt_number)
+        except _Retryable as e:
+            self.stats.failed_calls += 1
+            raise LLMCallError(f"gave up after {e.attempt} attempts; last error: {e.error}", e.attempt) from None
+        except LLMCallError:
+            self.stats.failed_calls += 1
+            raise
+        assert completion is not None
+        return completion
+
+    async def _attempt(self, client: openai.AsyncOpenAI, request: dict[str, Any], attempt: int) -> Completion:
+        """One request: its Completion, LLMCallError when retrying cannot help, _Retryable when it can."""
+        assert self._slots is not None
+        try:
+            async with self._slots:
+                self._check_budget()  # in the slot: requests queued behind a full budget are never sent
+                await self._throttle(request)
+                started = time.perf_counter()
+                resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=self._body(request))
+                latency = time.perf_counter() - started
+            if not resp.choices or resp.choices[0].message is None:
+                raise _EmptyResponse("response has no choices")
+            choice = resp.choices[0]
+            text = choice.message.content
+            if text is None:
+                raise _EmptyResponse("response message has no content")
+            usage = resp.usage
+            return Completion(
+                text=text, finish_reason=choice.finish_reason or "unknown",
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                latency_s=round(latency, 4), cached=False, attempts=attempt)
+        except (asyncio.CancelledError, BudgetExhausted):
+            raise
+        except openai.APIStatusError as e:
+            error = self._redact(f"HTTP {e.status_code}: {_short(e)}")
+            if e.status_code in _FATAL_STATUS:
+                raise LLMCallError(error, attempt) from None
+            raise _Retryable(error, attempt, _retry_after(e)) from None
+        except Exception as e:  # timeouts, dropped connections, malformed bodies, empty answers
+            raise _Retryable(self._redact(f"{type(e).__name__}: {_short(e)}"), attempt) from None
+
+    def _body(self, request: dict[str, Any]) -> dict[str, Any]:
+        # the request as JSON, as chat.completions.create would send it: that method's typed-dict transform of
+        # an already plain body cost a fifth of the client's CPU per request (bench/write_makespan.py, 64 slots)
+        body = {"model": self.endpoint.model, **request}
+        body.update(body.pop("extra_body", None) or {})
+        return body
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self.stats.retries += 1
 
     def _redact(self, text: str) -> str:
         # error bodies are stored in failure tables; a server that echoes the key must not leak it there
         key = self.endpoint.api_key
         return text.replace(key, "***") if len(key) >= 8 else text
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+    def _wait(self, state: RetryCallState) -> float:
+        """Exponential backoff with jitter, capped at backoff_max_s; a server's Retry-After (within the cap)
+        is waited at least."""
         s = self.settings
-        delay = min(s.backoff_max_s, s.backoff_base_s * 2 ** (attempt - 1))
+        delay = min(s.backoff_max_s, s.backoff_base_s * 2 ** (state.attempt_number - 1))
         delay *= 0.5 + random.random() / 2  # jitter: clients that failed together do not retry together
+        error = state.outcome.exception() if state.outcome is not None else None
+        retry_after = error.retry_after if isinstance(error, _Retryable) else None
         if retry_after is not None:
             delay = max(delay, min(retry_after, s.backoff_max_s))
         return delay
+
+
+class _Retryable(Exception):
+    """An attempt that failed in a way a later attempt may not: tenacity retries these."""
+
+    def __init__(self, error: str, attempt: int, retry_after: float | None = None):
+        super().__init__(error)
+        self.error, self.attempt, self.retry_after = error, attempt, retry_after
 
 
 class _EmptyResponse(Exception):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -38,8 +38,23 @@ class ModelSpec:
     # any string naming the weights behind the name (a checkpoint hash, a date): part of the response cache's
     # identity, so a model retrained and served again under the same name and URL is asked again, not replayed
     revision: str | None = None
+    # what the endpoint charges, in US dollars per million tokens: with prices, every stage's metrics report
+    # cost_usd and llm.max_cost_usd stops a stage before it spends more (local backends cost nothing)
+    price_input_per_mtok: float | None = None
+    price_output_per_mtok: float | None = None
+    # the account's requests and tokens per minute, honoured across all of a client's concurrent calls
+    rpm: int | None = None
+    tpm: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("price_input_per_mtok", "price_output_per_mtok"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+                raise ValueError(f"{name} must be a non-negative number of dollars, got {value!r}")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.provider == "openai" and (not self.base_url or not self.model):
             raise ValueError("provider 'openai' needs base_url and model")
         if self.provider == "local" and not self.path:
@@ -84,6 +99,13 @@ class Sampling:
             raise ValueError(f"top_k must be a positive integer or null, got {self.top_k!r}")
 
 
+@dataclass
+class Spend:
+    """Dollars a stage's paid calls cost so far, over all of its clients (one per ClientSettings)."""
+
+    usd: float = 0.0
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     """Shared by every stage: the ``llm`` section of params.yaml."""
@@ -95,6 +117,12 @@ class ClientSettings:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     server_start_timeout_s: float = 180.0
+    # a stage sends no new request once its paid calls cost this much (US dollars, from the model specs'
+    # prices); calls in flight still land, so it can be passed by at most max_concurrency calls
+    max_cost_usd: float | None = None
+    # not a param: the stage's running total, shared by every client built from these settings (a stage
+    # builds its settings once; dataclasses.replace keeps the same Spend)
+    spend: Spend = field(default_factory=Spend, compare=False, repr=False, metadata={"param": False})
 
     @property
     def cache_path(self) -> Path:
@@ -117,3 +145,7 @@ class ClientSettings:
             raise ValueError("max_concurrency must be >= 1")
         if self.max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if self.max_cost_usd is not None and (isinstance(self.max_cost_usd, bool)
+                                              or not isinstance(self.max_cost_usd, int | float)
+                                              or self.max_cost_usd < 0):
+            raise ValueError(f"max_cost_usd must be a non-negative number or null, got {self.max_cost_usd!r}")
