@@ -1,5 +1,6 @@
 """compare: the judge compares two models' LongBench-Write answers to the same request, in both orders,
-and reports win/tie/loss rates per pair (params: compare, judge, llm). With no pairs it writes empty outputs.
+and reports win/tie/loss rates per pair, and an Elo rating per model from all the pairs' verdicts (params:
+compare, judge, llm). With no pairs it writes empty outputs.
 """
 
 import click
@@ -17,17 +18,20 @@ from longwriter.llm import ClientSettings
 @click.option("--output", default="data/eval/compare.parquet", show_default=True, help="Verdicts table.")
 @click.option("--failures", default="data/failures/compare.parquet", show_default=True, help="Judge failures.")
 @click.option("--metrics", default="metrics/compare.json", show_default=True, help="Metrics JSON.")
+@click.option("--elo-plot", default="plots/elo.csv", show_default=True, help="Elo per model (plot data).")
 @stage_entry
-def main(params_file: str, answers: str, output: str, failures: str, metrics: str) -> None:
+def main(params_file: str, answers: str, output: str, failures: str, metrics: str, elo_plot: str) -> None:
     params = read_params(params_file)
     cfg = build(CompareConfig, section(params, "compare", params_file), f"{params_file}:compare")
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
-    result = run_compare(cfg, judge, settings, answers, output, failures, metrics)
+    result = run_compare(cfg, judge, settings, answers, output, failures, metrics, elo_plot)
     for a, b in cfg.pairs:
         name, m = f"{a}_vs_{b}", result[f"{a}_vs_{b}"]
         click.echo(f"compare {name}: win {m['win_rate']}, tie {m['tie_rate']}, loss {m['loss_rate']} "
                    f"over {m['judged']} requests, {m['failed']} failed, {m['unanswered']} unanswered")
+    for model, r in result["elo"]["ratings"].items():
+        click.echo(f"compare Elo {model}: {r['elo']} [{r['ci_low']}, {r['ci_high']}] over {r['games']} games")
     if not cfg.pairs:
         click.echo("compare: no pairs in params (compare.pairs); nothing to judge")
 

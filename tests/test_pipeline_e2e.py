@@ -274,7 +274,7 @@ def test_a_param_change_on_a_branch_shows_in_params_and_metrics_diff(shared):
 @pytest.mark.parametrize(("key", "value", "expected"), [
     (("judge", "max_attempts"), 2, {"longbench", "compare", "dpo_pairs"}),  # judging only (pairs are judged)
     (("sft", "train", "learning_rate"), 1e-4, {"sft"}),                     # no data generation
-    (("write", "mode"), "parallel", {"write"}),
+    (("write", "mode"), "parallel", {"write", "export"}),  # the dataset card names the mode
     (("eval", "sampling", "max_tokens"), 64, {"ruler", "longbench_answer"}),
 ])
 def test_each_param_invalidates_exactly_the_stages_that_read_it(shared, key, value, expected):

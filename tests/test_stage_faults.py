@@ -233,10 +233,14 @@ def test_compare_records_requests_one_model_did_not_answer(fake_server, tmp_path
     with fake_server() as srv:
         m = run_compare(CompareConfig(pairs=(("a", "b"),)), JudgeConfig(model=fake_spec(srv)),
                         fast_settings(tmp_path), tmp_path / "answers.parquet", tmp_path / "c.parquet",
-                        tmp_path / "f.parquet", tmp_path / "m.json")
+                        tmp_path / "f.parquet", tmp_path / "m.json", tmp_path / "elo.csv")
     failures = pl.read_parquet(tmp_path / "f.parquet").filter(pl.col("reason") == "unanswered")
     assert sorted(failures["instruction_id"]) == ["a_vs_b/1", "a_vs_b/2"]
     assert m["a_vs_b"]["unanswered"] == 2 and m["a_vs_b"]["judged"] + m["a_vs_b"]["failed"] == 1
+    # the verdicts of the one request both answered are the Elo games; the plot data has a row per model
+    games = sum(v is not None for v in pl.read_parquet(tmp_path / "c.parquet").select("a_first", "b_first").row(0))
+    assert {r["games"] for r in m["elo"]["ratings"].values()} == {games}
+    assert pl.read_csv(tmp_path / "elo.csv")["model"].to_list() == ["a", "b"]
 
 
 def test_a_paragraph_cut_past_its_budget_is_continued_to_a_sentence_end():

@@ -2,7 +2,9 @@
 
 The judge sees each pair twice, in both orders, so a judge that prefers whatever comes first cancels out.
 Per request, model a scores 1 for a verdict in its favour, 0.5 for a tie, 0 against; the mean of the two
-orders above 0.5 is a win, 0.5 a tie, below a loss.
+orders above 0.5 is a win, 0.5 a tie, below a loss. Across every model the pairs name, each verdict is also a
+game for an Elo rating (a Bradley-Terry fit with bootstrap intervals, ``longwriter.eval.elo``), reported with
+the judge's position bias.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import polars as pl
 from tqdm import tqdm
 
 from longwriter.errors import ConfigError
+from longwriter.eval.elo import elo_ratings
 from longwriter.eval.judge import JudgeConfig, failure_reason, verdict
-from longwriter.files import read_table, write_json
+from longwriter.files import read_table, write_csv, write_json
 from longwriter.llm import ClientSettings, LLMClient, run_with_llm
 from longwriter.schemas import Answers, Comparisons, empty, reason_counts, validate, write_checked, write_failures
 
@@ -28,11 +31,16 @@ _POINTS = {"a": 1.0, "tie": 0.5, "b": 0.0}
 class CompareConfig:
     # pairs of model names from eval.models, e.g. [[sft, base]]; empty: the stage writes empty outputs
     pairs: tuple[tuple[str, str], ...] = ()
+    # Elo intervals: resamples of the requests, and their seed
+    bootstrap: int = 200
+    seed: int = 0
 
     def __post_init__(self) -> None:
         for pair in self.pairs:
             if len(pair) != 2 or pair[0] == pair[1]:
                 raise ValueError(f"each pair names two different models, got {list(pair)}")
+        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 0:
+            raise ValueError(f"bootstrap must be a non-negative integer, got {self.bootstrap!r}")
 
 
 def outcome(a_first: str | None, b_first: str | None) -> str | None:
@@ -59,7 +67,8 @@ def compare_metrics(table: pl.DataFrame, pairs: tuple[tuple[str, str], ...]) -> 
 
 
 def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings, answers_path: str | Path,
-                output: str | Path, failures: str | Path, metrics: str | Path) -> dict[str, Any]:
+                output: str | Path, failures: str | Path, metrics: str | Path,
+                elo_plot: str | Path | None = None) -> dict[str, Any]:
     answers = validate(read_table(answers_path), Answers, answers_path).filter(pl.col("sample") == 0)
     present = set(answers["model"].unique().to_list())
     for pair in cfg.pairs:
@@ -102,6 +111,15 @@ def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings
         result[f"{a}_vs_{b}"]["unanswered"] = sum(1 for f in unanswered
                                                   if f["instruction_id"].startswith(f"{a}_vs_{b}/"))
     result["failures"] = reason_counts(failure_rows)
+    models = list(dict.fromkeys(m for pair in cfg.pairs for m in pair))
+    result["elo"] = elo_ratings(table, models, cfg.bootstrap, cfg.seed)
+    if elo_plot is not None:
+        ratings = result["elo"]["ratings"]
+        write_csv(pl.DataFrame({"model": models, "elo": [ratings[m]["elo"] for m in models],
+                                "ci_low": [ratings[m]["ci_low"] for m in models],
+                                "ci_high": [ratings[m]["ci_high"] for m in models]},
+                               schema={"model": pl.Utf8, "elo": pl.Float64, "ci_low": pl.Float64,
+                                       "ci_high": pl.Float64}), elo_plot)
     if stats is not None:
         result["judge_llm"] = stats.as_metrics()
     write_json(result, metrics)
