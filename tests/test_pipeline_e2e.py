@@ -53,6 +53,7 @@ TINY_PARAMS = {
     # keep every written answer: training needs at least one long sample
     "postprocess": {"min_words_ratio": 0.0, "max_repetition": 1.0},
     "export": {"shard_rows": 1},
+    "segments": {"parts": 4, "n": 2, "min_words": 20},
     **training_params(EMBEDDED),
     # the embedded model and the checkpoint SFT just trained, served by transformers in-process
     "eval": {"models": [{"name": "a", "spec": EMBEDDED},

@@ -1,0 +1,95 @@
+"""The segments stage: per-part measures against hand-worked texts, and the stage on real tables."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import string
+
+import polars as pl
+import pytest
+
+from longwriter.config import build
+from longwriter.errors import ConfigError
+from longwriter.eval.answers import answer_row
+from longwriter.eval.scoring import bucket_of
+from longwriter.eval.segments import SegmentsConfig, part_measures, run_segments
+from longwriter.schemas import Answers, LongSamples, empty, validate
+from longwriter.wordcount import word_units
+
+
+def test_a_copied_half_repeats_all_of_its_earlier_text():
+    units = ["a", "b", "c", "d", "a", "b", "c", "d"]
+    first, second = part_measures(units, parts=2, n=2)
+    assert (first["words"], second["words"]) == (4, 4)
+    assert first["distinct_n"] == second["distinct_n"] == 1.0  # (a b) (b c) (c d) in each half
+    assert first["repeats_earlier"] == 0.0 and second["repeats_earlier"] == 1.0
+
+
+def test_hand_worked_parts_of_a_text_that_loops_at_the_end():
+    # 12 units in 3 parts of 4: "x y z w" new, "a b a b" repeats itself, "x y a b" repeats earlier text
+    units = ["x", "y", "z", "w", "a", "b", "a", "b", "x", "y", "a", "b"]
+    parts = part_measures(units, parts=3, n=2)
+    # part 2's bigrams: (a b) (b a) (a b): 2 distinct of 3; none seen before it (the pair (w a) crosses the
+    # boundary, so it is earlier text for part 3, not part 2's own)
+    assert parts[1] == {"part": 2, "words": 4, "distinct_n": round(2 / 3, 4), "repeats_earlier": 0.0}
+    # part 3's bigrams: (x y) seen in part 1, (y a) new, (a b) seen in part 2: 2 of 3 repeat earlier text
+    assert parts[2] == {"part": 3, "words": 4, "distinct_n": 1.0, "repeats_earlier": round(2 / 3, 4)}
+
+
+def test_chinese_counts_by_character_as_the_paper_does():
+    units = word_units("春眠不觉晓处处闻啼鸟春眠不觉晓处处闻啼鸟")
+    assert len(units) == 20
+    first, second = part_measures(units, parts=2, n=2)
+    assert first["repeats_earlier"] == 0.0 and second["repeats_earlier"] == 1.0
+
+
+def test_unequal_lengths_split_as_evenly_as_they_can():
+    assert [p["words"] for p in part_measures(list("abcdefghij"), parts=4, n=1)] == [2, 3, 2, 3]
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    ({"parts": 1}, "parts"), ({"n": 0}, "n must"), ({"min_words": 5, "parts": 4, "n": 2}, "at least parts x n"),
+])
+def test_segments_config_errors(data, match):
+    with pytest.raises(ConfigError, match=match):
+        build(SegmentsConfig, data, "params.yaml:segments")
+
+
+def _distinct_words(n: int) -> str:
+    """``n`` different letter-only words (digits are no word units)."""
+    words = ("".join(p) for p in itertools.product(string.ascii_lowercase, repeat=3))
+    return " ".join(next(words) for _ in range(n))
+
+
+def test_the_stage_measures_each_text_set_and_leaves_short_answers_out(tmp_path):
+    fresh = _distinct_words(300)
+    varied = _distinct_words(120)
+    loop = "The sea was calm and the sky was clear. " * 40
+    samples = validate(pl.DataFrame([{"id": "s1", "lang": "en", "source": "p", "planned_words": 300, "sections": 3,
+                                      "lines_removed": 0, "words": len(word_units(varied)),
+                                      "messages": [{"role": "user", "content": "Write."},
+                                                   {"role": "assistant", "content": varied}]}]),
+                       LongSamples, "s")
+    samples.write_parquet(tmp_path / "samples.parquet")
+    request = {"index": 0, "prompt": "Write.", "type": None, "lang": "en", "required": 300,
+               "bucket": bucket_of(300)}
+    rows = [answer_row("base", request, 0, loop, "length", 1024, 5, 500, 1.0),
+            answer_row("base", {**request, "index": 1}, 0, "Too short.", "stop", 1024, 5, 3, 1.0),
+            answer_row("sft", request, 0, fresh, "stop", 1024, 5, 300, 1.0)]
+    validate(pl.DataFrame(rows, schema=empty(Answers).schema), Answers, "a").write_parquet(tmp_path / "a.parquet")
+    result = run_segments(SegmentsConfig(parts=4, n=2, min_words=50), tmp_path / "samples.parquet",
+                          tmp_path / "a.parquet", tmp_path / "m.json", tmp_path / "curve.csv")
+    sets = result["sets"]
+    assert list(sets) == ["agentwrite", "base", "sft"]
+    assert sets["base"]["answers"] == 1 and sets["base"]["short"] == 1
+    # the loop: from the second part on, every word pair repeats earlier text
+    assert sets["base"]["first"]["repeats_earlier"] < 1.0 and sets["base"]["last"]["repeats_earlier"] == 1.0
+    assert sets["base"]["repeats_earlier_rise"] > 0.5
+    assert json.loads((tmp_path / "m.json").read_text()) == result
+    curve = pl.read_csv(tmp_path / "curve.csv")
+    assert curve.columns == ["model", "part", "words", "distinct_n", "repeats_earlier"]
+    assert curve.filter(pl.col("model") == "base")["part"].to_list() == [1, 2, 3, 4]
+    # distinct text repeats nothing anywhere
+    assert sets["sft"]["first"]["repeats_earlier"] == sets["sft"]["last"]["repeats_earlier"] == 0.0
+    assert sets["agentwrite"]["answers"] == 1 and sets["agentwrite"]["distinct_n_drop"] == 0.0
