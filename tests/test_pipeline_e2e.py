@@ -54,6 +54,7 @@ TINY_PARAMS = {
     "postprocess": {"min_words_ratio": 0.0, "max_repetition": 1.0},
     "export": {"shard_rows": 1},
     "segments": {"parts": 4, "n": 2, "min_words": 20},
+    "nll": {"min_tokens": 16, "window": 256, "max_texts": 2, "positions": [8, 16]},
     **training_params(EMBEDDED),
     # the embedded model and the checkpoint SFT just trained, served by transformers in-process
     "eval": {"models": [{"name": "a", "spec": EMBEDDED},

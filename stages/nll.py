@@ -1,0 +1,34 @@
+"""nll: cumulative average NLL by token position of the long texts, scored by a reference LM (params: nll).
+
+For the AgentWrite answers and each evaluated model's LongBench-Write answers longer than nll.min_tokens, and
+for the same texts with their paragraphs shuffled: the curve per text set (plots/nll.csv), the mean NLL at fixed
+positions and the slope of the curve's tail (metrics/nll.json). A curve that keeps falling where the shuffled
+one does not is later text depending on earlier text.
+"""
+
+import click
+
+from longwriter.config import build, read_params, section
+from longwriter.errors import stage_entry
+from longwriter.eval.nll import NllConfig, run_nll
+
+
+@click.command(help=__doc__)
+@click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
+@click.option("--samples", default="data/long_samples.parquet", show_default=True, help="AgentWrite answers.")
+@click.option("--answers", default="data/eval/longbench_answers.parquet", show_default=True, help="Answers.")
+@click.option("--metrics", default="metrics/nll.json", show_default=True, help="Metrics JSON.")
+@click.option("--plot", default="plots/nll.csv", show_default=True, help="Curves per text set (plot data).")
+@stage_entry
+def main(params_file: str, samples: str, answers: str, metrics: str, plot: str) -> None:
+    params = read_params(params_file)
+    cfg = build(NllConfig, section(params, "nll", params_file), f"{params_file}:nll")
+    result = run_nll(cfg, samples, answers, metrics, plot)
+    for name, m in result["sets"].items():
+        click.echo(f"nll {name}: {m['texts']} texts ({m['short']} shorter than {cfg.min_tokens} tokens); tail "
+                   f"slope {m['original']['tail_slope_per_1k']} nats/1k tokens, shuffled "
+                   f"{m['shuffled']['tail_slope_per_1k']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The nll stage's computations: token NLL against a direct forward pass (in one window and strided), cumulative
+means, the tail slope and the shuffled-paragraph control."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_llama
+
+from longwriter.config import build
+from longwriter.errors import ConfigError
+from longwriter.eval.nll import (
+    NllConfig,
+    cumulative_mean,
+    set_curves,
+    shuffled_paragraphs,
+    tail_slope,
+    token_nll,
+)
+
+
+def _direct(model, ids: list[int]) -> list[float]:
+    """-log p(ids[i] | ids[:i]) for i >= 1, from one forward pass over the whole sequence."""
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits[0]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return [-logp[i - 1, ids[i]].item() for i in range(1, len(ids))]
+
+
+def test_token_nll_in_one_window_is_the_direct_forward_computation(tokenizer):
+    model = tiny_llama(tokenizer).eval()
+    ids = tokenizer("The lighthouse keeper opened the bottle and read the letter twice.")["input_ids"]
+    assert token_nll(model, ids, window=64) == pytest.approx(_direct(model, ids), abs=1e-5)
+    # and it is what the model's own loss averages
+    with torch.inference_mode():
+        loss = model(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    assert sum(token_nll(model, ids, window=64)) / (len(ids) - 1) == pytest.approx(loss, abs=1e-5)
+
+
+def test_a_text_longer_than_the_window_is_scored_once_per_token_in_strided_windows(tokenizer):
+    model = tiny_llama(tokenizer).eval()
+    ids = list(range(100, 121))  # 21 tokens
+    window, stride = 8, 4
+    got = token_nll(model, ids, window)
+    assert len(got) == len(ids) - 1
+    # by hand: token i is scored in the first window [s, s + 8) (s = 0, 4, 8, ...) where it is past the overlap
+    expected = []
+    for i in range(1, len(ids)):
+        s = 0 if i < window else ((i - window) // stride + 1) * stride
+        expected.append(_direct(model, ids[s:s + window])[i - s - 1])
+    assert got == pytest.approx(expected, abs=1e-5)
+    # every token after the first window saw at least window // 2 tokens before it
+    assert all(i - (0 if i < window else ((i - window) // stride + 1) * stride) >= stride
+               for i in range(window, len(ids)))
+
+
+def test_cumulative_mean_and_tail_slope_by_hand():
+    assert cumulative_mean([3.0, 1.0, 2.0]) == [3.0, 2.0, 2.0]
+    assert tail_slope([4.0, 3.0, 2.0, 1.0], 1.0) == pytest.approx(-1000.0)  # one nat per token, per 1k tokens
+    assert tail_slope([9.0, 9.0, 2.0, 2.0], 0.5) == pytest.approx(0.0)     # only the flat last half
+    assert tail_slope([1.0], 1.0) is None
+
+
+def test_shuffled_paragraphs_keeps_every_paragraph_in_a_seeded_order():
+    text = "\n\n".join(f"Paragraph {i} says something." for i in range(8))
+    a, b = shuffled_paragraphs(text, 0), shuffled_paragraphs(text, 1)
+    assert sorted(a.split("\n\n")) == sorted(text.split("\n\n")) and a != text
+    assert a == shuffled_paragraphs(text, 0) and a != b
+    assert sorted(shuffled_paragraphs("one\ntwo\nthree", 3).split("\n")) == ["one", "three", "two"]
+
+
+def test_a_set_s_curves_leave_short_texts_out(tokenizer):
+    model = tiny_llama(tokenizer).eval()
+    long_text = "\n\n".join(f"Part {i}: the keeper walked to the shore and looked at the sea again." for i in range(6))
+    scored = set_curves(model, tokenizer, [long_text, "Too short."],
+                        NllConfig(min_tokens=40, window=32, positions=(8, 16, 9999)))
+    m = scored["metrics"]
+    assert (m["texts"], m["short"]) == (1, 1)
+    n = len(tokenizer(long_text, add_special_tokens=False)["input_ids"])
+    assert m["original"]["tokens"] == len(scored["curves"]["original"]) == n - 1
+    assert set(m["original"]["nll_at"]) == {"8", "16"}  # 9999 is past the curve
+    assert m["original"]["nll_at"]["8"] == pytest.approx(scored["curves"]["original"][7], abs=1e-4)
+    assert m["shuffled"]["tail_slope_per_1k"] is not None
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    ({"min_tokens": 1}, "min_tokens"), ({"tail_fraction": 0}, "tail_fraction"), ({"positions": [0]}, "positive"),
+])
+def test_nll_config_errors(data, match):
+    with pytest.raises(ConfigError, match=match):
+        build(NllConfig, data, "params.yaml:nll")
