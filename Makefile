@@ -11,14 +11,14 @@ else ifdef VIRTUAL_ENV
 else
   PY := $(CURDIR)/.venv/bin/python
   MAKE_VENV := $(PY)
-  BIN := $(CURDIR)/.venv/bin
 endif
 BOOTSTRAP_PYTHON ?= python3
 
 # dvc.yaml's commands run a bare `python`: the directory of the interpreter installed into goes first on PATH,
 # so every stage runs with it, activated or not.
-BIN ?= $(shell $(PY) -c 'import os, sys; print(os.path.dirname(sys.executable))')
-WITH_BIN = PATH="$(BIN):$$PATH"
+# (.venv's is known before it exists; another interpreter is asked, once it is installed into)
+PY_BIN = $(if $(MAKE_VENV),$(CURDIR)/.venv/bin,$(shell $(PY) -c 'import os, sys; print(os.path.dirname(sys.executable))'))
+WITH_BIN = PATH="$(PY_BIN):$$PATH"
 
 # llama.cpp is compiled from source. A -march=native build of ggml 0.3.36 crashed (general protection fault
 # in libggml-cpu during batched prompt evaluation) on the AVX-512 Xeons we test on; a portable AVX2 build
