@@ -176,24 +176,23 @@ def run_export(samples_path: str | Path, recipe: dict[str, Any], params_file: st
                metrics_path: str | Path, cfg: ExportConfig, root: str | Path = ".") -> dict[str, Any]:
     """Write ``out_dir`` (shards and card, atomically) and the export metrics. ``recipe``: the params sections
     RECIPE_SECTIONS (missing ones count as empty)."""
-    params = recipe
     samples = validate(read_table(samples_path), LongSamples, samples_path).drop("_row", strict=False)
-    models = models_of(params, params_file)
-    recipe, revision = recipe_hash(params), git_revision(root)
+    models = models_of(recipe, params_file)
+    recipe_id, revision = recipe_hash(recipe), git_revision(root)
     shards = max(1, -(-samples.height // cfg.shard_rows))
     with atomic_dir(out_dir) as tmp:
         (tmp / "data").mkdir()
         for i in range(shards):
             part = samples.slice(i * cfg.shard_rows, cfg.shard_rows)
             part.write_parquet(tmp / "data" / f"train-{i:05d}-of-{shards:05d}.parquet")
-        (tmp / "README.md").write_text(card(samples, cfg, models, recipe, revision, shards), encoding="utf-8")
+        (tmp / "README.md").write_text(card(samples, cfg, models, recipe_id, revision, shards), encoding="utf-8")
     metrics = {
         "examples": samples.height,
         "shards": shards,
         "by_lang": {lang: int((samples["lang"] == lang).sum()) for lang in sorted(set(samples["lang"]))},
         "words": {"total": int(samples["words"].sum()), "max": int(samples["words"].max() or 0)},
         "length_histogram": dict(length_histogram(samples["words"])),
-        "recipe_hash": recipe,
+        "recipe_hash": recipe_id,
     }
     write_json(metrics, metrics_path)
     return metrics

@@ -16,6 +16,7 @@ Text sets are the AgentWrite answers and each evaluated model's LongBench-Write 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,7 @@ def run_nll(cfg: NllConfig, samples_path: str | Path, answers_path: str | Path, 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).eval()
     window = min(cfg.window, getattr(model.config, "max_position_embeddings", None) or cfg.window)
-    cfg = NllConfig(**{**cfg.__dict__, "window": window})
+    cfg = dataclasses.replace(cfg, window=window)
     sets, rows = {}, []
     for name, texts in text_sets(samples_path, answers_path).items():
         scored = set_curves(model, tokenizer, texts, cfg)
