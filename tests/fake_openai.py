@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -27,6 +28,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -247,17 +250,40 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def send_bytes(self, status: int, data: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_GET(self) -> None:
-        if self.path.split("?")[0].rstrip("/") in ("/v1/models", "/models"):
-            model = {"id": self.server.fake.model, "object": "model", "created": 0, "owned_by": "fake"}
+        path = self.path.split("?")[0].rstrip("/").removeprefix("/v1")
+        fake = self.server.fake
+        if path == "/models":
+            model = {"id": fake.model, "object": "model", "created": 0, "owned_by": "fake"}
             self.send_json(200, {"object": "list", "data": [model]})
+        elif path == "/batches":
+            self.send_json(200, fake._list_batches())
+        elif path.startswith("/batches/"):
+            fake._retrieve_batch(self, path.removeprefix("/batches/"))
+        elif path.startswith("/files/") and path.endswith("/content"):
+            fake._file_content(self, path.removeprefix("/files/").removesuffix("/content"))
         else:
             self.send_json(404, _error_body(f"Unknown path {self.path}", "invalid_request_error", None))
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path.split("?")[0].rstrip("/") in ("/v1/chat/completions", "/chat/completions"):
-            self.server.fake._handle_chat(self, raw)
+        path = self.path.split("?")[0].rstrip("/").removeprefix("/v1")
+        fake = self.server.fake
+        if path == "/chat/completions":
+            fake._handle_chat(self, raw)
+        elif path == "/files":
+            fake._upload_file(self, raw)
+        elif path == "/batches":
+            fake._create_batch(self, raw)
+        elif path.startswith("/batches/") and path.endswith("/cancel"):
+            fake._cancel_batch(self, path.removeprefix("/batches/").removesuffix("/cancel"))
         else:
             self.send_json(404, _error_body(f"Unknown path {self.path}", "invalid_request_error", None))
 
@@ -270,6 +296,10 @@ class FakeOpenAIServer:
     replies: message contents served in order, one per "ok" completion, before the generated content; an
         entry may be a (content, finish_reason) pair, e.g. ("The harbour was", "length") for a cut-off reply.
     context_words: a prompt of more words than this is refused with HTTP 400 ("maximum context length").
+    batch_polls: retrievals of a batch that find it "in_progress" before it finishes (the Batch API).
+    batch_outcomes: how the batches created run, in order (then "complete"): "complete" answers every line
+        (each line drawing its outcome from `script`/`faults`: a fault becomes an error line), "expire:N"
+        answers the first N lines and expires the rest, "fail" fails the batch's validation (no line runs).
     """
 
     def __init__(
@@ -291,6 +321,8 @@ class FakeOpenAIServer:
         backlog: int = 128,
         replies: list[str | tuple[str, str]] | None = None,
         context_words: int | None = None,
+        batch_polls: int = 2,
+        batch_outcomes: list[str] | None = None,
     ) -> None:
         faults = dict(faults or {})
         script = list(script or [])
@@ -323,6 +355,13 @@ class FakeOpenAIServer:
         self._lock = threading.Lock()
         # An inference server runs a fixed number of slots; the rest of the requests queue.
         self._capacity = threading.BoundedSemaphore(capacity) if capacity else None
+        self.batch_polls = batch_polls
+        self._batch_outcomes = list(batch_outcomes or [])
+        # the Batch API's state: uploaded files (id -> bytes) and batches (id -> the Batch object as JSON)
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._batch_polls_seen: Counter[str] = Counter()
+        self._ids = itertools.count(1)
         # Set on stop() so hangs and latency sleeps end at once instead of outliving the test.
         self._stopping = threading.Event()
         self._httpd: _HTTPServer | None = None
@@ -480,28 +519,152 @@ class FakeOpenAIServer:
             if delay > 0:
                 self._stopping.wait(delay)
         self._record(key, "ok", prompt_tokens, completion_tokens)
-        h.send_json(
-            200,
-            {
-                "id": f"chatcmpl-{key[:24]}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model") or self.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": finish,
-                        "logprobs": None,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
+        h.send_json(200, self._chat_body(key, body, content, finish, prompt_tokens, completion_tokens))
+
+    def _chat_body(self, key: str, body: dict[str, Any], content: str, finish: str, prompt_tokens: int,
+                   completion_tokens: int) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-{key[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
             },
-        )
+        }
+
+    # -- the Batch API: files and batches ------------------------------------------------------
+
+    def _new_id(self, prefix: str) -> str:
+        with self._lock:
+            return f"{prefix}-{next(self._ids):06d}"
+
+    def _upload_file(self, h: _Handler, raw: bytes) -> None:
+        message = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + h.headers.get("Content-Type", "").encode() + b"\r\n\r\n" + raw)
+        fields = {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+                  for part in message.iter_parts()}
+        if "file" not in fields or fields.get("purpose") != b"batch":
+            h.send_json(400, _error_body("expected multipart fields 'file' and purpose=batch",
+                                         "invalid_request_error", None))
+            return
+        file_id = self._new_id("file")
+        with self._lock:
+            self.files[file_id] = fields["file"]
+        h.send_json(200, {"id": file_id, "object": "file", "bytes": len(fields["file"]),
+                          "created_at": int(time.time()), "filename": "batch.jsonl", "purpose": "batch",
+                          "status": "processed"})
+
+    def _file_content(self, h: _Handler, file_id: str) -> None:
+        with self._lock:
+            data = self.files.get(file_id)
+        if data is None:
+            h.send_json(404, _error_body(f"No such File object: {file_id}", "invalid_request_error", None))
+        else:
+            h.send_bytes(200, data, "application/octet-stream")
+
+    def _create_batch(self, h: _Handler, raw: bytes) -> None:
+        params = json.loads(raw)
+        with self._lock:
+            known = params.get("input_file_id") in self.files
+        if not known:
+            h.send_json(400, _error_body("input_file_id is not an uploaded file", "invalid_request_error", None))
+            return
+        batch_id = self._new_id("batch")
+        lines = self.files[params["input_file_id"]].decode("utf-8").splitlines()
+        batch = {"id": batch_id, "object": "batch", "endpoint": params.get("endpoint"), "errors": None,
+                 "input_file_id": params["input_file_id"], "completion_window": params.get("completion_window"),
+                 "status": "validating", "output_file_id": None, "error_file_id": None,
+                 "created_at": int(time.time()), "metadata": params.get("metadata"),
+                 "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
+        with self._lock:
+            self.batches[batch_id] = batch
+        h.send_json(200, batch)
+
+    def _list_batches(self) -> dict[str, Any]:
+        with self._lock:
+            data = sorted(self.batches.values(), key=lambda b: b["id"], reverse=True)  # newest first
+        return {"object": "list", "data": data, "has_more": False,
+                "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+    def _cancel_batch(self, h: _Handler, batch_id: str) -> None:
+        with self._lock:
+            batch = self.batches.get(batch_id)
+            if batch is not None and batch["status"] in ("validating", "in_progress"):
+                batch["status"] = "cancelled"
+        if batch is None:
+            h.send_json(404, _error_body(f"No batch {batch_id}", "invalid_request_error", None))
+        else:
+            h.send_json(200, batch)
+
+    def _retrieve_batch(self, h: _Handler, batch_id: str) -> None:
+        with self._lock:
+            batch = self.batches.get(batch_id)
+            if batch is not None:
+                self._batch_polls_seen[batch_id] += 1
+                polls = self._batch_polls_seen[batch_id]
+        if batch is None:
+            h.send_json(404, _error_body(f"No batch {batch_id}", "invalid_request_error", None))
+            return
+        if batch["status"] == "validating":
+            batch["status"] = "in_progress"
+        elif batch["status"] == "in_progress" and polls > self.batch_polls:
+            self._run_batch(batch)
+        h.send_json(200, batch)
+
+    def _run_batch(self, batch: dict[str, Any]) -> None:
+        """Answer a batch's lines as chat requests are answered, then write its output and error files."""
+        with self._lock:
+            how = self._batch_outcomes.pop(0) if self._batch_outcomes else "complete"
+        if how == "fail":
+            batch.update(status="failed", errors={"object": "list", "data": [
+                {"code": "invalid_request", "message": "the input file is not valid", "line": 1}]})
+            return
+        runs = None if how == "complete" else int(how.split(":")[1])
+        out, err = [], []
+        for i, line in enumerate(self.files[batch["input_file_id"]].decode("utf-8").splitlines()):
+            item = json.loads(line)
+            body, custom_id = item["body"], item["custom_id"]
+            line_id = f"batch_req_{i}"
+            if runs is not None and i >= runs:
+                err.append({"id": line_id, "custom_id": custom_id, "response": None, "error": {
+                    "code": "batch_expired",
+                    "message": "This request could not be executed before the completion window expired."}})
+                continue
+            key = request_key(body)
+            prompt_tokens = approx_tokens(_prompt_words(body.get("messages")))
+            outcome = self._next_outcome()
+            if outcome != "ok":  # a fault on a line: the line fails with a server error, the rest go on
+                self._record(key, outcome, prompt_tokens, 0)
+                status = 429 if outcome == "429" else 500
+                err.append({"id": line_id, "custom_id": custom_id, "error": None, "response": {
+                    "status_code": status, "request_id": line_id,
+                    "body": _error_body("The server had an error processing the request.", "server_error", None)}})
+                continue
+            content, finish = self._completion(key, body)
+            completion_tokens = approx_tokens(len(content.split()))
+            self._record(key, "ok", prompt_tokens, completion_tokens)
+            out.append({"id": line_id, "custom_id": custom_id, "error": None, "response": {
+                "status_code": 200, "request_id": line_id,
+                "body": self._chat_body(key, body, content, finish, prompt_tokens, completion_tokens)}})
+        for name, lines in (("output_file_id", out), ("error_file_id", err)):
+            if lines:
+                file_id = self._new_id("file")
+                with self._lock:
+                    self.files[file_id] = "".join(json.dumps(x) + "\n" for x in lines).encode("utf-8")
+                batch[name] = file_id
+        batch["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
+        batch["status"] = "completed" if runs is None else "expired"
 
     def _inject(self, h: _Handler, fault: str, key: str, body: dict[str, Any]) -> None:
         if fault == "429":

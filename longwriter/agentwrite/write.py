@@ -282,7 +282,7 @@ def run_write(instructions_path: str | Path, plans_path: str | Path, output: str
             # As many instructions in flight as requests may be: keeps every slot busy, and on a one-slot
             # server (the embedded llama.cpp) consecutive requests share a prompt prefix it can reuse.
             # Longest plans start first, which shortens the makespan.
-            in_flight = asyncio.Semaphore(settings.max_concurrency)
+            in_flight = asyncio.Semaphore(llm.max_in_flight)
 
             async def one(iid: str) -> InstructionResult:
                 async with in_flight:

@@ -36,6 +36,12 @@ class ResponseCache:
             "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
             "response TEXT NOT NULL, created REAL NOT NULL)"
         )
+        # Batch API jobs, recorded when their input file is uploaded and again when the batch exists, both
+        # before polling: a rerun after a crash or Ctrl-C polls the same batch, never submits its calls twice
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS batches (input_file_id TEXT PRIMARY KEY, batch_id TEXT, "
+            "model TEXT NOT NULL, keys TEXT NOT NULL, created REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0)"
+        )
 
     def get(self, key: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
@@ -46,6 +52,26 @@ class ResponseCache:
             "INSERT OR REPLACE INTO responses (key, model, response, created) VALUES (?, ?, ?, ?)",
             (key, model, json.dumps(response, ensure_ascii=False), time.time()),
         )
+
+    def batch_uploaded(self, input_file_id: str, model: str, keys: list[str]) -> None:
+        self._db.execute("INSERT INTO batches (input_file_id, model, keys, created) VALUES (?, ?, ?, ?)",
+                         (input_file_id, model, json.dumps(keys), time.time()))
+
+    def batch_created(self, input_file_id: str, batch_id: str) -> None:
+        self._db.execute("UPDATE batches SET batch_id = ? WHERE input_file_id = ?", (batch_id, input_file_id))
+
+    def batch_finished(self, input_file_id: str) -> None:
+        self._db.execute("UPDATE batches SET done = 1 WHERE input_file_id = ?", (input_file_id,))
+
+    def batch_forget(self, input_file_id: str) -> None:
+        self._db.execute("DELETE FROM batches WHERE input_file_id = ?", (input_file_id,))
+
+    def open_batches(self, model: str) -> list[tuple[str, str | None, list[str]]]:
+        """(input file id, batch id or None when creation was not confirmed, request keys) of ``model``'s
+        batches not yet finished."""
+        rows = self._db.execute("SELECT input_file_id, batch_id, keys FROM batches WHERE model = ? AND done = 0 "
+                                "ORDER BY created", (model,)).fetchall()
+        return [(f, b, json.loads(k)) for f, b, k in rows]
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]

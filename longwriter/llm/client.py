@@ -5,8 +5,10 @@ Every stage calls ``LLMClient.complete``. A call is answered from the response c
 with at most ``max_concurrency`` requests in flight (and within the spec's requests and tokens per minute),
 retried by tenacity with exponential backoff and jitter on 429, 5xx, timeouts, dropped connections and
 unreadable bodies, and stored the moment it succeeds. After ``max_retries`` retries it raises
-``LLMCallError`` carrying the last error, which stages record as a failed row. Paid calls are priced from the
-spec; once a stage's spend reaches ``llm.max_cost_usd`` no new request is sent (``BudgetExhausted``).
+``LLMCallError`` carrying the last error, which stages record as a failed row. With a spec's ``batch: true``
+the calls the cache cannot answer go out as OpenAI Batch API jobs instead (``longwriter.llm.batch``). Paid
+calls are priced from the spec; once a stage's spend reaches ``llm.max_cost_usd`` no new request is sent
+(``BudgetExhausted``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from longwriter.errors import LongwriterError
+from longwriter.llm.batch import Answer, BatchRunner
 from longwriter.llm.cache import ResponseCache, request_key
 from longwriter.llm.spec import ClientSettings, Sampling
 
@@ -59,9 +62,13 @@ class Endpoint:
     price_output_per_mtok: float = 0.0
     rpm: int | None = None
     tpm: int | None = None
+    # calls go out as OpenAI Batch API jobs (longwriter.llm.batch), billed at the prices less batch_discount
+    batch: bool = False
+    batch_discount: float = 0.0
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.price_input_per_mtok + completion_tokens * self.price_output_per_mtok) / 1e6
+        full = (prompt_tokens * self.price_input_per_mtok + completion_tokens * self.price_output_per_mtok) / 1e6
+        return full * (1 - self.batch_discount) if self.batch else full
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,8 @@ class CallStats:
     paid_seconds: float = 0.0
     # US dollars of this client's paid calls, from the spec's prices (0 without prices, and for local backends)
     cost_usd: float = 0.0
+    # Batch API jobs read back (a spec with batch: true); their paid_seconds is the wait for each batch
+    batches: int = 0
 
     def as_metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = asdict(self)
@@ -127,9 +136,20 @@ class LLMClient:
         self._connecting = asyncio.Lock()
         self._rpm: AsyncLimiter | None = None
         self._tpm: AsyncLimiter | None = None
+        self._batch: BatchRunner | None = None
+
+    @property
+    def max_in_flight(self) -> int:
+        """How many calls a stage should have waiting at once: the concurrency, or with the Batch API a whole
+        batch (a stage that bounds its own work by this keeps every call of a round in the round's batch)."""
+        return self.settings.batch_max_requests if self.endpoint.batch else self.settings.max_concurrency
 
     async def __aenter__(self) -> LLMClient:
         self._slots = asyncio.Semaphore(self.settings.max_concurrency)
+        if self.endpoint.batch:
+            self._batch = BatchRunner(self._connected, self.endpoint.identity, self.cache, self.settings,
+                                      before_submit=self._check_budget, on_answer=self._paid_line,
+                                      on_batch=self._paid_batch, redact=self._redact, wait=self._wait)
         if self.endpoint.rpm:
             self._rpm = AsyncLimiter(self.endpoint.rpm, _LIMIT_WINDOW_S)
         if self.endpoint.tpm:
@@ -188,16 +208,42 @@ class LLMClient:
         if hit is not None:
             self.stats.cache_hits += 1
             return self._account(Completion(**hit, cached=True, attempts=0))
+        if self._batch is not None:  # stored and paid for as its batch is read (longwriter.llm.batch)
+            return self._account(await self._send_batched(key, request))
         completion = await self._send(request)
         self.cache.put(key, self.endpoint.identity, {
             k: v for k, v in asdict(completion).items() if k not in ("cached", "attempts")})
-        self.stats.paid_calls += 1
-        self.stats.paid_completion_tokens += completion.completion_tokens
+        self._paid(completion.prompt_tokens, completion.completion_tokens)
         self.stats.paid_seconds += completion.latency_s
-        cost = self.endpoint.cost_usd(completion.prompt_tokens, completion.completion_tokens)
+        return self._account(completion)
+
+    def _paid(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.stats.paid_calls += 1
+        self.stats.paid_completion_tokens += completion_tokens
+        cost = self.endpoint.cost_usd(prompt_tokens, completion_tokens)
         self.stats.cost_usd += cost
         self.settings.spend.usd += cost
-        return self._account(completion)
+
+    def _paid_line(self, answer: Answer) -> None:
+        self._paid(answer.prompt_tokens, answer.completion_tokens)
+
+    def _paid_batch(self, waited_s: float) -> None:
+        self.stats.batches += 1
+        self.stats.paid_seconds += waited_s
+
+    async def _send_batched(self, key: str, request: dict[str, Any]) -> Completion:
+        """The call in the next batch; a failed or expired line is asked again in the round after."""
+        assert self._batch is not None
+        error, attempt = "", 0
+        for attempt in range(1, self.settings.max_retries + 2):
+            if attempt > 1:
+                self.stats.retries += 1
+            outcome = await self._batch.answer(key, self._body(request))
+            if isinstance(outcome, Answer):
+                return Completion(**asdict(outcome), cached=False, attempts=attempt)
+            error = outcome
+        self.stats.failed_calls += 1
+        raise LLMCallError(f"gave up after {attempt} batches; last error: {error}", attempt)
 
     def _check_budget(self) -> None:
         limit, spent = self.settings.max_cost_usd, self.settings.spend.usd

@@ -45,6 +45,11 @@ class ModelSpec:
     # the account's requests and tokens per minute, honoured across all of a client's concurrent calls
     rpm: int | None = None
     tpm: int | None = None
+    # openai only: send the calls a stage makes together as OpenAI Batch API jobs (one per round of concurrent
+    # calls), at the API's batch price: the spec's prices less batch_discount (OpenAI: half). Answers arrive
+    # within the completion window (24 h), not seconds; rpm/tpm do not apply (batches have their own queue).
+    batch: bool = False
+    batch_discount: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("price_input_per_mtok", "price_output_per_mtok"):
@@ -55,6 +60,11 @@ class ModelSpec:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.batch_discount, bool) or not isinstance(self.batch_discount, int | float) \
+                or not 0 <= self.batch_discount <= 1:
+            raise ValueError(f"batch_discount must be a fraction within [0, 1], got {self.batch_discount!r}")
+        if self.batch and self.provider != "openai":
+            raise ValueError(f"batch: true needs provider 'openai' (the OpenAI Batch API), not '{self.provider}'")
         if self.provider == "openai" and (not self.base_url or not self.model):
             raise ValueError("provider 'openai' needs base_url and model")
         if self.provider == "local" and not self.path:
@@ -120,6 +130,12 @@ class ClientSettings:
     # a stage sends no new request once its paid calls cost this much (US dollars, from the model specs'
     # prices); calls in flight still land, so it can be passed by at most max_concurrency calls
     max_cost_usd: float | None = None
+    # the Batch API (a model spec with batch: true): a round's batch is sent once no new call has joined it
+    # for batch_gather_s (a stage's concurrent calls all arrive within it), at most batch_max_requests calls
+    # per batch (OpenAI's limit: 50,000); a submitted batch is polled every batch_poll_s
+    batch_gather_s: float = 1.0
+    batch_poll_s: float = 30.0
+    batch_max_requests: int = 50_000
     # not a param: the stage's running total, shared by every client built from these settings (a stage
     # builds its settings once; dataclasses.replace keeps the same Spend)
     spend: Spend = field(default_factory=Spend, compare=False, repr=False, metadata={"param": False})
@@ -145,6 +161,8 @@ class ClientSettings:
             raise ValueError("max_concurrency must be >= 1")
         if self.max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if self.batch_gather_s < 0 or self.batch_poll_s <= 0 or self.batch_max_requests < 1:
+            raise ValueError("batch_gather_s must be >= 0, batch_poll_s > 0 and batch_max_requests >= 1")
         if self.max_cost_usd is not None and (isinstance(self.max_cost_usd, bool)
                                               or not isinstance(self.max_cost_usd, int | float)
                                               or self.max_cost_usd < 0):
