@@ -13,7 +13,7 @@ that run filled, ``dvc repro -f postprocess`` (select, plan, write and postproce
 time and, from the clone's metrics, each stage's LLM calls, cache hits and paid calls.
 
 Results go to bench/results/default_run.json: ``seconds`` (the whole ``dvc repro``), ``stages.<name>.seconds``,
-``forced_rerun.seconds`` and ``forced_rerun.llm.<stage>.{calls,cache_hits,paid_calls}``, plus the commit and
+``forced_rerun.seconds`` and ``forced_rerun.llm.<stage>.{calls,cache_hits,sent_calls}``, plus the commit and
 each stage's metrics from the run (``metrics.<stage>``).
 """
 
@@ -102,7 +102,7 @@ def main(keep: Path | None, timeout_min: float, name: str) -> None:
         metrics = read_metrics(repo)
         forced_s, forced_starts, _ = timed_repro(repo, "-f", "postprocess", timeout_s=timeout_min * 60)
         forced_metrics = read_metrics(repo)
-    llm = {s: {k: forced_metrics[s]["llm"][k] for k in ("calls", "cache_hits", "paid_calls")}
+    llm = {s: {k: forced_metrics[s]["llm"][k] for k in ("calls", "cache_hits", "sent_calls")}
            for s in AGENTWRITE_LLM_STAGES}
     result = {
         "commit": commit,

@@ -75,7 +75,7 @@ def main(n: int, pool: str, cache_dir: str, out: str) -> None:
             "max_attempts": cfg.max_attempts,
             "repairs": dataclasses.asdict(repairs),
             "seconds": round(time.perf_counter() - started, 1),
-            "paid_calls": stats.paid_calls,
+            "sent_calls": stats.sent_calls,
         }
     click.echo(f"{'mode':<12} {'parsed@1':>9} {'usable@1':>9} {'usable@' + str(PlanConfig().max_attempts):>9} "
                f"{'seconds':>8}")

@@ -114,7 +114,7 @@ def part_a(tmp: Path, pool: Path | None, pool_size: int, words: int) -> dict[str
                 "command": label, "stages_run": ran_stages(out), "seconds": round(seconds, 2),
                 "requests": srv.count() - before,
                 "calls": {s: m["calls"] for s, m in llm.items()},
-                "paid_calls": {s: m["paid_calls"] for s, m in llm.items()},
+                "sent_calls": {s: m["sent_calls"] for s, m in llm.items()},
                 "cache_hit_rate": {s: m["cache_hit_rate"] for s, m in llm.items()},
             })
     forced = steps[1:]

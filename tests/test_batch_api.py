@@ -78,7 +78,7 @@ def test_a_crash_while_polling_resumes_the_same_batch(fake_server, tmp_path):
         srv.batch_polls = 0
         answers, stats = run_with_llm(batch_spec(srv), settings(tmp_path), ask_all(3))
         assert len(srv.batches) == 1  # polled again, not submitted again
-        assert stats.batches == 1 and stats.paid_calls == 3 and all(a.attempts == 1 for a in answers)
+        assert stats.batches == 1 and stats.sent_calls == 3 and all(a.attempts == 1 for a in answers)
         assert set(srv.paid_calls().values()) == {1}
         again, stats = run_with_llm(batch_spec(srv), settings(tmp_path), ask_all(3))
         assert stats.cache_hits == 3 and len(srv.batches) == 1 and [a.text for a in again] == [a.text for a in answers]
@@ -103,7 +103,7 @@ def test_a_batch_whose_creation_was_not_recorded_is_found_by_its_input_file(fake
             # and one whose batch was never created: its call is simply sent in a new batch
             cache.batch_uploaded("file-never", identity, [key + "x"])
         (answer,), stats = run_with_llm(spec, settings(tmp_path), ask_all(1))
-        assert len(srv.batches) == 1 and stats.paid_calls == 1 and answer.attempts == 1
+        assert len(srv.batches) == 1 and stats.sent_calls == 1 and answer.attempts == 1
         with ResponseCache(tmp_path / "cache" / "responses.sqlite") as cache:
             assert cache.open_batches(identity) == [("file-never", None, [key + "x"])]
 
@@ -115,7 +115,7 @@ def test_expired_and_failed_lines_go_into_the_next_rounds_batch(fake_server, tmp
     redone = 2 if outcome == "expire:2" else 4
     assert sizes(srv) == [4, redone]
     assert sorted(a.attempts for a in answers) == [1] * (4 - redone) + [2] * redone
-    assert stats.retries == redone and stats.paid_calls == 4 and stats.failed_calls == 0
+    assert stats.retries == redone and stats.sent_calls == 4 and stats.failed_calls == 0
 
 
 def test_a_line_failing_every_round_raises_and_a_stage_records_it(fake_server, tmp_path):
@@ -151,7 +151,7 @@ def test_batch_price_is_discounted_and_the_budget_stops_the_next_round(fake_serv
         assert len(srv.batches) == 2  # the batched run's, and the first round's
         (first, last), stats = run_with_llm(batch_spec(srv, **prices),
                                             settings(tmp_path / "budget", max_cost_usd=1.0), two_rounds)
-        assert stats.cache_hits == 3 and stats.paid_calls == 1 and len(srv.batches) == 3
+        assert stats.cache_hits == 3 and stats.sent_calls == 1 and len(srv.batches) == 3
 
 
 def test_batch_needs_the_openai_provider():

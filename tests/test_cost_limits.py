@@ -70,7 +70,7 @@ def test_paid_calls_are_priced_and_cached_ones_cost_nothing(fake_server, tmp_pat
 def test_no_prices_and_local_backends_cost_zero(fake_server, tmp_path):
     with fake_server() as srv:
         _, stats = _ask(_endpoint(srv), _settings(tmp_path), ["one"])
-    assert stats.paid_calls == 1 and stats.as_metrics()["cost_usd"] == 0.0
+    assert stats.sent_calls == 1 and stats.as_metrics()["cost_usd"] == 0.0
     # prices on a spec reach only an API endpoint: the embedded model and local checkpoints cost nothing
     with open_endpoint(ModelSpec(**PRICES), _settings(tmp_path)) as endpoint:
         assert (endpoint.price_input_per_mtok, endpoint.price_output_per_mtok) == (0.0, 0.0)
@@ -90,11 +90,11 @@ def test_the_budget_stops_new_requests_and_a_rerun_with_more_resumes_without_pay
         done, stats = _ask(_endpoint(srv, **PRICES), settings, prompts)
         assert [type(d).__name__ for d in done] == ["Completion"] * 3 + ["BudgetExhausted"]
         assert "llm.max_cost_usd reached" in str(done[-1]) and "rerun with a higher llm.max_cost_usd" in str(done[-1])
-        assert stats.paid_calls == 3 and settings.spend.usd >= budget
+        assert stats.sent_calls == 3 and settings.spend.usd >= budget
         sent = srv.requests_count()
         more, stats2 = _ask(_endpoint(srv, **PRICES), _settings(tmp_path, max_cost_usd=10 * budget), prompts)
         assert [c.cached for c in more] == [True] * 3 + [False] * 3
-        assert srv.requests_count() - sent == 3 and stats2.paid_calls == 3
+        assert srv.requests_count() - sent == 3 and stats2.sent_calls == 3
 
 
 def test_the_budget_is_the_stage_s_across_its_clients(fake_server, tmp_path):
@@ -103,7 +103,7 @@ def test_the_budget_is_the_stage_s_across_its_clients(fake_server, tmp_path):
         first, _ = _ask(_endpoint(srv, **PRICES), settings, ["a", "b"])
         other = Endpoint(srv.base_url, "other", "openai:other", "json_schema", **PRICES)  # a second model
         second, stats = _ask(other, settings, ["c"])
-    assert type(first[-1]) is BudgetExhausted and type(second[0]) is BudgetExhausted and stats.paid_calls == 0
+    assert type(first[-1]) is BudgetExhausted and type(second[0]) is BudgetExhausted and stats.sent_calls == 0
 
 
 def test_a_stage_stops_on_its_budget_with_a_clear_error_and_resumes(fake_server, tmp_path):

@@ -70,7 +70,7 @@ def test_a_new_revision_is_asked_again_and_an_old_one_is_a_cache_hit(embedded_ur
         async def work(llm: LLMClient) -> str:
             return (await llm.complete(messages, Sampling(temperature=0.0, max_tokens=8))).text
         text, stats = run_with_llm(spec, settings, work)
-        return text, stats.as_metrics()["paid_calls"]
+        return text, stats.as_metrics()["sent_calls"]
 
     first, paid = ask("ckpt-1")
     assert paid == 1

@@ -42,7 +42,7 @@ def test_retries_every_fault_kind_then_succeeds(fake_server, tmp_path):
     assert outcomes == [*faults, "ok"]
     assert completion.attempts == 7 and not completion.cached
     assert completion.text and completion.completion_tokens > 0
-    assert stats.retries == 6 and stats.paid_calls == 1 and stats.failed_calls == 0
+    assert stats.retries == 6 and stats.sent_calls == 1 and stats.failed_calls == 0
 
 
 def test_timeout_is_retried(fake_server, tmp_path):
@@ -61,7 +61,7 @@ def test_gives_up_after_max_retries_and_caches_nothing(fake_server, tmp_path):
         assert "gave up after 3 attempts" in str(info.value) and "HTTP 500" in str(info.value)
         # the failure was not cached: the next run pays for the call again, and gets it
         completion, stats = run(srv, tmp_path, lambda llm: llm.complete(MESSAGES, SAMPLING), max_retries=2)
-        assert not completion.cached and stats.paid_calls == 1
+        assert not completion.cached and stats.sent_calls == 1
         assert [e["outcome"] for e in srv.log] == ["500", "500", "500", "ok"]
 
 
@@ -96,8 +96,8 @@ def test_cache_hits_and_sample_index(fake_server, tmp_path):
         assert srv.requests_count() == 2
     assert not a.cached and b.cached and not c.cached
     assert b.text == a.text and a2.text == a.text and c2.text == c.text
-    assert stats.calls == 3 and stats.cache_hits == 1 and stats.paid_calls == 2
-    assert stats2.cache_hits == 3 and stats2.paid_calls == 0 and stats2.as_metrics()["cache_hit_rate"] == 1.0
+    assert stats.calls == 3 and stats.cache_hits == 1 and stats.sent_calls == 2
+    assert stats2.cache_hits == 3 and stats2.sent_calls == 0 and stats2.as_metrics()["cache_hit_rate"] == 1.0
     assert stats2.completion_tokens == stats.completion_tokens  # token accounting covers cached answers too
 
 
@@ -174,7 +174,7 @@ def test_top_k_is_sent_in_the_body_and_keys_the_cache(fake_server, tmp_path):
     with fake_server() as srv:
         _, stats = run(srv, tmp_path, both)
         assert [b["top_k"] for b in srv.bodies] == [50, 40]
-    assert stats.paid_calls == 2 and stats.cache_hits == 1
+    assert stats.sent_calls == 2 and stats.cache_hits == 1
     keys = _keys(tmp_path)
     assert len(keys) == 2 and KEY_BEFORE_TOP_K not in keys
 
@@ -213,6 +213,6 @@ def test_truncated_replies_are_counted_paid_or_cached(fake_server, tmp_path):
         replies, stats = run(srv, tmp_path, calls)
         replies2, stats2 = run(srv, tmp_path, calls)
     assert [r.finish_reason for r in replies] == ["length", "length", "stop"]
-    assert (stats.paid_calls, stats.cache_hits, stats.truncated) == (2, 1, 2)
-    assert (stats2.paid_calls, stats2.truncated) == (0, 2)
+    assert (stats.sent_calls, stats.cache_hits, stats.truncated) == (2, 1, 2)
+    assert (stats2.sent_calls, stats2.truncated) == (0, 2)
     assert stats.as_metrics()["truncated"] == 2

@@ -306,7 +306,7 @@ def test_run_with_llm_batches_caches_and_skips_the_model(
     settings = ClientSettings(cache_dir=str(tmp_path / "cache"), max_concurrency=1)
     first, stats = run_with_llm(spec, settings, _four_prompts)
     assert len(first) == 4 and all(text for text, _, _ in first)
-    assert stats.paid_calls == 4 and stats.cache_hits == 0 and stats.failed_calls == 0
+    assert stats.sent_calls == 4 and stats.cache_hits == 0 and stats.failed_calls == 0
     assert len(created) == 1 and created[0].max_batch == 4
     assert sum(sizes) == 4 and max(sizes) > 1, f"max_concurrency was not raised to max_batch: batches {sizes}"
 
@@ -316,7 +316,7 @@ def test_run_with_llm_batches_caches_and_skips_the_model(
     monkeypatch.setattr(TransformersChat, "__init__", no_model)
     second, stats2 = run_with_llm(spec, settings, _four_prompts)
     assert second == first
-    assert stats2.paid_calls == 0 and stats2.cache_hits == 4
+    assert stats2.sent_calls == 0 and stats2.cache_hits == 4
 
 
 def test_endpoint_identity_follows_the_weights(ckpt: Path, tokenizer: Any, tmp_path: Path) -> None:
@@ -362,7 +362,7 @@ def test_generate_answers_with_a_local_model(ckpt: Path, tmp_path: Path, monkeyp
     assert (answers["model"] == "tiny-local").all()
     assert (answers["max_tokens"] == 16).all()
     assert (answers["completion_tokens"] <= 16).all()
-    assert stats["tiny-local"].paid_calls == 4
+    assert stats["tiny-local"].sent_calls == 4
     for index in (0, 1):  # each sample has its own seed
         texts = answers.filter(pl.col("index") == index)["text"].to_list()
         assert texts[0] != texts[1]

@@ -114,7 +114,7 @@ def test_repro_produces_valid_tables_and_metrics(repo):
     assert post["kept"] + sum(post["dropped"].values()) == post["written"]
     for stage in ("select", "plan", "write"):
         m = metrics(repo, stage)["llm"]
-        assert m["paid_calls"] > 0 and m["failed_calls"] == 0 and m["completion_tokens"] > 0
+        assert m["sent_calls"] > 0 and m["failed_calls"] == 0 and m["completion_tokens"] > 0
     shown = dvc("metrics", "show", cwd=repo)
     for stage in ("select", "plan", "write", "postprocess", "export"):
         assert f"metrics/{stage}.json" in shown
@@ -157,7 +157,7 @@ def test_evaluation_stages_write_tables_metrics_and_plots(repo):
         assert r[name]["answers"] == 4 and r[name]["failed"] == 0
         assert set(r[name]["mean_words"]) == {"100", "300"}
         assert r[name]["max_output_length"] in (0, 100, 300)
-        assert r[name]["llm"]["paid_calls"] == 4
+        assert r[name]["llm"]["sent_calls"] == 4
     scores = validate(pl.read_parquet(repo / "data/eval/longbench_scores.parquet"), Scores, "scores")
     assert scores.height == 4
     lb = metrics(repo, "longbench")
@@ -201,12 +201,12 @@ def test_forced_repro_pays_for_nothing(repo):
     assert server_starts(repo) == starts  # every call was cached: no server was started
     for stage in ("select", "plan", "write", "general"):
         m = metrics(repo, stage)["llm"]
-        assert m["paid_calls"] == 0 and m["cache_hit_rate"] == 1.0, (stage, m)
+        assert m["sent_calls"] == 0 and m["cache_hit_rate"] == 1.0, (stage, m)
     for m in (metrics(repo, "ruler")["a"]["llm"], metrics(repo, "ruler")["b"]["llm"],
               metrics(repo, "longbench_answer")["b"]["llm"], metrics(repo, "dpo_pairs")["generation_llm"],
               metrics(repo, "dpo_pairs")["judge_llm"], metrics(repo, "longbench")["judge_llm"],
               metrics(repo, "compare")["judge_llm"]):
-        assert m["paid_calls"] == 0 and m["cache_hit_rate"] == 1.0, m
+        assert m["sent_calls"] == 0 and m["cache_hit_rate"] == 1.0, m
     after = pl.read_parquet(repo / "data/sections.parquet").drop("latency_s")
     assert after.equals(before)
     assert "didn't change" in dvc("status", cwd=repo) or "up to date" in dvc("status", cwd=repo)
@@ -335,7 +335,7 @@ def test_a_queued_sweep_runs_each_experiment_on_the_workspace_cache(repo, shared
     for reach in (0.25, 0.6):
         for name in ("a", "b"):
             llm = found[reach][name]["llm"]
-            assert llm["paid_calls"] == 0 and llm["cache_hits"] == 4, (reach, name, llm)
+            assert llm["sent_calls"] == 0 and llm["cache_hits"] == 4, (reach, name, llm)
     assert server_starts(repo) == starts
     assert "up to date" in dvc("status", cwd=repo)  # the workspace itself is untouched
 
@@ -414,7 +414,7 @@ def test_imported_benchmark_files_feed_the_evaluation_stages(repo, shared, publi
     # the shard imported into data/pool changed select's dependency: select reran to the same table, so no
     # generation or training stage ran after it
     assert {"ruler", "longbench_answer"} <= ran <= {"select", *EVAL_STAGES}, out
-    assert metrics(repo, "select")["llm"]["paid_calls"] == 0
+    assert metrics(repo, "select")["llm"]["sent_calls"] == 0
     for stage in EVAL_STAGES:  # the same requests, read from the imported files: the same figures, all cached
         after = metrics(repo, stage)
         for name, m in after.items():
@@ -422,7 +422,7 @@ def test_imported_benchmark_files_feed_the_evaluation_stages(repo, shared, publi
                 if key in m:
                     assert m[key] == before[stage][name][key], (stage, name, key)
             for llm in (v for k, v in m.items() if k.endswith("llm")):
-                assert llm["paid_calls"] == 0, (stage, name, llm)
+                assert llm["sent_calls"] == 0, (stage, name, llm)
     assert "up to date" in dvc("status", cwd=repo)
     dvc("update", outs["longbench_write.jsonl"] + ".dvc", cwd=repo)  # re-fetches only when the source changed
     assert "up to date" in dvc("status", cwd=repo)
@@ -443,4 +443,4 @@ def test_an_imported_wildchat_shard_is_an_instruction_pool(repo, shared, public_
     assert chosen.select("id", "prompt", "lang").equals(expected.select("id", "prompt", "lang"))
     assert set(chosen["source"]) == {"wildchat"}
     m = metrics(other, "select")
-    assert m["read"] == 8 and m["llm"]["paid_calls"] == 0 and m["llm"]["calls"] > 0
+    assert m["read"] == 8 and m["llm"]["sent_calls"] == 0 and m["llm"]["calls"] > 0

@@ -160,7 +160,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_the_rerun_resumes(fake_server, tmp_
             rerun = subprocess.run(_stage_cmd(d), cwd=ROOT, capture_output=True, text=True, timeout=60)
             assert rerun.returncode == 0, rerun.stderr
             metrics = json.loads((d / "m.json").read_text())["llm"]
-            assert metrics["cache_hits"] == done and metrics["paid_calls"] == 12 - done
+            assert metrics["cache_hits"] == done and metrics["sent_calls"] == 12 - done
             # a request in flight at the signal may still be logged by the server after `before` (it was paid
             # once and never received); the client-side count above is the exact check
             assert 12 - done <= len(srv.log) - before <= 12 - done + 2

@@ -277,7 +277,7 @@ def run_write(instructions_path: str | Path, plans_path: str | Path, output: str
                 bar.update(1)
                 elapsed = max(time.perf_counter() - started, 1e-6)
                 bar.set_postfix(instr=f"{done['instructions']}/{len(plans)}", tokens=llm.stats.completion_tokens,
-                                tok_s=f"{llm.stats.paid_completion_tokens / elapsed:.0f}", refresh=False)
+                                tok_s=f"{llm.stats.sent_completion_tokens / elapsed:.0f}", refresh=False)
 
             # As many instructions in flight as requests may be: keeps every slot busy, and on a one-slot
             # server (the embedded llama.cpp) consecutive requests share a prompt prefix it can reuse.

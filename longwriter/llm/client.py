@@ -98,7 +98,9 @@ class LLMCallError(LongwriterError):
 class CallStats:
     calls: int = 0
     cache_hits: int = 0
-    paid_calls: int = 0
+    # calls sent to the backend, not answered from the cache: what an API bills (cost_usd says for how much;
+    # a local backend is sent calls too, and they cost nothing)
+    sent_calls: int = 0
     retries: int = 0
     failed_calls: int = 0
     # completions (paid or cached) that ended on the token limit (finish_reason "length"): an HTTP 200 reply,
@@ -106,20 +108,20 @@ class CallStats:
     truncated: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    paid_completion_tokens: int = 0
-    paid_seconds: float = 0.0
+    sent_completion_tokens: int = 0
+    sent_seconds: float = 0.0
     # US dollars of this client's paid calls, from the spec's prices (0 without prices, and for local backends)
     cost_usd: float = 0.0
-    # Batch API jobs read back (a spec with batch: true); their paid_seconds is the wait for each batch
+    # Batch API jobs read back (a spec with batch: true); their sent_seconds is the wait for each batch
     batches: int = 0
 
     def as_metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = asdict(self)
         out["cache_hit_rate"] = round(self.cache_hits / self.calls, 4) if self.calls else 0.0
-        out["paid_seconds"] = round(self.paid_seconds, 2)
+        out["sent_seconds"] = round(self.sent_seconds, 2)
         out["cost_usd"] = round(self.cost_usd, 6)
-        out["paid_tokens_per_s"] = (round(self.paid_completion_tokens / self.paid_seconds, 1)
-                                    if self.paid_seconds else 0.0)
+        out["sent_tokens_per_s"] = (round(self.sent_completion_tokens / self.sent_seconds, 1)
+                                    if self.sent_seconds else 0.0)
         return out
 
 
@@ -214,12 +216,12 @@ class LLMClient:
         self.cache.put(key, self.endpoint.identity, {
             k: v for k, v in asdict(completion).items() if k not in ("cached", "attempts")})
         self._paid(completion.prompt_tokens, completion.completion_tokens)
-        self.stats.paid_seconds += completion.latency_s
+        self.stats.sent_seconds += completion.latency_s
         return self._account(completion)
 
     def _paid(self, prompt_tokens: int, completion_tokens: int) -> None:
-        self.stats.paid_calls += 1
-        self.stats.paid_completion_tokens += completion_tokens
+        self.stats.sent_calls += 1
+        self.stats.sent_completion_tokens += completion_tokens
         cost = self.endpoint.cost_usd(prompt_tokens, completion_tokens)
         self.stats.cost_usd += cost
         self.settings.spend.usd += cost
@@ -229,7 +231,7 @@ class LLMClient:
 
     def _paid_batch(self, waited_s: float) -> None:
         self.stats.batches += 1
-        self.stats.paid_seconds += waited_s
+        self.stats.sent_seconds += waited_s
 
     async def _send_batched(self, key: str, request: dict[str, Any]) -> Completion:
         """The call in the next batch; a failed or expired line is asked again in the round after."""
