@@ -24,7 +24,8 @@ T = TypeVar("T")
 # against what the stage scripts read.
 SECTIONS = frozenset({
     "llm", "models", "select", "plan", "write", "postprocess", "base", "general", "mix", "train", "sft",
-    "dpo_pairs", "dpo", "eval", "ruler", "longbench", "judge", "compare", "export", "segments", "nll",
+    "dpo_pairs", "dpo", "grpo", "eval", "ruler", "longbench", "judge", "compare", "export", "segments", "nll",
+    "agreement",
 })
 
 

@@ -184,6 +184,25 @@ class Scores(pa.DataFrameModel):
         unique = ["model", "index"]
 
 
+class JudgeRatings(pa.DataFrameModel):
+    """The ``agreement`` stage's sample: each answer's six 1-5 ratings by the judge and by the reference judge."""
+
+    model: str = pa.Field(str_length={"min_value": 1})
+    index: int = pa.Field(ge=0)
+    judge: str = pa.Field(isin=["judge", "reference"])
+    relevance: int = pa.Field(ge=1, le=5)
+    accuracy: int = pa.Field(ge=1, le=5)
+    coherence: int = pa.Field(ge=1, le=5)
+    clarity: int = pa.Field(ge=1, le=5)
+    breadth_and_depth: int = pa.Field(ge=1, le=5)
+    reading_experience: int = pa.Field(ge=1, le=5)
+    quality_score: float = pa.Field(ge=0, le=100)
+
+    class Config:
+        strict = True
+        unique = ["model", "index", "judge"]
+
+
 class Comparisons(pa.DataFrameModel):
     """Pairwise judging of two models' answers to one request, in both orders; outcome is model_a's."""
 
@@ -249,6 +268,7 @@ DROP_REASONS = {
     "zero_margin": "the best answer scores no higher than the other one: no preference to learn",
     "over_max_length": "a training example longer than max_length tokens",
     "unanswered": "a request one of the compared models did not answer",
+    "no_required_length": "an RL prompt that states no length and has no plan: no length to reward",
 }
 FAILURE_REASONS = {**ERROR_REASONS, **DROP_REASONS}
 

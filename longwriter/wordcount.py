@@ -31,6 +31,16 @@ def word_units(text: str) -> list[str]:
     return [u.lower() for u in _WORD_UNIT.findall(text)]
 
 
+def cut_by_units(text: str, parts: int) -> list[str]:
+    """``text`` cut into ``parts`` pieces of (as near as can be) equal word units, at the same unit boundaries as
+    ``word_units(text)[k * n // parts:]``; a piece keeps the text between units (spaces, punctuation) that
+    precedes its next piece, so the pieces joined give ``text`` back."""
+    starts = [m.start() for m in _WORD_UNIT.finditer(text)]
+    cuts = [0] + [starts[k * len(starts) // parts] if k * len(starts) // parts < len(starts) else len(text)
+                  for k in range(1, parts)] + [len(text)]
+    return [text[cuts[k]:cuts[k + 1]] for k in range(parts)]
+
+
 def cjk_count(text: str) -> int:
     """Number of CJK ideographs in ``text``."""
     return len(_CJK.findall(text))

@@ -3,13 +3,16 @@
 Cuts every AgentWrite answer and every evaluated model's LongBench-Write answer into equal parts by words and
 measures each part: distinct n-grams, and the share of its n-grams that repeat earlier text. Writes the curve per
 text set (plots/segments.csv, `dvc plots show`) and the first-vs-last-part figures (metrics/segments.json).
+With segments.judge the judge (params: judge, llm) also rates each part given the text before it.
 """
 
 import click
 
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
+from longwriter.eval.judge import JudgeConfig
 from longwriter.eval.segments import SegmentsConfig, run_segments
+from longwriter.llm import ClientSettings
 
 
 @click.command(help=__doc__)
@@ -18,15 +21,21 @@ from longwriter.eval.segments import SegmentsConfig, run_segments
 @click.option("--answers", default="data/eval/longbench_answers.parquet", show_default=True, help="Answers.")
 @click.option("--metrics", default="metrics/segments.json", show_default=True, help="Metrics JSON.")
 @click.option("--plot", default="plots/segments.csv", show_default=True, help="Curve per text set (plot data).")
+@click.option("--failures", default="data/failures/segments.parquet", show_default=True,
+              help="Parts the judge could not rate (segments.judge).")
 @stage_entry
-def main(params_file: str, samples: str, answers: str, metrics: str, plot: str) -> None:
+def main(params_file: str, samples: str, answers: str, metrics: str, plot: str, failures: str) -> None:
     params = read_params(params_file)
     cfg = build(SegmentsConfig, section(params, "segments", params_file), f"{params_file}:segments")
-    result = run_segments(cfg, samples, answers, metrics, plot)
+    judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
+    settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
+    result = run_segments(cfg, samples, answers, metrics, plot, failures, judge, settings)
     for name, m in result["sets"].items():
+        quality = (f"; judge quality {m['quality_first']} -> {m['quality_last']} over {m['judged_answers']} answers"
+                   if cfg.judge else "")
         click.echo(f"segments {name}: {m['answers']} answers ({m['short']} shorter than {cfg.min_words} words); "
                    f"distinct-{cfg.n} drop {m['distinct_n_drop']}, repeats of earlier text rise "
-                   f"{m['repeats_earlier_rise']} from the first to the last of {cfg.parts} parts")
+                   f"{m['repeats_earlier_rise']} from the first to the last of {cfg.parts} parts{quality}")
 
 
 if __name__ == "__main__":

@@ -25,12 +25,14 @@ import yaml
 from tiny_repo import FIXTURES, make_repo, training_params
 from wildchat import shard_from_pool
 
+from longwriter.eval.judge import DIMENSIONS
 from longwriter.schemas import (
     Answers,
     Chat,
     Comparisons,
     Failures,
     Instructions,
+    JudgeRatings,
     LongSamples,
     Pairs,
     Plans,
@@ -55,10 +57,12 @@ TINY_PARAMS = {
     "export": {"shard_rows": 1},
     "segments": {"parts": 4, "n": 2, "min_words": 20},
     "nll": {"min_tokens": 16, "window": 256, "max_texts": 2, "positions": [8, 16]},
+    "agreement": {"reference": EMBEDDED, "sample": 3, "bootstrap": 50},
     **training_params(EMBEDDED),
     # the embedded model and the checkpoint SFT just trained, served by transformers in-process
     "eval": {"models": [{"name": "a", "spec": EMBEDDED},
-                        {"name": "b", "spec": {"provider": "local", "path": "models/sft", "max_batch": 4}}],
+                        {"name": "b", "spec": {"provider": "local", "path": "models/sft", "max_batch": 4}},
+                        {"name": "c", "spec": {"provider": "local", "path": "models/grpo", "max_batch": 4}}],
              "sampling": {"temperature": 0.5, "top_p": 1.0, "max_tokens": 96, "seed": 0}},
     "ruler": {"input": "data/eval/ruler.jsonl", "lengths": [100, 300], "reach": 0.8},
     "longbench": {"input": "data/eval/longbench.jsonl"},
@@ -67,7 +71,7 @@ TINY_PARAMS = {
     "compare": {"pairs": [["a", "b"]]},
 }
 EVAL_STAGES = ("ruler", "longbench_answer", "longbench", "compare")
-LLM_STAGES = ("select", "plan", "write", "general", "dpo_pairs", *EVAL_STAGES)
+LLM_STAGES = ("select", "plan", "write", "general", "dpo_pairs", *EVAL_STAGES, "agreement")
 
 
 def sh(args: list[str], cwd: Path, timeout: int = 900) -> str:
@@ -151,17 +155,17 @@ def test_training_stages_train_real_checkpoints(repo):
 
 def test_evaluation_stages_write_tables_metrics_and_plots(repo):
     ruler = validate(pl.read_parquet(repo / "data/eval/ruler_answers.parquet"), Answers, "ruler")
-    assert ruler.height == 8 and set(ruler["model"]) == {"a", "b"}  # 4 requests x 2 models
+    assert ruler.height == 12 and set(ruler["model"]) == {"a", "b", "c"}  # 4 requests x 3 models
     r = metrics(repo, "ruler")
-    for name in ("a", "b"):
+    for name in ("a", "b", "c"):
         assert r[name]["answers"] == 4 and r[name]["failed"] == 0
         assert set(r[name]["mean_words"]) == {"100", "300"}
         assert r[name]["max_output_length"] in (0, 100, 300)
         assert r[name]["llm"]["sent_calls"] == 4
     scores = validate(pl.read_parquet(repo / "data/eval/longbench_scores.parquet"), Scores, "scores")
-    assert scores.height == 4
+    assert scores.height == 6
     lb = metrics(repo, "longbench")
-    for name in ("a", "b"):
+    for name in ("a", "b", "c"):
         m = lb[name]
         assert m["answers"] == 2 and m["unanswered"] == 0
         assert set(m["buckets"]) == {"0-500", "500-2k"} and set(m["lang"]) == {"en", "zh"}
@@ -171,6 +175,11 @@ def test_evaluation_stages_write_tables_metrics_and_plots(repo):
     judged = scores.filter(pl.col("quality_score").is_not_null())
     for dim in ("relevance", "accuracy", "coherence", "clarity", "breadth_and_depth", "reading_experience"):
         assert judged[dim].is_between(1, 5).all()
+    ag = metrics(repo, "agreement")
+    both = validate(pl.read_parquet(repo / "data/eval/agreement.parquet"), JudgeRatings, "agreement")
+    assert ag["sampled"] == min(3, judged.height) and ag["rated_by_both"] + ag["reference_failed"] == ag["sampled"]
+    assert both.height == 2 * ag["rated_by_both"] and set(ag["dimensions"]) == set(DIMENSIONS)
+    validate(pl.read_parquet(repo / "data/failures/agreement.parquet"), Failures, "agreement")
     comparisons = validate(pl.read_parquet(repo / "data/eval/compare.parquet"), Comparisons, "compare")
     assert comparisons.height == 2
     assert set(metrics(repo, "compare")["a_vs_b"]) >= {"win_rate", "tie_rate", "loss_rate", "judged"}
@@ -182,6 +191,22 @@ def test_evaluation_stages_write_tables_metrics_and_plots(repo):
     assert "ruler.csv" in html and "longbench.csv" in html and "ruler.png" in html and "sft_loss.csv" in html
     shown = dvc("metrics", "show", cwd=repo)
     assert "metrics/ruler.json" in shown and "a.max_output_length" in shown
+
+
+def test_grpo_trains_from_sft_and_is_evaluated(repo):
+    g = metrics(repo, "grpo")
+    # the tiny pool's two prompts (the selected instructions ask more than 96 tokens hold: left out, recorded)
+    assert g["start"] == "sft" and g["steps"] == 1 and g["prompts"] >= 2
+    assert set(g["left_out"]) <= {"over_max_length", "no_required_length"}
+    for key in ("reward", "length", "quality", "repetition", "overlong", "completion_length", "clipped_ratio"):
+        assert key in g["last"]
+    assert g["completions"] == 2 and g["judge_llm"]["calls"] >= 2  # one group of 2, each judged (re-asks add)
+    failures = validate(pl.read_parquet(repo / "data/failures/grpo.parquet"), Failures, "grpo")
+    assert failures.height == sum(g["left_out"].values()) + g["judge_failed"]
+    assert (repo / "models/grpo/model.safetensors").is_file()
+    curve = pl.read_csv(repo / "plots/grpo_rewards.csv")
+    assert curve["step"].to_list() == [1] and curve["reward"].is_not_null().all()
+    assert "c" in metrics(repo, "longbench") and "c" in metrics(repo, "ruler")
 
 
 def test_second_repro_does_nothing(repo):
@@ -205,7 +230,7 @@ def test_forced_repro_pays_for_nothing(repo):
     for m in (metrics(repo, "ruler")["a"]["llm"], metrics(repo, "ruler")["b"]["llm"],
               metrics(repo, "longbench_answer")["b"]["llm"], metrics(repo, "dpo_pairs")["generation_llm"],
               metrics(repo, "dpo_pairs")["judge_llm"], metrics(repo, "longbench")["judge_llm"],
-              metrics(repo, "compare")["judge_llm"]):
+              metrics(repo, "compare")["judge_llm"], metrics(repo, "agreement")["llm"]):
         assert m["sent_calls"] == 0 and m["cache_hit_rate"] == 1.0, m
     after = pl.read_parquet(repo / "data/sections.parquet").drop("latency_s")
     assert after.equals(before)
@@ -274,7 +299,9 @@ def test_a_param_change_on_a_branch_shows_in_params_and_metrics_diff(shared):
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
-    (("judge", "max_attempts"), 2, {"longbench", "compare", "dpo_pairs"}),  # judging only (pairs are judged)
+    # judging only (pairs are judged; agreement asks the reference with the judge's settings; segments may judge;
+    # grpo's quality reward is the judge's)
+    (("judge", "max_attempts"), 2, {"longbench", "compare", "dpo_pairs", "agreement", "segments", "grpo"}),
     (("sft", "train", "learning_rate"), 1e-4, {"sft"}),                     # no data generation
     (("write", "mode"), "parallel", {"write", "export"}),  # the dataset card names the mode
     (("eval", "sampling", "max_tokens"), 64, {"ruler", "longbench_answer"}),
@@ -307,9 +334,9 @@ def test_exp_run_reruns_only_the_stages_that_read_the_param(shared):
     # the README's key columns, as written
     line = next(x for x in (ROOT / "README.md").read_text().splitlines() if x.startswith("dvc exp show --drop"))
     rows = list(csv.reader(io.StringIO(dvc(*shlex.split(line, comments=True)[1:], "--csv", cwd=clone))))
-    assert set(rows[0]) == {"Experiment", "a.S", "b.S", "a.max_output_length", "b.max_output_length",
-                            "train_loss_last", "sft.train.learning_rate", "dpo.train.learning_rate", "write.mode",
-                            "ruler.reach"}, rows[0]
+    assert set(rows[0]) == {"Experiment", "a.S", "b.S", "c.S", "a.max_output_length", "b.max_output_length",
+                            "c.max_output_length", "train_loss_last", "sft.train.learning_rate",
+                            "dpo.train.learning_rate", "grpo.train.learning_rate", "write.mode", "ruler.reach"}, rows[0]
     assert len(rows) >= 3  # workspace, baseline, the experiment
 
 

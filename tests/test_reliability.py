@@ -184,6 +184,7 @@ def test_api_key_never_leaves_the_environment(fake_server, tmp_path):
             "export": {"shard_rows": 10000},  # DVC counts an empty section as missing
             "segments": {"min_words": 20},
             "nll": {"min_tokens": 16, "window": 256, "max_texts": 2},
+            "agreement": {"reference": gen, "sample": 2},
             "eval": {"models": [{"name": "remote", "spec": gen}, {"name": "remote2", "spec": gen}]},
             "ruler": {"input": "data/eval/ruler.jsonl", "lengths": [100, 300]},
             "longbench": {"input": "data/eval/longbench.jsonl"},

@@ -12,10 +12,12 @@ import pytest
 from longwriter.config import build
 from longwriter.errors import ConfigError
 from longwriter.eval.answers import answer_row
+from longwriter.eval.judge import JudgeConfig
 from longwriter.eval.scoring import bucket_of
 from longwriter.eval.segments import SegmentsConfig, part_measures, run_segments
+from longwriter.llm import ClientSettings, ModelSpec
 from longwriter.schemas import Answers, LongSamples, empty, validate
-from longwriter.wordcount import word_units
+from longwriter.wordcount import cut_by_units, word_units
 
 
 def test_a_copied_half_repeats_all_of_its_earlier_text():
@@ -79,7 +81,7 @@ def test_the_stage_measures_each_text_set_and_leaves_short_answers_out(tmp_path)
             answer_row("sft", request, 0, fresh, "stop", 1024, 5, 300, 1.0)]
     validate(pl.DataFrame(rows, schema=empty(Answers).schema), Answers, "a").write_parquet(tmp_path / "a.parquet")
     result = run_segments(SegmentsConfig(parts=4, n=2, min_words=50), tmp_path / "samples.parquet",
-                          tmp_path / "a.parquet", tmp_path / "m.json", tmp_path / "curve.csv")
+                          tmp_path / "a.parquet", tmp_path / "m.json", tmp_path / "curve.csv", tmp_path / "f.parquet")
     sets = result["sets"]
     assert list(sets) == ["agentwrite", "base", "sft"]
     assert sets["base"]["answers"] == 1 and sets["base"]["short"] == 1
@@ -88,8 +90,47 @@ def test_the_stage_measures_each_text_set_and_leaves_short_answers_out(tmp_path)
     assert sets["base"]["repeats_earlier_rise"] > 0.5
     assert json.loads((tmp_path / "m.json").read_text()) == result
     curve = pl.read_csv(tmp_path / "curve.csv")
-    assert curve.columns == ["model", "part", "words", "distinct_n", "repeats_earlier"]
+    assert curve.columns == ["model", "part", "words", "distinct_n", "repeats_earlier", "quality"]
+    assert curve["quality"].is_null().all() and pl.read_parquet(tmp_path / "f.parquet").height == 0
     assert curve.filter(pl.col("model") == "base")["part"].to_list() == [1, 2, 3, 4]
     # distinct text repeats nothing anywhere
     assert sets["sft"]["first"]["repeats_earlier"] == sets["sft"]["last"]["repeats_earlier"] == 0.0
     assert sets["agentwrite"]["answers"] == 1 and sets["agentwrite"]["distinct_n_drop"] == 0.0
+
+
+def test_cut_by_units_keeps_the_text_and_the_unit_boundaries():
+    text = "One two three, four five six seven. Eight!"
+    pieces = cut_by_units(text, 4)
+    assert pieces == ["One two ", "three, four ", "five six ", "seven. Eight!"] and "".join(pieces) == text
+    assert cut_by_units("我们今天去公园玩了很久。然后回家", 3) == ["我们今天去", "公园玩了很", "久。然后回家"]
+    assert cut_by_units("one two", 4) == ["", "one ", "", "two"]  # fewer units than parts: empty pieces
+
+
+def test_the_judge_rates_each_part_given_the_text_before_it(fake_server, tmp_path):
+    text = _distinct_words(80)
+    samples = validate(pl.DataFrame([{"id": f"s{i}", "lang": "en", "source": "p", "planned_words": 80,
+                                      "sections": 2, "lines_removed": 0, "words": 80,
+                                      "messages": [{"role": "user", "content": f"Write piece {i}."},
+                                                   {"role": "assistant", "content": text}]} for i in range(3)]),
+                       LongSamples, "s")
+    samples.write_parquet(tmp_path / "samples.parquet")
+    validate(pl.DataFrame([], schema=empty(Answers).schema), Answers, "a").write_parquet(tmp_path / "a.parquet")
+    # 2 answers rated (judge_answers) x 4 parts; the 6th call fails (no retries): one failure row
+    with fake_server(script=["ok"] * 5 + ["500"]) as srv:
+        judge = JudgeConfig(model=ModelSpec(provider="openai", base_url=srv.base_url, model="judge"))
+        settings = ClientSettings(cache_dir=str(tmp_path / "cache"), max_retries=0)
+        result = run_segments(SegmentsConfig(parts=4, n=2, min_words=50, judge=True, judge_answers=2),
+                              tmp_path / "samples.parquet", tmp_path / "a.parquet", tmp_path / "m.json",
+                              tmp_path / "curve.csv", tmp_path / "f.parquet", judge, settings)
+        prompts = [b["messages"][1]["content"] for b in srv.bodies]
+    assert len(prompts) == 8 and result["judge_failed"] == 1 and result["judge_llm"]["failed_calls"] == 1
+    # the first part is shown as the beginning, later parts after the text before them
+    firsts = [p for p in prompts if "(the part is the response's beginning)" in p]
+    assert len(firsts) == 2 and all("<text-before-" in p for p in prompts if p not in firsts)
+    failures = pl.read_parquet(tmp_path / "f.parquet")
+    assert failures.height == 1 and failures["reason"][0] == "llm_error" and failures["section"][0] in (1, 2, 3, 4)
+    m = result["sets"]["agentwrite"]
+    assert m["judged_answers"] == 2 and m["answers"] == 3
+    curve = pl.read_csv(tmp_path / "curve.csv")
+    assert curve["quality"].drop_nulls().is_between(0, 100).all() and curve["quality"].drop_nulls().len() == 4
+    assert m["quality_drop"] == pytest.approx(m["quality_first"] - m["quality_last"], abs=1e-3)

@@ -26,6 +26,10 @@ def training_params(generator: dict[str, Any]) -> dict[str, Any]:
         "sft": {"eval_steps": None, "train": {"learning_rate": 1e-5, "max_steps": 2, "max_length": 512}},
         "dpo_pairs": {"samples": 2, "sampling": {"temperature": 0.8, "top_p": 0.95, "max_tokens": 256, "seed": 0}},
         "dpo": {"train": {"learning_rate": 1e-6, "max_steps": 2, "max_length": 512}},
+        # one step of one group of two short completions: the stage runs, trains and is evaluated
+        "grpo": {"start": "sft", "pool": "data/rl/prompts.jsonl", "num_generations": 2, "max_completion_length": 96,
+                 "overlong_buffer": 16, "train": {"learning_rate": 1e-6, "max_steps": 1,
+                                                  "per_device_train_batch_size": 2}},
     }
 
 
@@ -35,7 +39,8 @@ def make_repo(repo: Path, params: dict[str, Any]) -> Path:
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     inputs = {"tiny_pool.jsonl": "data/pool/instructions.jsonl", "tiny_ruler.jsonl": "data/eval/ruler.jsonl",
-              "tiny_longbench.jsonl": "data/eval/longbench.jsonl", "tiny_general.jsonl": "data/general/prompts.jsonl"}
+              "tiny_longbench.jsonl": "data/eval/longbench.jsonl", "tiny_general.jsonl": "data/general/prompts.jsonl",
+              "tiny_rl.jsonl": "data/rl/prompts.jsonl"}
     for fixture, target in inputs.items():
         (repo / target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(FIXTURES / fixture, repo / target)

@@ -220,6 +220,22 @@ def rating_messages(request: str, answer: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
+def part_messages(request: str, before: str, part: str) -> list[dict[str, str]]:
+    """The judge's prompt for one part of a long answer, read after the text that precedes it."""
+    nonce = _nonce(request, before, part)
+    rubric = "\n".join(f"{i}. {label}: from 5 = {best} to 1 = {worst}."
+                       for i, (label, best, worst) in enumerate(_RUBRIC.values(), start=1))
+    keys = ", ".join(f'"{d}": score' for d in DIMENSIONS)
+    system = RATING_PROMPT.format(rubric=rubric, data_rule=_DATA_RULE.format(nonce=nonce), keys=keys)
+    system += ("\n\nYou rate one part of a longer response: the part between the part tags. The response's text "
+               "before it is given as context only. Rate the part as a continuation of that text: whether it adds "
+               "to it or repeats it, and whether it still serves the request.")
+    context = _tagged("text-before", nonce, before) if before else "(the part is the response's beginning)"
+    user = (f"{_tagged('request', nonce, request)}\n\n{context}\n\n{_tagged('part', nonce, part)}\n\n"
+            "Evaluate the part above and reply with the JSON object only.")
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
 def pair_messages(request: str, first: str, second: str) -> list[dict[str, str]]:
     """The judge's prompt comparing ``first`` (shown as A) with ``second`` (B)."""
     nonce = _nonce(request, first, second)
@@ -316,6 +332,13 @@ async def rate(llm: LLMClient, request: str, answer: str, cfg: JudgeConfig,
         rating, attempts, truncated, error = await _ask(
             llm, cfg, None, parse_rating, [answer], lambda shown: template_messages(text, request, shown[0]),
             first_sampling=cfg.prompt_sampling)
+    return RatingOutcome(rating, attempts, truncated, error)
+
+
+async def rate_part(llm: LLMClient, request: str, before: str, part: str, cfg: JudgeConfig) -> RatingOutcome:
+    """Rate one part of an answer given the text before it (``segments.judge``); re-asked as ``rate`` is."""
+    rating, attempts, truncated, error = await _ask(
+        llm, cfg, RATING_SCHEMA, parse_rating, [before, part], lambda shown: part_messages(request, *shown))
     return RatingOutcome(rating, attempts, truncated, error)
 
 

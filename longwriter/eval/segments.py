@@ -8,6 +8,10 @@ into ``parts`` equal runs of the paper's word units (``longwriter.wordcount.word
 - ``repeats_earlier``: the share of the part's n-grams that already occurred anywhere before it in the answer
   (high: the part copies earlier text, as a loop does).
 
+- ``quality`` (with ``judge: true``): the judge's six ratings of the part (S_q's 0-100 scale), given the request
+  and the answer's text before the part (``longwriter.eval.judge.part_messages``), for the first
+  ``judge_answers`` measured answers of each set; a part the judge could not rate goes to the failures table.
+
 An n-gram belongs to the part it lies in entirely. Answers with fewer than ``min_words`` words are left out and
 counted (``short``): a 40-word answer cut in four says nothing about position. Per set, the means per part make
 the curve (``plots/segments.csv``); the metrics give the first and last part and the drop between them.
@@ -15,16 +19,21 @@ the curve (``plots/segments.csv``); the metrics give the first and last part and
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+from tqdm import tqdm
 
+from longwriter.eval.judge import DIMENSIONS, JudgeConfig, RatingOutcome, rate_part
+from longwriter.eval.scoring import dimension_score, quality_score
 from longwriter.files import read_table, write_csv, write_json
-from longwriter.schemas import Answers, LongSamples, validate
-from longwriter.wordcount import word_units
+from longwriter.llm import ClientSettings, LLMClient, run_with_llm
+from longwriter.schemas import Answers, LongSamples, reason_counts, validate, write_failures
+from longwriter.wordcount import cut_by_units, word_units
 
 AGENTWRITE = "agentwrite"
 
@@ -36,6 +45,9 @@ class SegmentsConfig:
     parts: int = 4
     n: int = 2                 # n-gram length of distinct_n and repeats_earlier
     min_words: int = 200
+    # rate each part with the judge (the judge section's model) given the text before it: parts calls per answer
+    judge: bool = False
+    judge_answers: int | None = 4  # per text set, the first N measured answers are rated (None: all)
 
     def __post_init__(self) -> None:
         for name, low in (("parts", 2), ("n", 1), ("min_words", 1)):
@@ -65,44 +77,104 @@ def part_measures(units: Sequence[str], parts: int, n: int) -> list[dict[str, fl
     return out
 
 
-def text_sets(samples_path: str | Path, answers_path: str | Path) -> dict[str, list[str]]:
-    """The answers to measure, per set: the AgentWrite answers, then each model's (first sample) answers."""
+def text_sets(samples_path: str | Path, answers_path: str | Path) -> dict[str, list[tuple[str, str]]]:
+    """The (request, answer) pairs to measure, per set: the AgentWrite answers, then each model's (first sample)."""
     samples = validate(read_table(samples_path), LongSamples, samples_path)
     answers = validate(read_table(answers_path), Answers, answers_path).filter(pl.col("sample") == 0)
-    sets = {AGENTWRITE: [m[-1]["content"] for m in samples["messages"].to_list()]}
+    sets = {AGENTWRITE: [(m[0]["content"], m[-1]["content"]) for m in samples["messages"].to_list()]}
     for model in answers["model"].unique(maintain_order=True).to_list():
-        sets[model] = answers.filter(pl.col("model") == model).sort("index")["text"].to_list()
+        rows = answers.filter(pl.col("model") == model).sort("index")
+        sets[model] = list(zip(rows["prompt"].to_list(), rows["text"].to_list(), strict=True))
     return sets
 
 
-def segment_metrics(sets: dict[str, list[str]], cfg: SegmentsConfig) -> tuple[dict[str, Any], pl.DataFrame]:
+# a set's rated parts: per measured answer, per part, the quality (None: the judge could not rate it)
+PartQuality = dict[str, list[list[float | None]]]
+
+
+def judge_parts(sets: dict[str, list[tuple[str, str]]], cfg: SegmentsConfig, judge: JudgeConfig,
+                settings: ClientSettings) -> tuple[PartQuality, list[dict[str, Any]], dict[str, Any]]:
+    """The judge's quality of every part of the first ``judge_answers`` measured answers of each set; the failure
+    rows of the parts it could not rate; its call stats."""
+    jobs = []  # (set, answer number among the measured, part number, request, text before, part)
+    for name, pairs in sets.items():
+        measured = [(q, t) for q, t in pairs if len(word_units(t)) >= cfg.min_words]
+        for a, (request, text) in enumerate(measured[:cfg.judge_answers]):
+            pieces = cut_by_units(text, cfg.parts)
+            jobs += [(name, a, k, request, "".join(pieces[:k]), pieces[k]) for k in range(cfg.parts)]
+
+    async def work(llm: LLMClient) -> list[RatingOutcome]:
+        with tqdm(total=len(jobs), desc="segments: judge", unit="part", disable=None) as bar:
+            async def one(job: tuple[Any, ...]) -> RatingOutcome:
+                outcome = await rate_part(llm, job[3], job[4], job[5], judge)
+                bar.update(1)
+                return outcome
+            return list(await asyncio.gather(*(one(j) for j in jobs)))
+
+    outcomes, stats = run_with_llm(judge.model, settings, work)
+    quality: PartQuality = {}
+    failures = []
+    for (name, a, k, *_), outcome in zip(jobs, outcomes, strict=True):
+        answers = quality.setdefault(name, [])
+        if a == len(answers):
+            answers.append([None] * cfg.parts)
+        if outcome.rating is None:
+            failures.append({"stage": "segments", "instruction_id": f"{name}:{a}", "section": k + 1,
+                             "attempts": outcome.attempts, "reason": outcome.reason, "error": outcome.error})
+        else:
+            answers[a][k] = quality_score({d: dimension_score([outcome.rating.scores[d]]) for d in DIMENSIONS})
+    return quality, failures, stats.as_metrics()
+
+
+def segment_metrics(sets: dict[str, list[tuple[str, str]]], cfg: SegmentsConfig,
+                    quality: PartQuality | None = None) -> tuple[dict[str, Any], pl.DataFrame]:
     """Per set: answers measured and left out, the mean per part, first vs last part; and the curve's rows."""
     metrics: dict[str, Any] = {}
     rows = []
-    for name, texts in sets.items():
-        measured = [part_measures(u, cfg.parts, cfg.n) for u in (word_units(t) for t in texts)
+    for name, pairs in sets.items():
+        measured = [part_measures(u, cfg.parts, cfg.n) for u in (word_units(t) for _, t in pairs)
                     if len(u) >= cfg.min_words]
         mean = [{key: round(sum(a[k][key] for a in measured) / len(measured), 4)
                  for key in ("words", "distinct_n", "repeats_earlier")} for k in range(cfg.parts)] if measured else []
+        rated = (quality or {}).get(name, [])
+        by_part = [[q[k] for q in rated if q[k] is not None] for k in range(cfg.parts)]
+        part_quality = [round(sum(v) / len(v), 4) if v else None for v in by_part]
         for k, m in enumerate(mean):
-            rows.append({"model": name, "part": k + 1, **m})
+            rows.append({"model": name, "part": k + 1, **m, "quality": part_quality[k]})
         first, last = (mean[0], mean[-1]) if mean else ({}, {})
         metrics[name] = {
-            "answers": len(measured), "short": len(texts) - len(measured),
+            "answers": len(measured), "short": len(pairs) - len(measured),
             "first": first or None, "last": last or None,
             # positive: the last part is worse than the first
             "distinct_n_drop": round(first["distinct_n"] - last["distinct_n"], 4) if mean else None,
             "repeats_earlier_rise": round(last["repeats_earlier"] - first["repeats_earlier"], 4) if mean else None,
         }
+        if quality is not None:
+            q_first, q_last = part_quality[0], part_quality[-1]
+            metrics[name] |= {
+                "judged_answers": len(rated), "quality_first": q_first, "quality_last": q_last,
+                "quality_drop": round(q_first - q_last, 4) if q_first is not None and q_last is not None else None,
+            }
     curve = pl.DataFrame(rows, schema={"model": pl.Utf8, "part": pl.Int64, "words": pl.Float64,
-                                       "distinct_n": pl.Float64, "repeats_earlier": pl.Float64})
+                                       "distinct_n": pl.Float64, "repeats_earlier": pl.Float64,
+                                       "quality": pl.Float64})
     return metrics, curve
 
 
 def run_segments(cfg: SegmentsConfig, samples_path: str | Path, answers_path: str | Path, metrics_path: str | Path,
-                 plot_path: str | Path) -> dict[str, Any]:
-    metrics, curve = segment_metrics(text_sets(samples_path, answers_path), cfg)
-    result = {"parts": cfg.parts, "n": cfg.n, "min_words": cfg.min_words, "sets": metrics}
+                 plot_path: str | Path, failures_path: str | Path, judge: JudgeConfig | None = None,
+                 settings: ClientSettings | None = None) -> dict[str, Any]:
+    sets = text_sets(samples_path, answers_path)
+    quality, failure_rows, judge_llm = None, [], None
+    if cfg.judge:
+        if judge is None or settings is None:
+            raise ValueError("segments.judge needs the judge and llm settings")
+        quality, failure_rows, judge_llm = judge_parts(sets, cfg, judge, settings)
+    metrics, curve = segment_metrics(sets, cfg, quality)
+    result = {"parts": cfg.parts, "n": cfg.n, "min_words": cfg.min_words, "judge": cfg.judge, "sets": metrics}
+    if cfg.judge:
+        result |= {"judge_failed": len(failure_rows), "failures": reason_counts(failure_rows), "judge_llm": judge_llm}
+    write_failures(failure_rows, failures_path)
     write_csv(curve, plot_path)
     write_json(result, metrics_path)
     return result

@@ -1,0 +1,221 @@
+"""Stage ``grpo``: reinforcement learning for long writing with TRL's GRPOTrainer.
+
+The open version of what LongWriter-Zero reports (GRPO with a length reward, a writing-quality reward and a
+format/repetition reward): for each prompt the policy samples ``num_generations`` completions, each is rewarded
+(``longwriter.train.rewards``: length on the paper's S_l curve, the judge's quality, minus repetition, and TRL's
+soft overlong punishment near the completion cap), and the policy moves toward the completions that beat their
+group's mean.
+
+Prompts: the selected instructions, each with the words it asks for (stated in the prompt, else its plan's total),
+plus ``grpo.pool`` (a JSONL in LongBench-Write's format: ``prompt``, ``length``). A prompt whose required words
+need more tokens than ``max_completion_length`` (the eval's own words-to-tokens bound, ``LengthCap``) is left out
+with a failures row: its length reward could only ever punish, whatever the policy wrote. So is a selected
+instruction with no length stated and no plan.
+
+The same code runs the CPU smoke run (the 135M model, a few prompts, short completions, a handful of steps) and a
+GPU recipe (configs/params/grpo-gpu.yaml: vLLM colocated generation, completions in the thousands of tokens,
+DeepSpeed through ``train.launch``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from longwriter.errors import ConfigError
+from longwriter.eval.answers import LengthCap
+from longwriter.eval.benchmark import read_benchmark
+from longwriter.eval.judge import JudgeConfig, read_prompt_template
+from longwriter.files import read_table, write_csv, write_json
+from longwriter.llm import ClientSettings, ResponseCache, open_endpoint
+from longwriter.schemas import Instructions, Plans, reason_counts, validate, write_failures
+from longwriter.train.rewards import JudgeReward, length_reward, repetition_reward
+from longwriter.train.sft import TrainSettings, publish
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    length: float = 1.0
+    quality: float = 1.0
+    repetition: float = 1.0
+    overlong: float = 1.0      # TRL's soft overlong punishment (0 .. -1 in the last overlong_buffer tokens)
+
+    def __post_init__(self) -> None:
+        if any(w < 0 for w in dataclasses.astuple(self)):
+            raise ValueError("reward weights must be >= 0")
+
+
+@dataclass(frozen=True)
+class GRPOSettings:
+    """The ``grpo`` section."""
+
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(
+        learning_rate=1e-6, max_steps=4, per_device_train_batch_size=4))
+    start: Literal["sft", "dpo", "base"] = "sft"   # the checkpoint the policy starts from (models/<start>)
+    pool: str | None = None            # more prompts: JSONL in LongBench-Write's format (prompt, length)
+    use_selected: bool = True          # the selected instructions as prompts
+    max_prompts: int | None = None     # at most this many prompts (seeded sample; None: all)
+    num_generations: int = 4           # completions per prompt (the group)
+    max_completion_length: int = 384   # tokens
+    temperature: float = 1.0
+    top_p: float = 1.0
+    beta: float = 0.04                 # KL penalty to the start model (0: no reference model, no KL)
+    overlong_buffer: int = 64          # tokens before the cap where the soft overlong punishment ramps in
+    repetition_n: int = 4              # n-gram length of the repetition penalty (postprocess's)
+    weights: RewardWeights = field(default_factory=RewardWeights)
+    use_vllm: bool = False             # GPU: vLLM generation (colocated)
+    vllm_gpu_memory_utilization: float = 0.3
+
+    def __post_init__(self) -> None:
+        # (TRL checks that a step's completions, over all processes, make whole groups)
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be >= 2: a group of one has no mean to beat")
+        if not 0 <= self.overlong_buffer < self.max_completion_length:
+            raise ValueError("overlong_buffer must be within [0, max_completion_length)")
+
+
+def rl_prompts(cfg: GRPOSettings, instructions_path: str | Path, plans_path: str | Path,
+               seed: int = 0) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """The prompts (id, prompt, lang, required) and the failures rows of those left out."""
+    rows: list[dict[str, Any]] = []
+    if cfg.use_selected:
+        instructions = validate(read_table(instructions_path), Instructions, instructions_path)
+        plans = validate(read_table(plans_path), Plans, plans_path)
+        planned = dict(plans.group_by("instruction_id").agg(pl.col("words").sum()).iter_rows())
+        for r in instructions.iter_rows(named=True):
+            rows.append({"id": r["id"], "prompt": r["prompt"], "lang": r["lang"],
+                         "required": r["required_words"] or planned.get(r["id"])})
+    if cfg.pool is not None:
+        for r in read_benchmark(cfg.pool).iter_rows(named=True):
+            rows.append({"id": f"pool:{r['index']}", "prompt": r["prompt"], "lang": r["lang"],
+                         "required": r["required"]})
+    cap, failures, kept = LengthCap(), [], []
+    for r in rows:
+        if r["required"] is None:
+            failures.append(_failure(r["id"], "no_required_length", "no length stated in the prompt and no plan"))
+            continue
+        need = cap.tokens(r["required"], r["lang"], ratio=1.0)
+        if need > cfg.max_completion_length:
+            failures.append(_failure(r["id"], "over_max_length", f"{r['required']} words need about {need} tokens "
+                                     f"> max_completion_length {cfg.max_completion_length}: the length reward "
+                                     "could only punish"))
+            continue
+        kept.append(r)
+    table = pl.DataFrame(kept, schema={"id": pl.Utf8, "prompt": pl.Utf8, "lang": pl.Utf8, "required": pl.Int64})
+    if cfg.max_prompts is not None and table.height > cfg.max_prompts:
+        table = table.sample(cfg.max_prompts, seed=seed).sort("id")
+    return table, failures
+
+
+def _once(start: Callable[[], str]) -> Callable[[], str]:
+    """``start`` called at most once, whichever thread asks first: each reward call opens its own client, and
+    all of them must share one judge server. It is started on TRL's reward event loop thread, which lives as long
+    as the process (the server is stopped with the thread that started it), and only when a judgement is not
+    cached: a rerun whose judgements all are starts no server."""
+    lock, url = threading.Lock(), []
+
+    def started() -> str:
+        with lock:
+            if not url:
+                url.append(start())
+            return url[0]
+    return started
+
+
+def _failure(prompt_id: str, reason: str, error: str) -> dict[str, Any]:
+    return {"stage": "grpo", "instruction_id": prompt_id, "section": None, "attempts": 0, "reason": reason,
+            "error": error}
+
+
+def reward_curve(log_history: list[dict[str, Any]]) -> pl.DataFrame:
+    """Per logging step: each reward's mean, the combined reward, completion length, clipped ratio and KL."""
+    names = {"reward": "reward", "rewards/length_reward/mean": "length",
+             "rewards/judge_quality/mean": "quality", "rewards/repetition_penalty/mean": "repetition",
+             "rewards/soft_overlong_punishment_reward/mean": "overlong",
+             "completions/mean_length": "completion_length", "completions/clipped_ratio": "clipped_ratio",
+             "kl": "kl", "loss": "loss"}
+    rows = [{"step": int(e["step"]), **{out: _float(e.get(key)) for key, out in names.items()}}
+            for e in log_history if "step" in e and "reward" in e]
+    return pl.DataFrame(rows, schema={"step": pl.Int64, **dict.fromkeys(names.values(), pl.Float64)})
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def run_grpo(cfg: GRPOSettings, judge: JudgeConfig, settings: ClientSettings, model_dir: str | Path,
+             instructions_path: str | Path, plans_path: str | Path, output_dir: str | Path, metrics: str | Path,
+             plot_csv: str | Path, failures: str | Path) -> dict[str, Any]:
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.rewards import get_soft_overlong_punishment
+
+    t = cfg.train
+    prompts, failure_rows = rl_prompts(cfg, instructions_path, plans_path, t.seed)
+    if prompts.height == 0:
+        raise ConfigError(f"grpo: no prompt left to train on ({len(failure_rows)} left out: "
+                         f"{reason_counts(failure_rows)}); add a pool or raise max_completion_length")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "required": r["required"]}
+                                 for r in prompts.iter_rows(named=True)])
+    template = read_prompt_template(judge.prompt_file) if judge.prompt_file is not None else None
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        funcs: list[Any] = [length_reward, repetition_reward(cfg.repetition_n),
+                            get_soft_overlong_punishment(cfg.max_completion_length, cfg.overlong_buffer)]
+        weights = [cfg.weights.length, cfg.weights.repetition, cfg.weights.overlong]
+        quality: JudgeReward | None = None
+        if cfg.weights.quality > 0:
+            endpoint = stack.enter_context(open_endpoint(judge.model, settings))
+            if endpoint.start is not None:
+                endpoint = dataclasses.replace(endpoint, start=_once(endpoint.start))
+            cache = stack.enter_context(ResponseCache(settings.cache_path / "responses.sqlite"))
+            quality = JudgeReward(endpoint, cache, settings, judge, template)
+            funcs.append(quality)
+            weights.append(cfg.weights.quality)
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="grpo-"))
+        kwargs = {k: v for k, v in t.trainer_kwargs(scratch).items() if k != "max_length"}
+        # GRPOConfig turns gradient checkpointing on by default under its old name, beside transformers' new one:
+        # both follow train.gradient_checkpointing (off by default: a small model needs no memory saved)
+        kwargs["gradient_checkpointing"] = t.gradient_checkpointing
+        args = GRPOConfig(**kwargs, num_generations=cfg.num_generations,
+                          max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
+                          top_p=cfg.top_p, beta=cfg.beta, reward_weights=weights, use_vllm=cfg.use_vllm,
+                          vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, disable_tqdm=None)
+        trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
+                              processing_class=tokenizer, peft_config=t.peft_config())
+        trainer.train()
+        history = list(trainer.state.log_history)
+        publish(trainer, tokenizer, output_dir, t.lora is not None)
+    judge_failures = quality.failures if quality is not None else []
+    curve = reward_curve(history)
+    write_failures(failure_rows + judge_failures, failures)
+    first, last = (curve.row(0, named=True), curve.row(-1, named=True)) if curve.height else ({}, {})
+    result = {
+        "start": cfg.start, "prompts": prompts.height, "left_out": reason_counts(failure_rows),
+        "steps": int(curve["step"].max()) if curve.height else 0,
+        "completions": int(curve.height * t.per_device_train_batch_size * t.gradient_accumulation_steps),
+        "first": first, "last": last,
+        "judge_failed": len(judge_failures),
+        "judge_llm": quality.stats.as_metrics() if quality else None,
+        "runtime_s": round(time.perf_counter() - started, 1),
+    }
+    write_csv(curve, plot_csv)
+    write_json(result, metrics)
+    return result

@@ -1,0 +1,99 @@
+"""The rewards of the ``grpo`` stage, each a function over (prompt, completion) in TRL's reward form.
+
+TRL calls each with ``prompts`` and ``completions`` (conversational: lists of messages), ``completion_ids`` and
+every other column of the prompt dataset as keyword arguments (here ``required``: the words the prompt asks for),
+and weighs them with ``GRPOConfig.reward_weights``. A reward of None is no reward for that completion (TRL leaves
+it out of the group's statistics): a judge that could not rate a completion gives None, never a made-up score.
+
+- ``length``: LongBench-Write's length score S_l of the completion's effective words (the words before it falls
+  into a loop, ``longwriter.repetition.degeneration``) against the required length, scaled to [0, 1]: 1 at the
+  required length, falling linearly to 0 at a third of it or four times it (the paper's own curve).
+- ``quality``: the judge's six-dimension rating (``longwriter.eval.judge.rate``), S_q scaled to [0, 1], asked
+  through the project's client: cached (a rerun of the same completions pays nothing), concurrent, retried and
+  counted; a failed judgement is recorded (``JudgeReward.failures``) and rewards None.
+- ``repetition``: minus the share of word n-grams that repeat an earlier one (postprocess's measure,
+  ``longwriter.repetition.repetition``): 0 for text that never repeats itself, towards -1 for a loop. TRL's
+  soft overlong punishment (``trl.rewards.get_soft_overlong_punishment``) is added by the stage beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from longwriter.eval.judge import DIMENSIONS, JudgeConfig, rate
+from longwriter.eval.scoring import dimension_score, length_score, quality_score
+from longwriter.llm import CallStats, ClientSettings, Endpoint, LLMClient, ResponseCache
+from longwriter.repetition import degeneration, repetition
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a TRL completion: a string, or a conversational list of messages (the assistant's turns)."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(m.get("content") or "" for m in completion if m.get("role", "assistant") == "assistant")
+
+
+def prompt_text(prompt: Any) -> str:
+    """The request of a TRL prompt: a string, or the last user turn of a conversational prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
+
+
+def length_reward(completions: list[Any], required: list[int], **_: Any) -> list[float]:
+    """S_l / 100 of each completion's effective words against its required words."""
+    return [length_score(int(req), degeneration(completion_text(c))[0]) / 100.0
+            for c, req in zip(completions, required, strict=True)]
+
+
+def repetition_reward(n: int = 4) -> Callable[..., list[float]]:
+    """Minus the share of repeated word n-grams of each completion (postprocess's ``repetition_n``)."""
+    def repetition_penalty(completions: list[Any], **_: Any) -> list[float]:
+        return [-repetition(completion_text(c), n) for c in completions]
+    return repetition_penalty
+
+
+@dataclass
+class JudgeReward:
+    """The judge's S_q / 100 of each completion; an async callable, which TRL runs on its own event loop.
+
+    ``endpoint`` must already have its URL (the stage starts the judge's server in the main thread); each call
+    opens a client on TRL's loop over the shared ``cache``, so the call stats add up in ``stats``.
+    """
+
+    endpoint: Endpoint
+    cache: ResponseCache
+    settings: ClientSettings
+    judge: JudgeConfig
+    template: str | None = None
+    stats: CallStats = field(default_factory=CallStats)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0
+    # the name TRL logs this reward under (rewards/judge_quality/mean): an instance attribute lookup finds it
+    __name__ = "judge_quality"
+
+    async def __call__(self, prompts: list[Any], completions: list[Any], **_: Any) -> list[float | None]:
+        self.step += 1
+        async with LLMClient(self.endpoint, self.cache, self.settings) as llm:
+            outcomes = await asyncio.gather(*(rate(llm, prompt_text(p), completion_text(c), self.judge, self.template)
+                                              for p, c in zip(prompts, completions, strict=True)))
+            _add(self.stats, llm.stats)
+        rewards: list[float | None] = []
+        for k, outcome in enumerate(outcomes):
+            if outcome.rating is None:
+                self.failures.append({"stage": "grpo", "instruction_id": f"step{self.step}:completion{k}",
+                                      "section": None, "attempts": outcome.attempts, "reason": outcome.reason,
+                                      "error": outcome.error})
+                rewards.append(None)
+                continue
+            q = quality_score({d: dimension_score([outcome.rating.scores[d]]) for d in DIMENSIONS})
+            rewards.append(None if q is None else q / 100.0)
+        return rewards
+
+
+def _add(total: CallStats, more: CallStats) -> None:
+    for name, value in vars(more).items():
+        setattr(total, name, getattr(total, name) + value)

@@ -1,0 +1,45 @@
+"""grpo: reinforcement learning for long writing with TRL's GRPOTrainer (params: grpo, judge, llm).
+
+The policy starts from models/<grpo.start> and is rewarded for the length it is asked for (LongBench-Write's S_l of
+its effective words), the judge's quality rating, no repetition, and staying under the completion cap. Prompts: the
+selected instructions with their required lengths, plus grpo.pool. Writes models/grpo, the reward curves
+(plots/grpo_rewards.csv) and metrics/grpo.json. The default is a CPU smoke run: its figures are not a result about
+long writing.
+"""
+
+import click
+
+from longwriter.config import build, read_params, section
+from longwriter.errors import stage_entry
+from longwriter.eval.judge import JudgeConfig
+from longwriter.llm import ClientSettings
+from longwriter.train.grpo import GRPOSettings, run_grpo
+
+
+@click.command(help=__doc__)
+@click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
+@click.option("--model", default=None, help="Checkpoint to start from (default: models/<grpo.start>).")
+@click.option("--instructions", default="data/selected.parquet", show_default=True, help="Selected instructions.")
+@click.option("--plans", default="data/plans.parquet", show_default=True, help="Their plans (required lengths).")
+@click.option("--output", default="models/grpo", show_default=True, help="Trained checkpoint directory.")
+@click.option("--metrics", default="metrics/grpo.json", show_default=True, help="Metrics JSON.")
+@click.option("--plot-csv", default="plots/grpo_rewards.csv", show_default=True, help="Reward curves (DVC plots).")
+@click.option("--failures", default="data/failures/grpo.parquet", show_default=True,
+              help="Prompts left out and completions the judge could not rate.")
+@stage_entry
+def main(params_file: str, model: str | None, instructions: str, plans: str, output: str, metrics: str,
+         plot_csv: str, failures: str) -> None:
+    params = read_params(params_file)
+    cfg = build(GRPOSettings, section(params, "grpo", params_file), f"{params_file}:grpo")
+    judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
+    settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
+    r = run_grpo(cfg, judge, settings, model or f"models/{cfg.start}", instructions, plans, output, metrics,
+                 plot_csv, failures)
+    first, last = r["first"], r["last"]
+    click.echo(f"grpo: {r['prompts']} prompts ({sum(r['left_out'].values())} left out), {r['steps']} steps; reward "
+               f"{first.get('reward')} -> {last.get('reward')} (length {first.get('length')} -> {last.get('length')}, "
+               f"quality {first.get('quality')} -> {last.get('quality')}); {r['judge_failed']} judge failures")
+
+
+if __name__ == "__main__":
+    main()
