@@ -300,6 +300,7 @@ class FakeOpenAIServer:
     batch_outcomes: how the batches created run, in order (then "complete"): "complete" answers every line
         (each line drawing its outcome from `script`/`faults`: a fault becomes an error line), "expire:N"
         answers the first N lines and expires the rest, "fail" fails the batch's validation (no line runs).
+    batch_retrieve_errors: the first this many retrievals of a batch (any batch) answer HTTP 500.
     """
 
     def __init__(
@@ -323,6 +324,7 @@ class FakeOpenAIServer:
         context_words: int | None = None,
         batch_polls: int = 2,
         batch_outcomes: list[str] | None = None,
+        batch_retrieve_errors: int = 0,
     ) -> None:
         faults = dict(faults or {})
         script = list(script or [])
@@ -356,6 +358,7 @@ class FakeOpenAIServer:
         # An inference server runs a fixed number of slots; the rest of the requests queue.
         self._capacity = threading.BoundedSemaphore(capacity) if capacity else None
         self.batch_polls = batch_polls
+        self.batch_retrieve_errors = batch_retrieve_errors
         self._batch_outcomes = list(batch_outcomes or [])
         # the Batch API's state: uploaded files (id -> bytes) and batches (id -> the Batch object as JSON)
         self.files: dict[str, bytes] = {}
@@ -608,6 +611,13 @@ class FakeOpenAIServer:
             h.send_json(200, batch)
 
     def _retrieve_batch(self, h: _Handler, batch_id: str) -> None:
+        with self._lock:
+            failing = self.batch_retrieve_errors > 0
+            self.batch_retrieve_errors -= failing
+        if failing:
+            h.send_json(500, _error_body("The server had an error while processing your request.", "server_error",
+                                         None))
+            return
         with self._lock:
             batch = self.batches.get(batch_id)
             if batch is not None:

@@ -161,3 +161,11 @@ def test_batch_needs_the_openai_provider():
     with pytest.raises(ConfigError, match="batch_discount"):
         build(ModelSpec, {"provider": "openai", "base_url": "http://x", "model": "m", "batch": True,
                           "batch_discount": 1.5}, "params.yaml:write.generator")
+
+
+def test_a_batch_that_cannot_be_polled_is_polled_again_never_sent_again(fake_server, tmp_path):
+    # the first two retrievals fail: with max_retries 1 that is the poll's retry spent, so the first attempt of
+    # both calls fails, and their second polls the same batch again
+    with fake_server(batch_polls=0, batch_retrieve_errors=2) as srv:
+        answers, stats = run_with_llm(batch_spec(srv), settings(tmp_path, max_retries=1), ask_all(2))
+    assert len(srv.batches) == 1 and [a.attempts for a in answers] == [2, 2] and stats.sent_calls == 2

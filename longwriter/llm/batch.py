@@ -71,7 +71,7 @@ class BatchRunner:
         self._queue: dict[str, tuple[dict[str, Any], list[asyncio.Future[Outcome]]]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._rounds: set[asyncio.Task[None]] = set()
-        # the batches this cache has open for this model: input file id -> (batch id or None, keys, created)
+        # the batches this cache has open for this model: input file id -> (batch id or None, request keys)
         self._open = {fid: (bid, keys) for fid, bid, keys in cache.open_batches(identity)}
         self._key_file = {k: fid for fid, (_, keys) in self._open.items() for k in keys}
         self._polls: dict[str, asyncio.Task[dict[str, Outcome]]] = {}
@@ -80,7 +80,11 @@ class BatchRunner:
         """The outcome of request ``body`` (its cache key ``key``) in the batch that holds it or the next one."""
         fid = self._key_file.get(key)
         if fid is not None:  # submitted by an earlier run that stopped before its batch was read
-            return (await self._poll_task(fid)).get(key, "missing from the batch's output and error files")
+            try:
+                results = await self._poll_task(fid)
+            except openai.OpenAIError as e:  # after its retries: this attempt failed with it
+                return self._redact(f"batch not read: {type(e).__name__}: {e}")
+            return results.get(key, "missing from the batch's output and error files")
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._queue.setdefault(key, (body, []))[1].append(future)
         if len(self._queue) >= self.settings.batch_max_requests:
@@ -156,9 +160,12 @@ class BatchRunner:
         return upload.id
 
     def _poll_task(self, fid: str) -> asyncio.Task[dict[str, Outcome]]:
-        if fid not in self._polls:
-            self._polls[fid] = asyncio.create_task(self._poll(fid))
-        return self._polls[fid]
+        task = self._polls.get(fid)
+        # one poller per batch, shared by every call waiting on it; one that failed (the API unreachable past its
+        # retries) is started again by the next attempt: the batch is still there, polled, never sent again
+        if task is None or (task.done() and not task.cancelled() and task.exception() is not None):
+            task = self._polls[fid] = asyncio.create_task(self._poll(fid))
+        return task
 
     async def _poll(self, fid: str) -> dict[str, Outcome]:
         client = await self._connect()
