@@ -89,3 +89,27 @@ def test_a_set_s_curves_leave_short_texts_out(tokenizer):
 def test_nll_config_errors(data, match):
     with pytest.raises(ConfigError, match=match):
         build(NllConfig, data, "params.yaml:nll")
+
+
+def test_the_stage_scores_each_text_set_from_the_tables(tokenizer, tmp_path):
+    import polars as pl
+
+    from longwriter.eval.nll import NllConfig, run_nll
+    from longwriter.schemas import Answers, LongSamples, empty, validate
+    from longwriter.train.checkpoint import save_checkpoint
+
+    save_checkpoint(tiny_llama(tokenizer), tokenizer, tmp_path / "model")
+    long = " ".join(f"Paragraph {k}: the keeper climbed the stairs and lit the lamp again." for k in range(30))
+    samples = pl.DataFrame([{"id": "s", "lang": "en", "source": "p", "planned_words": 300, "sections": 3,
+                             "lines_removed": 0, "words": 300,
+                             "messages": [{"role": "user", "content": "Write."},
+                                          {"role": "assistant", "content": long}]}])
+    validate(samples, LongSamples, "s").write_parquet(tmp_path / "samples.parquet")
+    validate(pl.DataFrame([], schema=empty(Answers).schema), Answers, "a").write_parquet(tmp_path / "a.parquet")
+    result = run_nll(NllConfig(model=str(tmp_path / "model"), min_tokens=64, window=128, positions=[32, 64]),
+                     tmp_path / "samples.parquet", tmp_path / "a.parquet", tmp_path / "m.json", tmp_path / "c.csv")
+    agentwrite = result["sets"]["agentwrite"]
+    # the answer's text is scored (its request is not): one text, long enough, both curves at both positions
+    assert agentwrite["texts"] == 1 and agentwrite["short"] == 0
+    assert set(agentwrite["original"]["nll_at"]) == {"32", "64"} and set(agentwrite["shuffled"]["nll_at"]) == {
+        "32", "64"}

@@ -135,8 +135,8 @@ def run_nll(cfg: NllConfig, samples_path: str | Path, answers_path: str | Path, 
     window = min(cfg.window, getattr(model.config, "max_position_embeddings", None) or cfg.window)
     cfg = dataclasses.replace(cfg, window=window)
     sets, rows = {}, []
-    for name, texts in text_sets(samples_path, answers_path).items():
-        scored = set_curves(model, tokenizer, texts, cfg)
+    for name, pairs in text_sets(samples_path, answers_path).items():
+        scored = set_curves(model, tokenizer, [text for _, text in pairs], cfg)
         sets[name] = scored["metrics"]
         for kind, curve in scored["curves"].items():
             rows += [{"model": f"{name} ({kind})", "position": i + 1, "cumulative_nll": round(v, 5)}
