@@ -18,7 +18,6 @@ bound on its agreement with any other judge, not a comparison with a stronger on
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
 from dataclasses import dataclass, field
@@ -27,12 +26,11 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from tqdm import tqdm
 
-from longwriter.eval.judge import DIMENSIONS, JudgeConfig, RatingOutcome, rate, read_prompt_template
+from longwriter.eval.judge import DIMENSIONS, JudgeConfig, judge_answers
 from longwriter.eval.scoring import dimension_score, quality_score
 from longwriter.files import read_table, write_csv, write_json
-from longwriter.llm import ClientSettings, LLMClient, ModelSpec, Sampling, run_with_llm
+from longwriter.llm import ClientSettings, ModelSpec, Sampling
 from longwriter.schemas import Answers, JudgeRatings, Scores, reason_counts, validate, write_checked, write_failures
 
 
@@ -143,17 +141,10 @@ def run_agreement(cfg: AgreementConfig, judge: JudgeConfig, settings: ClientSett
     answers = validate(read_table(answers_path), Answers, answers_path)
     rows = list(sample_rated(scores, answers, cfg).iter_rows(named=True))
     reference = dataclasses.replace(judge, model=cfg.reference, sampling=cfg.sampling, prompt_sampling=cfg.sampling)
-    template = read_prompt_template(judge.prompt_file) if judge.prompt_file is not None else None
-
-    async def work(llm: LLMClient) -> list[RatingOutcome]:
-        with tqdm(total=len(rows), desc="agreement: reference judge", unit="answer", disable=None) as bar:
-            async def one(row: dict[str, Any]) -> RatingOutcome:
-                outcome = await rate(llm, row["prompt"], row["text"], reference, template)
-                bar.update(1)
-                return outcome
-            return list(await asyncio.gather(*(one(r) for r in rows)))
-
-    outcomes, stats = run_with_llm(cfg.reference, settings, work)
+    # the judge's own loop (concurrent, a progress bar), with the reference in the judge's place
+    asked = pl.DataFrame([{"prompt": r["prompt"], "text": r["text"]} for r in rows],
+                         schema={"prompt": pl.Utf8, "text": pl.Utf8})
+    outcomes, llm_metrics = judge_answers(asked, reference, settings, "agreement: reference judge")
     table, failure_rows, mine, theirs = [], [], [], []
     for row, outcome in zip(rows, outcomes, strict=True):
         if outcome.rating is None:
@@ -171,7 +162,7 @@ def run_agreement(cfg: AgreementConfig, judge: JudgeConfig, settings: ClientSett
     write_failures(failure_rows, failures)
     result = {"reference": _describe(cfg.reference), "sampled": len(rows), "reference_failed": len(failure_rows),
               "failures": reason_counts(failure_rows), **agreement_metrics(mine, theirs, cfg),
-              "llm": stats.as_metrics()}
+              "llm": llm_metrics}
     write_csv(pl.DataFrame([{"dimension": d, **m} for d, m in result["dimensions"].items()],
                            schema={"dimension": pl.Utf8, "spearman": pl.Float64, "kendall_tau_b": pl.Float64,
                                    "exact": pl.Float64, "within_one": pl.Float64}), plot_path)
