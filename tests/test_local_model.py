@@ -252,6 +252,25 @@ def test_rows_are_deterministic_whatever_shares_their_batch(chat: TransformersCh
     assert len({_text(r) for r in results}) == 6  # type: ignore[arg-type]
 
 
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_rows_that_finish_early_leave_the_batch_without_changing_the_others(chat: TransformersChat,
+                                                                            temperature: float) -> None:
+    """Rows with smaller limits stop first and are dropped from the batch (and its KV cache) mid-way: the rows
+    still running must come out as they do alone, and each short row exactly at its own limit."""
+    target = _body("Tell me a story about a cat.", seed=7, temperature=temperature, max_tokens=24)
+    short = [_body(f"question {i}: " + "word " * (3 * i + 1), seed=50 + i, temperature=temperature,
+                   max_tokens=limit) for i, limit in enumerate([2, 5, 11])]
+    alone = [_text(chat.complete(b)) for b in [target, *short]]
+    chat.batch_sizes.clear()  # type: ignore[attr-defined]
+    results = _concurrently(chat, [target, *short])
+    assert chat.batch_sizes == [4], chat.batch_sizes  # type: ignore[attr-defined]
+    assert [_text(r) for r in results] == alone  # type: ignore[arg-type]
+    for body, result in zip([target, *short], results, strict=True):
+        usage, choice = result["usage"], result["choices"][0]  # type: ignore[index]
+        assert choice["finish_reason"] == "length" or usage["completion_tokens"] < body["max_tokens"]
+        assert usage["completion_tokens"] <= body["max_tokens"]
+
 def test_greedy_is_deterministic_and_ignores_the_seed(chat: TransformersChat) -> None:
     target = _body("Tell me a story about a cat.", seed=7, temperature=0.0)
     others = [_body("word " * (5 * i + 1) + f"question {i}", seed=100 + i, temperature=0.0) for i in range(5)]

@@ -103,7 +103,9 @@ def section_messages(instruction: str, plan: list[tuple[str, int]], n: int, writ
     history, follow = "", ""
     if cfg.mode == "sequential" and written:
         so_far = _tail_words("\n\n".join(written), cfg.history_words)
-        history = f"\n## Text written so far (paragraphs 1 to {n - 1})\n{so_far}\n"
+        # no paragraph number in the heading: paragraph n's prompt then repeats paragraph n-1's up to the end
+        # of the history they share, which a backend's prefix cache does not evaluate again
+        history = f"\n## Text written so far\n{so_far}\n"
         follow = "Continue naturally from the text written so far without repeating it. "
     outline = "\n".join(f"{i}. {p} (about {w} words)" for i, (p, w) in enumerate(plan, start=1))
     content = WRITE_PROMPT.format(instruction=instruction, plan=outline, history=history, n=n, point=point,
