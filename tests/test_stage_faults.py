@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pytest
 import yaml
 
 from longwriter.agentwrite.plan import PlanConfig, run_plan
@@ -241,6 +242,33 @@ def test_compare_records_requests_one_model_did_not_answer(fake_server, tmp_path
     games = sum(v is not None for v in pl.read_parquet(tmp_path / "c.parquet").select("a_first", "b_first").row(0))
     assert {r["games"] for r in m["elo"]["ratings"].values()} == {games}
     assert pl.read_csv(tmp_path / "elo.csv")["model"].to_list() == ["a", "b"]
+
+
+def test_compare_judges_the_same_seeded_sample_of_requests_for_every_pair(fake_server, tmp_path):
+    from longwriter.eval.answers import answer_row
+    from longwriter.eval.compare import CompareConfig, run_compare
+    from longwriter.eval.judge import JudgeConfig
+    from longwriter.schemas import Answers, empty, write_checked
+
+    def row(model: str, index: int) -> dict:
+        request = {"index": index, "prompt": f"Write {index}.", "type": None, "lang": "en", "required": 100,
+                   "bucket": "0-500"}
+        return answer_row(model, request, 0, f"Answer {index} of {model}.", "stop", 512, 5, 5, 0.1)
+
+    answers = pl.DataFrame([row(m, i) for m in "abc" for i in range(6)], schema=empty(Answers).schema)
+    write_checked(answers, Answers, tmp_path / "answers.parquet")
+    cfg = CompareConfig(pairs=(("a", "b"), ("c", "b")), requests=3, seed=1)
+    with fake_server() as srv:
+        m = run_compare(cfg, JudgeConfig(model=fake_spec(srv)), fast_settings(tmp_path),
+                        tmp_path / "answers.parquet", tmp_path / "c.parquet", tmp_path / "f.parquet",
+                        tmp_path / "m.json")
+        calls = srv.requests_count()
+    table = pl.read_parquet(tmp_path / "c.parquet")
+    by_pair = {pair: sorted(table.filter(pl.col("model_a") == pair[0])["index"]) for pair in cfg.pairs}
+    assert by_pair[("a", "b")] == by_pair[("c", "b")] and len(by_pair[("a", "b")]) == 3
+    assert m["requests"] == 3 and calls == 2 * 3 * 2  # two pairs, three requests, both orders
+    with pytest.raises(ValueError, match="requests"):
+        CompareConfig(requests=0)
 
 
 def test_a_paragraph_cut_past_its_budget_is_continued_to_a_sentence_end():

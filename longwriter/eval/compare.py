@@ -10,6 +10,7 @@ the judge's position bias.
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ class CompareConfig:
     # Elo intervals: resamples of the requests, and their seed
     bootstrap: int = 200
     seed: int = 0
+    # requests compared: a sample of this many (seeded), the same for every pair; null: all of them
+    requests: int | None = None
 
     def __post_init__(self) -> None:
         for pair in self.pairs:
@@ -41,6 +44,9 @@ class CompareConfig:
                 raise ValueError(f"each pair names two different models, got {list(pair)}")
         if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 0:
             raise ValueError(f"bootstrap must be a non-negative integer, got {self.bootstrap!r}")
+        if self.requests is not None and (isinstance(self.requests, bool) or not isinstance(self.requests, int)
+                                          or self.requests < 1):
+            raise ValueError(f"requests must be a positive integer or null, got {self.requests!r}")
 
 
 def outcome(a_first: str | None, b_first: str | None) -> str | None:
@@ -76,6 +82,10 @@ def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings
         if unknown:
             raise ConfigError(f"compare.pairs names model(s) {unknown} with no answers in {answers_path}")
     by_key = {(r["model"], r["index"]): r for r in answers.iter_rows(named=True)}
+    indices = sorted({i for (_, i) in by_key})
+    if cfg.requests is not None and cfg.requests < len(indices):
+        chosen = set(random.Random(cfg.seed).sample(indices, cfg.requests))
+        by_key = {k: r for k, r in by_key.items() if k[1] in chosen}
     jobs = [(a, b, i) for a, b in cfg.pairs for (m, i) in sorted(by_key) if m == a and (b, i) in by_key]
     # a request one of the two models did not answer cannot be compared: recorded, not skipped in silence
     unanswered = [{"stage": "compare", "instruction_id": f"{a}_vs_{b}/{i}", "section": None, "attempts": 0,
@@ -111,6 +121,7 @@ def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings
         result[f"{a}_vs_{b}"]["unanswered"] = sum(1 for f in unanswered
                                                   if f["instruction_id"].startswith(f"{a}_vs_{b}/"))
     result["failures"] = reason_counts(failure_rows)
+    result["requests"] = len({i for (_, i) in by_key})
     models = list(dict.fromkeys(m for pair in cfg.pairs for m in pair))
     result["elo"] = elo_ratings(table, models, cfg.bootstrap, cfg.seed)
     if elo_plot is not None:
