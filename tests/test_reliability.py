@@ -166,12 +166,20 @@ def test_sigterm_and_sigint_stop_cleanly_and_the_rerun_resumes(fake_server, tmp_
             assert 12 - done <= len(srv.log) - before <= 12 - done + 2
 
 
-def test_api_key_never_leaves_the_environment(fake_server, tmp_path):
+def test_api_key_never_leaves_the_environment(fake_server, tmp_path, tokenizer):
     """Run the whole pipeline (AgentWrite, training, evaluation) with `dvc repro`, the key in an environment variable
-    and the server requiring it (and failing now and then): the key appears in no file and no log."""
+    and the server requiring it (and failing now and then): the key appears in no file and no log.
+
+    The model trained is a tiny random checkpoint, not the embedded 135M one: every stage that holds the key
+    runs the same, and the test is not paying the end-to-end test's training time a second time."""
+    from conftest import tiny_llama
+
+    from longwriter.train.checkpoint import save_checkpoint
+
     canary = "sk-CANARY-" + "7f3a9c2e5b8d1046"
     repo = tmp_path / "repo"
     repo.mkdir()
+    save_checkpoint(tiny_llama(tokenizer), tokenizer, repo / "tiny-base")
     with fake_server(require_key=canary, faults={"500": 0.1, "429": 0.1}, seed=5,
                      log_path=tmp_path / "server.jsonl") as srv:
         gen = {"provider": "openai", "base_url": srv.base_url, "model": "fake-model", "api_key_env": "LW_TEST_KEY"}
@@ -191,6 +199,7 @@ def test_api_key_never_leaves_the_environment(fake_server, tmp_path):
             "judge": {"model": gen},
             "compare": {"pairs": [["remote", "remote2"]]},
             **training_params(gen),
+            "base": {"model": "tiny-base", "dtype": "float32"},
         })
         env = {**os.environ, "LW_TEST_KEY": canary}
         logs = []
