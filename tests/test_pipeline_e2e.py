@@ -227,11 +227,16 @@ def test_forced_repro_pays_for_nothing(repo):
     for stage in ("select", "plan", "write", "general"):
         m = metrics(repo, stage)["llm"]
         assert m["sent_calls"] == 0 and m["cache_hit_rate"] == 1.0, (stage, m)
+    asked = 0
     for m in (metrics(repo, "ruler")["a"]["llm"], metrics(repo, "ruler")["b"]["llm"],
               metrics(repo, "longbench_answer")["b"]["llm"], metrics(repo, "dpo_pairs")["generation_llm"],
               metrics(repo, "dpo_pairs")["judge_llm"], metrics(repo, "longbench")["judge_llm"],
               metrics(repo, "compare")["judge_llm"], metrics(repo, "agreement")["llm"]):
-        assert m["sent_calls"] == 0 and m["cache_hit_rate"] == 1.0, m
+        # every call answered from the cache (a stage may have had nothing to ask: dpo_pairs' judge when every
+        # sample of the tiny model was cut off)
+        assert m["sent_calls"] == 0 and m["cache_hits"] == m["calls"], m
+        asked += m["calls"]
+    assert asked > 0
     after = pl.read_parquet(repo / "data/sections.parquet").drop("latency_s")
     assert after.equals(before)
     assert "didn't change" in dvc("status", cwd=repo) or "up to date" in dvc("status", cwd=repo)
@@ -445,6 +450,9 @@ def test_imported_benchmark_files_feed_the_evaluation_stages(repo, shared, publi
     for stage in EVAL_STAGES:  # the same requests, read from the imported files: the same figures, all cached
         after = metrics(repo, stage)
         for name, m in after.items():
+            if not isinstance(m, dict):  # a stage-wide count (compare's requests)
+                assert m == before[stage][name], (stage, name)
+                continue
             for key in ("answers", "S", "S_l", "max_output_length", "mean_words"):
                 if key in m:
                     assert m[key] == before[stage][name][key], (stage, name, key)
