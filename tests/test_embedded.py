@@ -4,6 +4,7 @@ never left running (normal exit, error, SIGTERM, kill -9 of the stage)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ ROOT = Path(__file__).parent.parent
 
 
 def servers() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "llama_cpp.server"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", "longwriter.llm.llama_server"], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
 
 
@@ -124,3 +125,48 @@ def test_no_orphan_server_when_stage_is_stopped(tmp_path, sig):
     assert servers() - before == set(), out
     assert proc.returncode != 0
     assert not (tmp_path / "p.parquet").exists()
+
+
+@pytest.fixture(scope="module")
+def in_process_llama():
+    from llama_cpp import Llama
+
+    return Llama(str(default_gguf()), n_ctx=2048, n_threads=2, flash_attn=True, logits_all=False, verbose=False)
+
+
+def test_lazy_grammar_sampling_writes_the_same_greedy_reply(in_process_llama, monkeypatch):
+    from llama_cpp import llama as llama_module
+
+    from longwriter.eval.judge import RATING_SCHEMA
+    from longwriter.llm import llama_server
+
+    def reply(schema: dict) -> str:
+        in_process_llama.reset()
+        out = in_process_llama.create_chat_completion(
+            [{"role": "user", "content": "Rate this essay from 1 to 5 on each dimension, analysis first, in JSON. "
+                                         "Essay: Rivers flow to the sea and carry sediment with them."}],
+            temperature=0.0, max_tokens=80, response_format={"type": "json_object", "schema": schema})
+        return out["choices"][0]["message"]["content"]
+
+    own = reply(RATING_SCHEMA)
+    monkeypatch.setattr(llama_module.Llama, "_init_sampler", llama_server._init_sampler)
+    lazy = reply(RATING_SCHEMA)
+    assert lazy == own and len(own) > 40
+
+
+def test_lazy_grammar_sampling_keeps_sampled_replies_in_the_schema(in_process_llama, monkeypatch):
+    from llama_cpp import llama as llama_module
+
+    from longwriter.llm import llama_server
+
+    monkeypatch.setattr(llama_module.Llama, "_init_sampler", llama_server._init_sampler)
+    schema = {"type": "object", "properties": {"colour": {"type": "string", "enum": ["red", "green", "blue"]},
+                                               "count": {"type": "integer", "enum": [1, 2, 3]}},
+              "required": ["colour", "count"], "additionalProperties": False}
+    for seed in range(4):  # a high temperature: the token drawn without the grammar is mostly rejected
+        in_process_llama.reset()
+        out = in_process_llama.create_chat_completion(
+            [{"role": "user", "content": "Name a colour and a small number."}], temperature=1.5, seed=seed,
+            max_tokens=60, response_format={"type": "json_object", "schema": schema})
+        data = json.loads(out["choices"][0]["message"]["content"])
+        assert data["colour"] in {"red", "green", "blue"} and data["count"] in {1, 2, 3}, data

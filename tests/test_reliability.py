@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 import yaml
-from tiny_repo import make_repo, training_params
+from tiny_repo import TINY_BASE, add_tiny_base, make_repo, training_params
 
 from longwriter.agentwrite.plan import PlanConfig, run_plan
 from longwriter.agentwrite.write import WriteConfig, run_write
@@ -172,14 +172,10 @@ def test_api_key_never_leaves_the_environment(fake_server, tmp_path, tokenizer):
 
     The model trained is a tiny random checkpoint, not the embedded 135M one: every stage that holds the key
     runs the same, and the test is not paying the end-to-end test's training time a second time."""
-    from conftest import tiny_llama
-
-    from longwriter.train.checkpoint import save_checkpoint
-
     canary = "sk-CANARY-" + "7f3a9c2e5b8d1046"
     repo = tmp_path / "repo"
     repo.mkdir()
-    save_checkpoint(tiny_llama(tokenizer), tokenizer, repo / "tiny-base")
+    add_tiny_base(repo, tokenizer)
     with fake_server(require_key=canary, faults={"500": 0.1, "429": 0.1}, seed=5,
                      log_path=tmp_path / "server.jsonl") as srv:
         gen = {"provider": "openai", "base_url": srv.base_url, "model": "fake-model", "api_key_env": "LW_TEST_KEY"}
@@ -199,7 +195,7 @@ def test_api_key_never_leaves_the_environment(fake_server, tmp_path, tokenizer):
             "judge": {"model": gen},
             "compare": {"pairs": [["remote", "remote2"]]},
             **training_params(gen),
-            "base": {"model": "tiny-base", "dtype": "float32"},
+            "base": TINY_BASE,
         })
         env = {**os.environ, "LW_TEST_KEY": canary}
         logs = []

@@ -33,6 +33,23 @@ def training_params(generator: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# the base model of the pipeline tests: a tiny random Llama saved in the repo (see add_tiny_base)
+TINY_BASE = {"model": "tiny-base", "dtype": "float32"}
+
+
+def add_tiny_base(repo: Path, tokenizer: Any) -> None:
+    """Save a 2-layer random Llama with the embedded model's tokenizer as ``repo/tiny-base`` (``TINY_BASE``).
+
+    Every training and local-checkpoint stage then runs the same code as with the 135M model, in seconds: the
+    GGUF conversion of the embedded model has its own test (test_local_model.py), and the default run
+    (bench/default_run.py) trains the 135M model itself."""
+    from conftest import tiny_llama
+
+    from longwriter.train.checkpoint import save_checkpoint
+
+    save_checkpoint(tiny_llama(tokenizer), tokenizer, repo / TINY_BASE["model"])
+
+
 def make_repo(repo: Path, params: dict[str, Any]) -> Path:
     """Code, dvc.yaml, plot templates and tiny inputs in a new git + DVC repo at ``repo``."""
     for name in ("longwriter", "stages"):

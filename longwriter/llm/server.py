@@ -87,6 +87,8 @@ def _ready(base_url: str) -> bool:
 @contextlib.contextmanager
 def embedded_server(spec: ModelSpec, log_dir: str | Path, start_timeout_s: float = 180.0) -> Iterator[str]:
     """Start llama.cpp's server for ``spec`` and yield its base URL (``http://127.0.0.1:PORT/v1``)."""
+    from longwriter.llm import llama_server
+
     gguf = resolve_gguf(spec)
     threads = spec.n_threads or os.cpu_count() or 1
     port = _free_port()
@@ -94,7 +96,9 @@ def embedded_server(spec: ModelSpec, log_dir: str | Path, start_timeout_s: float
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "embedded-server.log"
     cmd = [
-        sys.executable, "-m", "llama_cpp.server",
+        # llama_cpp.server with the grammar checked lazily (imported, not named, so that dvc.yaml's code deps
+        # of every stage that starts the server include it)
+        sys.executable, "-m", llama_server.__name__,
         "--model", str(gguf), "--model_alias", spec.model or DEFAULT_ALIAS,
         "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", str(spec.n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads),

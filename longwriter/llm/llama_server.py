@@ -1,0 +1,107 @@
+"""The embedded server's entry point: llama-cpp-python's server, its grammar checked one token at a time.
+
+llama-cpp-python (0.3.x) puts a response format's grammar into the sampler chain ahead of every other sampler,
+so at each step the grammar is matched against the whole vocabulary (49,152 tokens for SmolLM2): a JSON-schema
+reply decodes at about 40 tokens/s on 2 cores where a free one decodes at about 110, and the judge, the
+planner and the selector all ask for JSON (bench/embedded_throughput.py, ``grammar``). llama.cpp's own server
+samples the other way (common_sampler_sample): sample without the grammar, check the one token drawn
+against it, and only when the grammar rejects it, apply the grammar to the whole vocabulary and sample again.
+This module makes llama-cpp-python's server do the same, then runs it unchanged (``python -m
+longwriter.llm.llama_server`` takes ``python -m llama_cpp.server``'s arguments).
+
+Greedy decoding (temperature 0, the judge's) picks exactly the token it picked before: the most likely token
+overall, when the grammar allows it, is the most likely allowed one. With temperature > 0, a token drawn from
+the unconstrained distribution and allowed by the grammar is kept, as in llama.cpp's server.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import llama_cpp
+import numpy as np
+from llama_cpp import llama as llama_module
+from llama_cpp._internals import LlamaContext, LlamaSampler, LlamaTokenDataArray
+
+_ORIGINAL_INIT_SAMPLER = llama_module.Llama._init_sampler
+# a rejected token is looked for again among this many most likely tokens before the whole vocabulary
+TOP = 256
+
+
+class LazyGrammarSampler:
+    """``sample(ctx, idx)`` like ``LlamaSampler``: the chain without the grammar first, the grammar checked on the
+    token it drew, the grammar over the whole vocabulary only when that token is rejected."""
+
+    def __init__(self, model: Any, n_vocab: int, chain: LlamaSampler, grammar: Any) -> None:
+        self.chain, self.n_vocab = chain, n_vocab
+        self.grammar = llama_cpp.llama_sampler_init_grammar(
+            model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
+        self.full = LlamaTokenDataArray(n_vocab=n_vocab)
+        self.top = np.zeros(TOP, dtype=self.full.candidates_data.dtype).view(np.recarray)
+        self.top_array = llama_cpp.llama_token_data_array(
+            data=self.top.ctypes.data_as(llama_cpp.llama_token_data_p), size=TOP, selected=-1, sorted=False)
+
+    def _in_top(self, logits: np.ndarray, ids: np.ndarray) -> int | None:
+        """The chain's token among ``ids`` (the most likely tokens) after the grammar, None if it allows none."""
+        n = len(ids)
+        self.top.id[:n], self.top.logit[:n], self.top.p[:n] = ids, logits[ids], 0.0
+        self.top_array.size, self.top_array.selected, self.top_array.sorted = n, -1, False
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(self.top_array))
+        if np.isinf(self.top.logit[:n]).all():
+            return None
+        llama_cpp.llama_sampler_apply(self.chain.sampler, ctypes.byref(self.top_array))
+        return int(self.top.id[self.top_array.selected])
+
+    def sample(self, ctx: LlamaContext, idx: int = -1) -> int:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, idx), shape=(self.n_vocab,))
+        candidates = ctypes.byref(self.full.candidates)
+        self.full.copy_logits(logits)
+        llama_cpp.llama_sampler_apply(self.chain.sampler, candidates)
+        token = int(self.full.candidates_data.id[self.full.candidates.selected])
+        if self._in_top(logits, np.array([token], dtype=np.intc)) is None:
+            # rejected: the grammar over the TOP most likely tokens, then over all of them only if it allows none
+            # of those (the most likely allowed token, greedy's pick, is among them whenever any of them is
+            # allowed)
+            found = self._in_top(logits, np.argpartition(logits, -TOP)[-TOP:].astype(np.intc))
+            if found is None:
+                self.full.copy_logits(logits)
+                llama_cpp.llama_sampler_apply(self.grammar, candidates)
+                llama_cpp.llama_sampler_apply(self.chain.sampler, candidates)
+                found = int(self.full.candidates_data.id[self.full.candidates.selected])
+            token = found
+        llama_cpp.llama_sampler_accept(self.grammar, token)
+        self.chain.accept(token)
+        return token
+
+    def close(self) -> None:
+        if self.grammar is not None:
+            llama_cpp.llama_sampler_free(self.grammar)
+            self.grammar = None
+        self.chain.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _init_sampler(self: Any, *args: Any, grammar: Any = None, **kwargs: Any) -> Any:
+    chain = _ORIGINAL_INIT_SAMPLER(self, *args, grammar=None, **kwargs)
+    if grammar is None:
+        return chain
+    return LazyGrammarSampler(self._model, self._n_vocab, chain, grammar)
+
+
+def install() -> None:
+    """Make every ``Llama`` of this process sample with ``LazyGrammarSampler`` when given a grammar."""
+    llama_module.Llama._init_sampler = _init_sampler
+
+
+def main() -> None:
+    from llama_cpp.server.__main__ import main as server_main
+
+    install()
+    server_main()
+
+
+if __name__ == "__main__":
+    main()
