@@ -127,7 +127,8 @@ def test_repro_produces_valid_tables_and_metrics(repo):
     # the same samples as a Hugging Face dataset, one shard per row here
     from datasets import load_dataset
 
-    exported = load_dataset(str(repo / "data" / "hf_dataset"))["train"]
+    # never datasets' cache: an earlier run's dataset at the same temporary path would be served from it
+    exported = load_dataset(str(repo / "data" / "hf_dataset"), download_mode="force_redownload")["train"]
     assert exported["id"] == samples["id"].to_list() and metrics(repo, "export")["shards"] == samples.height
 
 
