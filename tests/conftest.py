@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +16,33 @@ sys.path.insert(0, str(TESTS))  # fake_openai is a test utility, not part of the
 from fake_openai import FakeOpenAIServer  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... under pytest-xdist (`-n`)
+    if worker:
+        # one CPU per worker, inherited by every stage and server it starts: llama.cpp's and torch's threads
+        # spin-wait, and two workers each running two threads on two cores slowed the end-to-end run from
+        # 254 s alone to 486 s beside the secrets test
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[int(worker.removeprefix("gw")) % len(cpus)]})
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
 
 
+# Scheduling under pytest-xdist (`-n auto --dist loadfile --no-loadscope-reorder` in pyproject.toml): a module is
+# one unit of work (its module-scoped fixtures are built once), handed out in the order of the items below: the
+# end-to-end module first (the longest chain: its tiny `dvc repro`, then the checks and workflows on it), the
+# modules with the longest tests next, the many short ones last, to even out the workers' finishing times.
+FIRST_MODULES = ("test_pipeline_e2e.py", "test_reliability.py", "test_grpo.py", "test_local_model.py",
+                 "test_embedded.py", "test_training.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: FIRST_MODULES.index(item.path.name) if item.path.name in FIRST_MODULES
+               else len(FIRST_MODULES))
+
     skip_slow = pytest.mark.skip(reason="slow: run with --run-slow")
     try:
         import torch

@@ -24,8 +24,19 @@ ROOT = Path(__file__).parent.parent
 
 
 def servers() -> set[int]:
+    """The embedded servers this test process started: under pytest-xdist, another worker's stages run theirs
+    meanwhile (every process a worker starts inherits its PYTEST_XDIST_WORKER)."""
     out = subprocess.run(["pgrep", "-f", "longwriter.llm.llama_server"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+    mine = f"PYTEST_XDIST_WORKER={os.environ.get('PYTEST_XDIST_WORKER', '')}".encode()
+    found = set()
+    for pid in map(int, out.split()):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # gone since pgrep listed it
+            continue
+        if mine in env or not any(e.startswith(b"PYTEST_XDIST_WORKER=") for e in env):
+            found.add(pid)
+    return found
 
 
 def test_default_model_is_the_packaged_gguf():

@@ -26,6 +26,7 @@ from tiny_repo import FIXTURES, TINY_BASE, add_tiny_base, make_repo, training_pa
 from wildchat import shard_from_pool
 
 from longwriter.eval.judge import DIMENSIONS
+from longwriter.llm.local import checkpoint_identity
 from longwriter.schemas import (
     Answers,
     Chat,
@@ -102,7 +103,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
     return repo
 
 
-def test_repro_produces_valid_tables_and_metrics(repo):
+def test_repro_produces_valid_tables_and_metrics(repo, tmp_path):
     selected = validate(pl.read_parquet(repo / "data/selected.parquet"), Instructions, "selected")
     plans = validate(pl.read_parquet(repo / "data/plans.parquet"), Plans, "plans")
     sections = validate(pl.read_parquet(repo / "data/sections.parquet"), Sections, "sections")
@@ -127,8 +128,9 @@ def test_repro_produces_valid_tables_and_metrics(repo):
     # the same samples as a Hugging Face dataset, one shard per row here
     from datasets import load_dataset
 
-    # never datasets' cache: an earlier run's dataset at the same temporary path would be served from it
-    exported = load_dataset(str(repo / "data" / "hf_dataset"), download_mode="force_redownload")["train"]
+    # never a shared datasets cache: an earlier or a concurrent run's dataset info would be checked against it
+    exported = load_dataset(str(repo / "data" / "hf_dataset"), download_mode="force_redownload",
+                            cache_dir=str(tmp_path / "hf-cache"))["train"]
     assert exported["id"] == samples["id"].to_list() and metrics(repo, "export")["shards"] == samples.height
 
 
@@ -165,7 +167,11 @@ def test_evaluation_stages_write_tables_metrics_and_plots(repo):
         assert r[name]["answers"] == 4 and r[name]["failed"] == 0
         assert set(r[name]["mean_words"]) == {"100", "300"}
         assert r[name]["max_output_length"] in (0, 100, 300)
-        assert r[name]["llm"]["sent_calls"] == 4
+        assert r[name]["llm"]["calls"] == 4
+    # a and b were asked; c (grpo's checkpoint) too, unless its one step left sft's weights as they were (both
+    # completions rewarded alike: no advantage, no update), when c is b by content and b's answers are its own
+    unchanged = checkpoint_identity(str(repo / "models/grpo")) == checkpoint_identity(str(repo / "models/sft"))
+    assert [r[name]["llm"]["sent_calls"] for name in ("a", "b", "c")] == [4, 4, 0 if unchanged else 4]
     scores = validate(pl.read_parquet(repo / "data/eval/longbench_scores.parquet"), Scores, "scores")
     assert scores.height == 6
     lb = metrics(repo, "longbench")

@@ -90,7 +90,9 @@ def embedded_server(spec: ModelSpec, log_dir: str | Path, start_timeout_s: float
     from longwriter.llm import llama_server
 
     gguf = resolve_gguf(spec)
-    threads = spec.n_threads or os.cpu_count() or 1
+    # the CPUs this process may run on (taskset, cgroups, a pinned test worker), not every CPU of the machine:
+    # llama.cpp's threads spin-wait, so more threads than CPUs slow it down
+    threads = spec.n_threads or len(os.sched_getaffinity(0)) or 1
     port = _free_port()
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
