@@ -27,15 +27,18 @@ def servers() -> set[int]:
     """The embedded servers this test process started: under pytest-xdist, another worker's stages run theirs
     meanwhile (every process a worker starts inherits its PYTEST_XDIST_WORKER)."""
     out = subprocess.run(["pgrep", "-f", "longwriter.llm.llama_server"], capture_output=True, text=True).stdout
-    mine = f"PYTEST_XDIST_WORKER={os.environ.get('PYTEST_XDIST_WORKER', '')}".encode()
+    pids = {int(p) for p in out.split()}
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return pids
+    mine = f"PYTEST_XDIST_WORKER={worker}".encode()
     found = set()
-    for pid in map(int, out.split()):
+    for pid in pids:
         try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if mine in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.add(pid)
         except OSError:  # gone since pgrep listed it
-            continue
-        if mine in env or not any(e.startswith(b"PYTEST_XDIST_WORKER=") for e in env):
-            found.add(pid)
+            pass
     return found
 
 

@@ -48,8 +48,8 @@ def test_the_export_loads_with_datasets_and_its_card_says_what_and_whence(tmp_pa
     assert sorted(p.name for p in (out / "data").iterdir()) == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
     from datasets import load_dataset
 
-    # never a shared datasets cache: an earlier or a concurrent run's dataset info would be checked against it
-    ds = load_dataset(str(out), download_mode="force_redownload", cache_dir=str(tmp_path / "hf-cache"))
+    # the test's own datasets cache: an earlier or a concurrent run's dataset info would be checked against it
+    ds = load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))
     assert list(ds) == ["train"] and ds["train"].num_rows == 5
     assert ds["train"]["id"] == [f"s{i}" for i in range(5)]
     assert ds["train"][3]["messages"][1]["content"] == "长" * 4510

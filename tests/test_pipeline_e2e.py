@@ -128,9 +128,8 @@ def test_repro_produces_valid_tables_and_metrics(repo, tmp_path):
     # the same samples as a Hugging Face dataset, one shard per row here
     from datasets import load_dataset
 
-    # never a shared datasets cache: an earlier or a concurrent run's dataset info would be checked against it
-    exported = load_dataset(str(repo / "data" / "hf_dataset"), download_mode="force_redownload",
-                            cache_dir=str(tmp_path / "hf-cache"))["train"]
+    # the test's own datasets cache: an earlier or a concurrent run's dataset info would be checked against it
+    exported = load_dataset(str(repo / "data" / "hf_dataset"), cache_dir=str(tmp_path / "hf-cache"))["train"]
     assert exported["id"] == samples["id"].to_list() and metrics(repo, "export")["shards"] == samples.height
 
 

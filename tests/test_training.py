@@ -185,8 +185,7 @@ def test_mix_split_loads_with_datasets(tmp_path: Path) -> None:
 
     path = tmp_path / "train.parquet"
     write_checked(_chat_frame(SFT_CONVERSATIONS, "t"), Chat, path)
-    ds = load_dataset("parquet", data_files=str(path), download_mode="force_redownload",
-                      cache_dir=str(tmp_path / "hf-cache"))["train"]
+    ds = load_dataset("parquet", data_files=str(path), cache_dir=str(tmp_path / "hf-cache"))["train"]
     assert len(ds) == len(SFT_CONVERSATIONS)
     assert "messages" in ds.column_names
     assert ds[0]["messages"] == SFT_CONVERSATIONS[0]
