@@ -63,16 +63,16 @@ def test_eval_config_defaults_are_the_paper_s_sampling() -> None:
 def test_params_yaml_eval_and_ruler_are_laptop_sized() -> None:
     params = read_params(ROOT / "params.yaml")
     cfg = build(EvalConfig, section(params, "eval"), "params.yaml:eval")
-    assert cfg.sampling.max_tokens == 1024  # the ceiling
+    assert cfg.sampling.max_tokens == 512  # the ceiling
     assert (cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.top_k) == (0.5, 0.8, 50)
     assert cfg.cap_ratio == 4.0 and cfg.tokens_per_word == {"en": 2.5, "zh": 3.0}
-    assert build(RulerConfig, section(params, "ruler"), "params.yaml:ruler").lengths == (100, 300)
-    # what the params comment says: above ~96 en / 80 zh words a cap is below lossless, above ~384 / 320 below
+    assert build(RulerConfig, section(params, "ruler"), "params.yaml:ruler").lengths == (50, 100)
+    # what the params comment says: above ~44 en / 37 zh words a cap is below lossless, above ~179 / 149 below
     # the ask
     cap = cfg.length_cap
-    for lang, lossless, ask in (("en", 96, 384), ("zh", 80, 320)):
-        assert cap.tokens(lossless, lang) <= 1024 < cap.tokens(lossless + 1, lang)
-        assert cap.tokens(ask, lang, 1.0) <= 1024 < cap.tokens(ask + 1, lang, 1.0)
+    for lang, lossless, ask in (("en", 44, 179), ("zh", 37, 149)):
+        assert cap.tokens(lossless, lang) <= 512 < cap.tokens(lossless + 1, lang)
+        assert cap.tokens(ask, lang, 1.0) <= 512 < cap.tokens(ask + 1, lang, 1.0)
 
 
 def test_defaults_never_cap_a_request_below_what_it_asks() -> None:
