@@ -1,7 +1,7 @@
 """The default pipeline, timed: ``dvc repro`` in a fresh clone with empty caches, stage by stage.
 
 \b
-    python bench/default_run.py                # about an hour on 2 cores (the embedded model, no GPU)
+    python bench/default_run.py                # about 20 minutes on 2 cores (the embedded model, no GPU)
     python bench/default_run.py --keep /tmp/run   # keep the clone (its outputs and response cache)
 
 Clones this repository's HEAD (committed files only: the run measures what a fresh ``git clone`` gets) into a

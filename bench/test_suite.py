@@ -1,7 +1,7 @@
 """The test suite, timed: what ``make test`` runs after installing, with each test's share.
 
 \b
-    python bench/test_suite.py        # about 15 minutes on 2 cores
+    python bench/test_suite.py        # 6-10 minutes on 2 cores
     python bench/test_suite.py -- -x  # pass pytest options after --
 
 Runs ``python -m pytest`` in this checkout with this interpreter first on PATH (as ``make test`` does), with
