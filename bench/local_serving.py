@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import click
 from common import ROOT, save_result, sigterm_as_exit, table
 
+from longwriter.eval.benchmark import read_benchmark
 from longwriter.llm import ClientSettings, LLMClient, ModelSpec, Sampling, run_with_llm
 from longwriter.llm.server import default_gguf
 from longwriter.train.base import BaseConfig, run_base
@@ -65,8 +65,7 @@ def _timed(spec: ModelSpec, prompts: list[str], max_tokens: int, cache_dir: Path
 def main(requests: int, max_tokens: int) -> None:
     import llama_cpp
 
-    rows = [json.loads(line) for line in (ROOT / "data" / "eval" / "ruler.jsonl").read_text("utf-8").splitlines()]
-    prompts = [r["prompt"] for r in rows][:requests]
+    prompts = read_benchmark(ROOT / "data" / "eval" / "ruler.jsonl")["prompt"].to_list()[:requests]
     backends: dict[str, dict[str, Any]] = {}
     with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="local-serving-") as tmp:
         work = Path(tmp)
