@@ -1,4 +1,5 @@
-# Two commands for a fresh machine:  `make run` (install + dvc repro)  and  `make test` (install + pytest).
+# Two commands for a fresh machine:  `make run` (install + dvc repro + a one-screen summary of the results,
+# `python -m longwriter.report`)  and  `make test` (install + pytest).
 #
 # The interpreter: PYTHON=... when given (a virtualenv's python, activated or not, or any other); else the
 # activated virtualenv's; else the project's own .venv, made on first use (with `uv venv` when uv is on PATH,
@@ -26,7 +27,7 @@ WITH_BIN = PATH="$(PY_BIN):$$PATH"
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_LLAMAFILE=OFF
 
 # torch first, pinned: an unpinned `torch` requirement pulls a multi-GB CUDA build. 2.13.0 is a CPU build here;
-# on a GPU node install requirements/gpu.txt instead (README, Training).
+# on a GPU node install requirements/gpu.txt instead (docs/scale.md).
 TORCH ?= torch==2.13.0
 
 # Every other dependency, pinned with hashes (`make lock` writes it from pyproject.toml's ranges).
@@ -52,7 +53,7 @@ install: | $(MAKE_VENV)
 
 run: install
 	$(WITH_BIN) $(PY) -m dvc repro
-	$(WITH_BIN) $(PY) -m dvc metrics show
+	$(WITH_BIN) $(PY) -m longwriter.report
 
 test: install
 	$(WITH_BIN) $(PY) -m pytest

@@ -20,8 +20,8 @@ from pathlib import Path
 import click
 
 from longwriter.agentwrite.plan import plan_schema
-from longwriter.eval.judge import DIMENSIONS, RATING_SCHEMA
 from longwriter.files import write_json
+from longwriter.judge import DIMENSIONS, RATING_SCHEMA
 from longwriter.llm import ModelSpec, llama_server
 from longwriter.llm.server import resolve_gguf
 

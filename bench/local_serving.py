@@ -30,10 +30,10 @@ from typing import Any
 import click
 from common import ROOT, save_result, sigterm_as_exit, table
 
-from longwriter.eval.benchmark import read_benchmark
+from longwriter.benchmark import read_benchmark
 from longwriter.llm import ClientSettings, LLMClient, ModelSpec, Sampling, run_with_llm
 from longwriter.llm.server import default_gguf
-from longwriter.train.base import BaseConfig, run_base
+from longwriter.train.base_model import BaseModelConfig, run_base
 
 
 def _requantize(source: Path, target: Path, ftype: int) -> None:
@@ -70,7 +70,7 @@ def main(requests: int, max_tokens: int) -> None:
     with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="local-serving-") as tmp:
         work = Path(tmp)
         gguf = default_gguf()
-        run_base(BaseConfig(model="embedded"), work / "checkpoint", work / "base.json")
+        run_base(BaseModelConfig(model="embedded"), work / "checkpoint", work / "base.json")
         _requantize(gguf, work / "f16.gguf", llama_cpp.LLAMA_FTYPE_MOSTLY_F16)
         specs = {"transformers_fp32_batched": ModelSpec(provider="local", path=str(work / "checkpoint"),
                                                         max_batch=requests),

@@ -1,13 +1,15 @@
-"""Every figure in the README's measured tables against the file it comes from.
+"""Every figure in the measured tables of the README and the docs against the file it comes from.
 
 \b
     python bench/readme_figures.py --check    # list every figure that disagrees with its file or has none (exit 1)
     python bench/readme_figures.py --show     # each row: the figures shown next to their source values
+    python bench/readme_figures.py --check --file docs/measured.md   # one file only
 
 The convention (tests/test_readme_figures.py runs ``--check``'s code):
 
-* **Checked tables**: every README table with a ``source`` column, and every table under the headings in
-  ``SECTIONS`` (which must have one).
+* **Checked files**: ``README.md``, every ``docs/*.md`` and ``bench/README.md`` (``checked_files``).
+* **Checked tables**: every table with a ``source`` column in a checked file, and every table under the
+  headings in ``SECTIONS`` (which must have one).
 * **Figure cells**: the cells of the columns whose header contains ``figure``. Every number in them is a
   figure. Inputs (lengths asked, request counts, targets, ``max_concurrency`` ...) go in the other columns
   (``what``, ``target``, ``command``), which are not checked.
@@ -64,13 +66,14 @@ class Figure:
 
 @dataclass
 class Row:
-    line: int                  # 1-based line in the README
+    line: int                  # 1-based line in its file
     section: str
     what: str                  # the row's first cell
     figure_cells: list[str]
     source: str
     errors: list[str] = field(default_factory=list)
     pairs: list[tuple[str, str, Any]] = field(default_factory=list)  # (figure shown, key, value)
+    file: str = "README.md"    # the checked file, relative to the repository root
 
 
 def figures(text: str) -> list[Figure]:
@@ -183,8 +186,22 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
-def rows(readme: str) -> tuple[list[Row], list[str]]:
-    """The rows of every checked table, and the errors of tables that should be checked but cannot be."""
+def checked_files(root: Path = ROOT) -> list[Path]:
+    """The files whose tables are checked: README.md, every docs/*.md and bench/README.md (those that exist)."""
+    files = [root / "README.md", *sorted((root / "docs").glob("*.md")), root / "bench" / "README.md"]
+    return [f for f in files if f.is_file()]
+
+
+def _name(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def rows(readme: str, name: str = "README.md") -> tuple[list[Row], list[str]]:
+    """The rows of every checked table in ``readme`` (the text of the file ``name``), and the errors of tables
+    that should be checked but cannot be."""
     out: list[Row] = []
     errors: list[str] = []
     lines = readme.splitlines()
@@ -205,19 +222,19 @@ def rows(readme: str) -> tuple[list[Row], list[str]]:
         must = any(section.startswith(s) for s in SECTIONS)
         if "source" not in header:
             if must:
-                errors.append(f"README.md:{start + 1}: table in {section!r} has no 'source' column")
+                errors.append(f"{name}:{start + 1}: table in {section!r} has no 'source' column")
             continue
         fig_cols = [k for k, h in enumerate(header) if "figure" in h]
         if not fig_cols:
-            errors.append(f"README.md:{start + 1}: table with a source column has no 'figure' column")
+            errors.append(f"{name}:{start + 1}: table with a source column has no 'figure' column")
             continue
         src = header.index("source")
         for k, body in enumerate(table[2:], start=start + 3):
             cells = _cells(body)
             if len(cells) != len(header):
-                errors.append(f"README.md:{k}: {len(cells)} cells, the header has {len(header)}")
+                errors.append(f"{name}:{k}: {len(cells)} cells, the header has {len(header)}")
                 continue
-            out.append(Row(k, section, cells[0], [cells[c] for c in fig_cols], cells[src]))
+            out.append(Row(k, section, cells[0], [cells[c] for c in fig_cols], cells[src], file=name))
     return out, errors
 
 
@@ -249,25 +266,57 @@ def check_row(row: Row, root: Path, cache: dict[Path, Any]) -> None:
                               + (" (x 100 for %)" if fig.percent else ""))
 
 
-def check(readme: str, root: Path = ROOT) -> list[str]:
-    """Every disagreement, one line each; empty when every figure matches its source."""
-    table_rows, errors = rows(readme)
-    if not table_rows and not errors:
-        errors.append("no checked table found")
-    cache: dict[Path, Any] = {}
+def _check_rows(table_rows: list[Row], root: Path, cache: dict[Path, Any]) -> list[str]:
+    errors = []
     for row in table_rows:
         check_row(row, root, cache)
-        errors += [f"README.md:{row.line} ({row.what[:60]}): {e}" for e in row.errors]
+        errors += [f"{row.file}:{row.line} ({row.what[:60]}): {e}" for e in row.errors]
     return errors
 
 
-def show(readme: str, root: Path = ROOT) -> str:
-    table_rows, errors = rows(readme)
+def check(readme: str, root: Path = ROOT, name: str = "README.md") -> list[str]:
+    """Every disagreement in one file's text, one line each; empty when every figure matches its source."""
+    table_rows, errors = rows(readme, name)
+    if not table_rows and not errors:
+        errors.append(f"{name}: no checked table found")
+    return errors + _check_rows(table_rows, root, {})
+
+
+def all_rows(files: list[Path] | None = None, root: Path = ROOT) -> tuple[list[Row], list[str]]:
+    """``rows`` over every checked file (``checked_files(root)`` unless ``files`` is given)."""
+    out: list[Row] = []
+    errors: list[str] = []
+    for path in checked_files(root) if files is None else files:
+        r, e = rows(path.read_text(encoding="utf-8"), _name(path, root))
+        out += r
+        errors += e
+    return out, errors
+
+
+def check_files(files: list[Path] | None = None, root: Path = ROOT) -> list[str]:
+    """Every disagreement in the checked files, one line each; empty when every figure matches its source and
+    at least one checked table was found."""
+    table_rows, errors = all_rows(files, root)
+    if not table_rows and not errors:
+        errors.append("no checked table found")
+    return errors + _check_rows(table_rows, root, {})
+
+
+def show(readme: str, root: Path = ROOT, name: str = "README.md") -> str:
+    table_rows, errors = rows(readme, name)
+    return _show(table_rows, errors, root)
+
+
+def show_files(files: list[Path] | None = None, root: Path = ROOT) -> str:
+    return _show(*all_rows(files, root), root)
+
+
+def _show(table_rows: list[Row], errors: list[str], root: Path) -> str:
     cache: dict[Path, Any] = {}
     out = []
     for row in table_rows:
         check_row(row, root, cache)
-        out.append(f"README.md:{row.line}  {row.what}")
+        out.append(f"{row.file}:{row.line}  {row.what}")
         keys = parse_source(row.source)
         shown = [f.text for cell in row.figure_cells for f in figures(cell)]
         if not keys and not shown:
@@ -288,14 +337,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 1 when a figure disagrees with its source")
     ap.add_argument("--show", action="store_true", help="print every row's figures and source values")
-    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--file", "--readme", dest="files", type=Path, action="append",
+                    help="check only this file (repeatable); default: README.md, docs/*.md, bench/README.md")
     args = ap.parse_args(argv)
-    text = args.readme.read_text(encoding="utf-8")
+    files = [f if f.is_absolute() else Path.cwd() / f for f in args.files] if args.files else None
     if args.show or not args.check:
-        print(show(text))
-    errors = check(text)
+        print(show_files(files))
+    errors = check_files(files)
     if args.check:
-        print("\n".join(errors) if errors else "every README figure matches its source")
+        print("\n".join(errors) if errors else "every checked figure matches its source")
     return 1 if errors and args.check else 0
 
 

@@ -91,7 +91,7 @@ def part_a(tmp: Path, pool: Path | None, pool_size: int, words: int) -> dict[str
         spec = {"provider": "openai", "base_url": srv.base_url, "model": "fake-model"}
         params = {
             "llm": {"cache_dir": ".llm-cache", "max_concurrency": 4, "request_timeout_s": 60, "max_retries": 2,
-                    "backoff_base_s": 0.01, "backoff_max_s": 0.05},
+                    "max_cost_usd": None, "backoff_base_s": 0.01, "backoff_max_s": 0.05},
             "select": {"pools": ["data/pool/instructions.jsonl"], "per_lang": None, "min_estimated_words": 1,
                        "max_required_words": None, "selector": spec},
             "plan": {"min_paragraphs": 2, "max_paragraphs": 4, "min_words": 60, "max_words": 150,

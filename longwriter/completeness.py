@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from longwriter.failures import Reason
+
 # A sentence (or a quotation, bracket, CJK sentence) ends here: a text cut by the token limit rarely does.
 _SENTENCE_END = re.compile(r"[.!?。！？…\"'”’)\]）」』》]\s*$")
 
@@ -35,8 +37,8 @@ _PREAMBLE_LINE = re.compile(
 _PREAMBLE_PREFIX = re.compile(
     r"^\s*(?:sure|certainly|of course|okay|absolutely)[,!.]?\s*here(?: is|'s|’s)[^:\n]{0,60}:\s+", re.IGNORECASE)
 
-# The reasons a text is not a complete answer (the failures tables' vocabulary uses the same words).
-EMPTY, REFUSAL, FILTERED, CUT_OFF = "empty", "refusal", "filtered", "cut_off"
+# The reasons a text is not a complete answer: failures-table reasons.
+EMPTY, REFUSAL, FILTERED, CUT_OFF = Reason.EMPTY, Reason.REFUSAL, Reason.FILTERED, Reason.CUT_OFF
 
 
 def strip_preamble(text: str) -> tuple[str, bool]:
@@ -59,7 +61,7 @@ def ends_sentence(text: str) -> bool:
     return bool(_SENTENCE_END.search(text))
 
 
-def incomplete_reason(text: str, finish_reason: str) -> str | None:
+def incomplete_reason(text: str, finish_reason: str) -> Reason | None:
     """Why ``text`` (as the model returned it, ending with ``finish_reason``) is not a complete answer, or None.
 
     One of ``filtered`` (a content filter stopped it), ``empty`` (nothing but whitespace or a preamble),

@@ -76,6 +76,67 @@ def write_json(obj: Any, path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
 
 
+# Timing figures: how long a run took, not what it produced. A key is one when, split at "_", its last part is "s"
+# or "ms" (a unit: runtime_s, sent_tokens_per_s, latency_ms; case-sensitive, so longbench's "S" and "S_l" are not)
+# or any part is one of TIMING_WORDS (seconds, sent_seconds, latency_p50, wall_time, throughput). Its whole value
+# (a number or a dict of them) moves out of the results.
+TIMING_WORDS = frozenset({"seconds", "second", "latency", "runtime", "elapsed", "duration", "wall", "throughput"})
+
+
+def is_timing_key(key: object) -> bool:
+    """Whether a metrics key names a timing figure (the rule above); non-string keys never do."""
+    if not isinstance(key, str):
+        return False
+    parts = key.split("_")
+    return (len(parts) > 1 and parts[-1] in ("s", "ms")) or any(p.lower() in TIMING_WORDS for p in parts)
+
+
+def split_metrics(obj: Any) -> tuple[Any, Any]:
+    """``(results, timings)``: ``obj`` without its timing figures, and those figures at the same paths.
+
+    Dicts are walked recursively (a dict emptied by the split is left out of the results); a list keeps its
+    elements, each split, and its timings are a list of the elements' timings when any has one (else ``{}``).
+    ``obj`` is not changed.
+    """
+    if isinstance(obj, dict):
+        results: dict[Any, Any] = {}
+        timings: dict[Any, Any] = {}
+        for key, value in obj.items():
+            if is_timing_key(key):
+                timings[key] = value
+                continue
+            kept, timed = split_metrics(value)
+            if timed:
+                timings[key] = timed
+            if kept != {} or value == {}:
+                results[key] = kept
+        return results, timings
+    if isinstance(obj, list):
+        parts = [split_metrics(v) for v in obj]
+        timed = [t for _, t in parts]
+        return [r for r, _ in parts], (timed if any(timed) else {})
+    return obj, {}
+
+
+def timings_path(path: str | Path) -> Path:
+    """Where ``write_metrics`` puts the timings of ``path``: ``timings/<name>`` beside it
+    (``metrics/plan.json`` -> ``metrics/timings/plan.json``)."""
+    path = Path(path)
+    return path.parent / "timings" / path.name
+
+
+def write_metrics(result: dict[str, Any], path: str | Path, timings: str | Path | None = None) -> dict[str, Any]:
+    """Write a stage's metrics: the results to ``path``, the timing figures (``split_metrics``) to ``timings``
+    (default ``timings_path(path)``; ``{}`` when there are none), each atomically, and neither when either cannot
+    be. A rerun that reproduces the results leaves ``path`` unchanged, so ``dvc metrics diff`` shows only what
+    really changed. Returns the results."""
+    results, timed = split_metrics(result)
+    json.dumps([results, timed])  # what cannot be written raises here, before either file is replaced
+    write_json(timed, timings_path(path) if timings is None else timings)
+    write_json(results, path)
+    return results
+
+
 def write_csv(df: pl.DataFrame, path: str | Path) -> None:
     """Write a table as CSV, atomically (DVC plot data)."""
     with atomic_path(path) as tmp:

@@ -247,48 +247,7 @@ class Pairs(pa.DataFrameModel):
         strict = True
 
 
-# Why a row is in a failures table. Errors: something failed that a rerun or a better model may fix.
-ERROR_REASONS = {
-    "llm_error": "a model call failed after its retries (HTTP error, timeout, malformed reply)",
-    "unusable_output": "the model's reply failed validation after its re-asks (plan, selector or judge)",
-}
-# Drops: the pipeline chose to leave the row out, by a rule that keeps the figures honest.
-DROP_REASONS = {
-    "empty": "nothing left of the text (an empty reply, or empty after cleaning)",
-    "refusal": "the model refused or wrote an 'as an AI' disclaimer",
-    "filtered": "a content filter stopped the reply",
-    "cut_off": "the text stopped on the token limit in mid-sentence (after its continuations and retries)",
-    "incomplete": "an answer lacks some of its planned sections",
-    "collapsed": "the plan had more sections than max_sections",
-    "too_short": "the answer has fewer words than min_words_ratio of its plan",
-    "repetitive": "the answer repeats its n-grams beyond max_repetition",
-    "no_user_turn": "a pool conversation without a user turn",
-    "duplicate_point": "a plan line repeating an earlier one, or empty, was removed from the plan",
-    "too_few_rated": "a prompt with fewer than two rated, complete answers gives no preference pair",
-    "zero_margin": "the best answer scores no higher than the other one: no preference to learn",
-    "over_max_length": "a training example longer than max_length tokens",
-    "unanswered": "a request one of the compared models did not answer",
-    "no_required_length": "an RL prompt that states no length and has no plan: no length to reward",
-}
-FAILURE_REASONS = {**ERROR_REASONS, **DROP_REASONS}
-
-
-class Failures(pa.DataFrameModel):
-    """Rows a stage could not produce or chose to drop, with the reason: nothing is lost silently.
-
-    ``reason`` is one of ``FAILURE_REASONS`` (errors and deliberate drops are told apart); ``error`` is the
-    detail in words.
-    """
-
-    stage: str
-    instruction_id: str
-    section: int = pa.Field(nullable=True)
-    attempts: int = pa.Field(ge=0)
-    reason: str = pa.Field(isin=sorted(FAILURE_REASONS))
-    error: str
-
-    class Config:
-        strict = True
+# The failures tables' model, ``Failures``, lives beside its reasons in ``longwriter.failures``.
 
 
 def empty(model: type[pa.DataFrameModel]) -> pl.DataFrame:
@@ -296,27 +255,9 @@ def empty(model: type[pa.DataFrameModel]) -> pl.DataFrame:
     return pl.DataFrame(schema={name: col.dtype.type for name, col in model.to_schema().columns.items()})
 
 
-def failures_frame(rows: list[dict]) -> pl.DataFrame:
-    """A ``Failures`` table from row dicts (an empty list gives an empty table with the right columns)."""
-    return pl.DataFrame(rows, schema=empty(Failures).schema)
-
-
 def write_checked(df: pl.DataFrame, model: type[pa.DataFrameModel], path: str | Path) -> None:
     """Validate ``df`` against ``model``, then write it atomically: no stage writes what its reader rejects."""
     write_table(validate(df, model, path), path)
-
-
-def write_failures(rows: list[dict], path: str | Path) -> None:
-    """Write a stage's ``Failures`` table (possibly empty)."""
-    write_checked(failures_frame(rows), Failures, path)
-
-
-def reason_counts(rows: list[dict]) -> dict[str, int]:
-    """Failure rows per reason, for a stage's metrics."""
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["reason"]] = counts.get(r["reason"], 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def validate(df: pl.DataFrame, model: type[pa.DataFrameModel], path: str | Path) -> pl.DataFrame:

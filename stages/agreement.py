@@ -12,28 +12,30 @@ import click
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
 from longwriter.eval.agreement import AgreementConfig, run_agreement
-from longwriter.eval.judge import JudgeConfig
+from longwriter.judge import JudgeConfig
 from longwriter.llm import ClientSettings
 
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--scores", default="data/eval/longbench_scores.parquet", show_default=True,
+@click.option("--scores", required=True,
               help="The judge's ratings (longbench).")
-@click.option("--answers", default="data/eval/longbench_answers.parquet", show_default=True, help="Answers.")
-@click.option("--output", default="data/eval/agreement.parquet", show_default=True,
+@click.option("--answers", required=True, help="Answers.")
+@click.option("--output", required=True,
               help="Both judges' ratings of the sample.")
-@click.option("--failures", default="data/failures/agreement.parquet", show_default=True,
+@click.option("--failures", required=True,
               help="Answers the reference judge could not rate.")
-@click.option("--metrics", default="metrics/agreement.json", show_default=True, help="Metrics JSON.")
-@click.option("--plot", default="plots/agreement.csv", show_default=True, help="Per-dimension agreement (plot).")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
+@click.option("--plot", required=True, help="Per-dimension agreement (plot).")
 @stage_entry
-def main(params_file: str, scores: str, answers: str, output: str, failures: str, metrics: str, plot: str) -> None:
+def main(params_file: str, scores: str, answers: str, output: str, failures: str, metrics: str, timings: str,
+         plot: str) -> None:
     params = read_params(params_file)
     cfg = build(AgreementConfig, section(params, "agreement", params_file), f"{params_file}:agreement")
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
-    result = run_agreement(cfg, judge, settings, scores, answers, output, failures, metrics, plot)
+    result = run_agreement(cfg, judge, settings, scores, answers, output, failures, metrics, plot, timings=timings)
     s_q = result["S_q"]
     click.echo(f"agreement with {result['reference']}: {result['rated_by_both']} answers rated by both "
                f"({result['reference_failed']} reference failures); mean Spearman {result['mean_spearman']}; "

@@ -8,18 +8,19 @@ import click
 
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
-from longwriter.train.base import BaseConfig, run_base
+from longwriter.train.base_model import BaseModelConfig, run_base
 
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--output", default="models/base", show_default=True, help="Checkpoint directory.")
-@click.option("--metrics", default="metrics/base.json", show_default=True, help="Metrics JSON.")
+@click.option("--output", required=True, help="Checkpoint directory.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
 @stage_entry
-def main(params_file: str, output: str, metrics: str) -> None:
+def main(params_file: str, output: str, metrics: str, timings: str) -> None:
     params = read_params(params_file)
-    cfg = build(BaseConfig, section(params, "base", params_file), f"{params_file}:base")
-    result = run_base(cfg, output, metrics)
+    cfg = build(BaseModelConfig, section(params, "base", params_file), f"{params_file}:base")
+    result = run_base(cfg, output, metrics, timings=timings)
     click.echo(f"base: {result['source']} -> {output} ({result['parameters']:,} parameters, {result['size_mb']} MB)")
 
 

@@ -8,24 +8,25 @@ import click
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
 from longwriter.eval.compare import CompareConfig, run_compare
-from longwriter.eval.judge import JudgeConfig
+from longwriter.judge import JudgeConfig
 from longwriter.llm import ClientSettings
 
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--answers", default="data/eval/longbench_answers.parquet", show_default=True, help="Answers.")
-@click.option("--output", default="data/eval/compare.parquet", show_default=True, help="Verdicts table.")
-@click.option("--failures", default="data/failures/compare.parquet", show_default=True, help="Judge failures.")
-@click.option("--metrics", default="metrics/compare.json", show_default=True, help="Metrics JSON.")
-@click.option("--elo-plot", default="plots/elo.csv", show_default=True, help="Elo per model (plot data).")
+@click.option("--answers", required=True, help="Answers.")
+@click.option("--output", required=True, help="Verdicts table.")
+@click.option("--failures", required=True, help="Judge failures.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
+@click.option("--elo-plot", required=True, help="Elo per model (plot data).")
 @stage_entry
-def main(params_file: str, answers: str, output: str, failures: str, metrics: str, elo_plot: str) -> None:
+def main(params_file: str, answers: str, output: str, failures: str, metrics: str, timings: str, elo_plot: str) -> None:
     params = read_params(params_file)
     cfg = build(CompareConfig, section(params, "compare", params_file), f"{params_file}:compare")
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
-    result = run_compare(cfg, judge, settings, answers, output, failures, metrics, elo_plot)
+    result = run_compare(cfg, judge, settings, answers, output, failures, metrics, elo_plot, timings=timings)
     for a, b in cfg.pairs:
         name, m = f"{a}_vs_{b}", result[f"{a}_vs_{b}"]
         click.echo(f"compare {name}: win {m['win_rate']}, tie {m['tie_rate']}, loss {m['loss_rate']} "

@@ -9,19 +9,20 @@ from longwriter.train.dpo import DPOSettings, run_dpo
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--model", default="models/sft", show_default=True, help="Checkpoint to start from.")
-@click.option("--pairs", default="data/dpo_pairs.parquet", show_default=True, help="Preference pairs.")
-@click.option("--output", default="models/dpo", show_default=True, help="Trained checkpoint directory.")
-@click.option("--metrics", default="metrics/dpo.json", show_default=True, help="Metrics JSON.")
-@click.option("--plot-csv", default="plots/dpo_loss.csv", show_default=True, help="Loss curve for DVC plots.")
-@click.option("--failures", default="data/failures/dpo.parquet", show_default=True,
+@click.option("--model", required=True, help="Checkpoint to start from.")
+@click.option("--pairs", required=True, help="Preference pairs.")
+@click.option("--output", required=True, help="Trained checkpoint directory.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
+@click.option("--plot-csv", required=True, help="Loss curve for DVC plots.")
+@click.option("--failures", required=True,
               help="Examples over max_length (dropped or truncated).")
 @stage_entry
-def main(params_file: str, model: str, pairs: str, output: str, metrics: str, plot_csv: str,
+def main(params_file: str, model: str, pairs: str, output: str, metrics: str, timings: str, plot_csv: str,
          failures: str) -> None:
     params = read_params(params_file)
     cfg = build(DPOSettings, section(params, "dpo", params_file), f"{params_file}:dpo")
-    r = run_dpo(cfg, model, pairs, output, metrics, plot_csv, failures)
+    r = run_dpo(cfg, model, pairs, output, metrics, plot_csv, failures, timings=timings)
     click.echo(f"dpo: {r['pairs']} pairs, {r['steps']} steps, loss {r.get('loss_first')} -> {r.get('loss_last')}, "
                f"reward accuracy {r.get('reward_accuracy_last')}")
 

@@ -8,25 +8,27 @@ import click
 
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
-from longwriter.eval.judge import JudgeConfig
+from longwriter.judge import JudgeConfig
 from longwriter.llm import ClientSettings
 from longwriter.train.pairs import PairsConfig, run_dpo_pairs
 
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--instructions", default="data/selected.parquet", show_default=True, help="Long-writing prompts.")
-@click.option("--model", default="models/sft", show_default=True, help="Checkpoint that samples the answers.")
-@click.option("--output", default="data/dpo_pairs.parquet", show_default=True, help="Pairs table.")
-@click.option("--failures", default="data/failures/dpo_pairs.parquet", show_default=True, help="Failures.")
-@click.option("--metrics", default="metrics/dpo_pairs.json", show_default=True, help="Metrics JSON.")
+@click.option("--instructions", required=True, help="Long-writing prompts.")
+@click.option("--model", required=True, help="Checkpoint that samples the answers.")
+@click.option("--output", required=True, help="Pairs table.")
+@click.option("--failures", required=True, help="Failures.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
 @stage_entry
-def main(params_file: str, instructions: str, model: str, output: str, failures: str, metrics: str) -> None:
+def main(params_file: str, instructions: str, model: str, output: str, failures: str, metrics: str,
+         timings: str) -> None:
     params = read_params(params_file)
     cfg = build(PairsConfig, section(params, "dpo_pairs", params_file), f"{params_file}:dpo_pairs")
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
-    r = run_dpo_pairs(cfg, judge, settings, instructions, model, output, failures, metrics)
+    r = run_dpo_pairs(cfg, judge, settings, instructions, model, output, failures, metrics, timings=timings)
     click.echo(f"dpo_pairs: {r['pairs']} pairs from {r['prompts']} prompts x {cfg.samples} samples, "
                f"mean margin {r['margin_mean']}")
 

@@ -12,15 +12,16 @@ from longwriter.train.general import GeneralConfig, run_general
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--output", default="data/general_chat.parquet", show_default=True, help="Chat table.")
-@click.option("--failures", default="data/failures/general.parquet", show_default=True, help="Failed prompts.")
-@click.option("--metrics", default="metrics/general.json", show_default=True, help="Metrics JSON.")
+@click.option("--output", required=True, help="Chat table.")
+@click.option("--failures", required=True, help="Failed prompts.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
 @stage_entry
-def main(params_file: str, output: str, failures: str, metrics: str) -> None:
+def main(params_file: str, output: str, failures: str, metrics: str, timings: str) -> None:
     params = read_params(params_file)
     cfg = build(GeneralConfig, section(params, "general", params_file), f"{params_file}:general")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
-    result = run_general(cfg, settings, output, failures, metrics)
+    result = run_general(cfg, settings, output, failures, metrics, timings=timings)
     click.echo(f"general: {result['examples']} of {result['prompts']} prompts answered")
 
 

@@ -11,7 +11,7 @@ import click
 
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
-from longwriter.eval.judge import JudgeConfig
+from longwriter.judge import JudgeConfig
 from longwriter.llm import ClientSettings
 from longwriter.train.grpo import GRPOSettings, run_grpo
 
@@ -19,22 +19,23 @@ from longwriter.train.grpo import GRPOSettings, run_grpo
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
 @click.option("--model", default=None, help="Checkpoint to start from (default: models/<grpo.start>).")
-@click.option("--instructions", default="data/selected.parquet", show_default=True, help="Selected instructions.")
-@click.option("--plans", default="data/plans.parquet", show_default=True, help="Their plans (required lengths).")
-@click.option("--output", default="models/grpo", show_default=True, help="Trained checkpoint directory.")
-@click.option("--metrics", default="metrics/grpo.json", show_default=True, help="Metrics JSON.")
-@click.option("--plot-csv", default="plots/grpo_rewards.csv", show_default=True, help="Reward curves (DVC plots).")
-@click.option("--failures", default="data/failures/grpo.parquet", show_default=True,
+@click.option("--instructions", required=True, help="Selected instructions.")
+@click.option("--plans", required=True, help="Their plans (required lengths).")
+@click.option("--output", required=True, help="Trained checkpoint directory.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
+@click.option("--plot-csv", required=True, help="Reward curves (DVC plots).")
+@click.option("--failures", required=True,
               help="Prompts left out and completions the judge could not rate.")
 @stage_entry
-def main(params_file: str, model: str | None, instructions: str, plans: str, output: str, metrics: str,
+def main(params_file: str, model: str | None, instructions: str, plans: str, output: str, metrics: str, timings: str,
          plot_csv: str, failures: str) -> None:
     params = read_params(params_file)
     cfg = build(GRPOSettings, section(params, "grpo", params_file), f"{params_file}:grpo")
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
     r = run_grpo(cfg, judge, settings, model or f"models/{cfg.start}", instructions, plans, output, metrics,
-                 plot_csv, failures)
+                 plot_csv, failures, timings=timings)
     first, last = r["first"], r["last"]
     click.echo(f"grpo: {r['prompts']} prompts ({sum(r['left_out'].values())} left out), {r['steps']} steps; reward "
                f"{first.get('reward')} -> {last.get('reward')} (length {first.get('length')} -> {last.get('length')}, "

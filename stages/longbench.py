@@ -9,30 +9,31 @@ import click
 
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
-from longwriter.eval.judge import JudgeConfig
 from longwriter.eval.longbench import LongBenchConfig, run_longbench
+from longwriter.judge import JudgeConfig
 from longwriter.llm import ClientSettings
 
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--answers", default="data/eval/longbench_answers.parquet", show_default=True, help="Answers.")
-@click.option("--answer-failures", default="data/failures/longbench_answer.parquet", show_default=True,
+@click.option("--answers", required=True, help="Answers.")
+@click.option("--answer-failures", required=True,
               help="Requests left unanswered (scored 0).")
-@click.option("--output", default="data/eval/longbench_scores.parquet", show_default=True, help="Scores table.")
-@click.option("--failures", default="data/failures/longbench.parquet", show_default=True, help="Judge failures.")
-@click.option("--metrics", default="metrics/longbench.json", show_default=True, help="Metrics JSON.")
-@click.option("--plot-csv", default="plots/longbench.csv", show_default=True, help="Scatter data for DVC plots.")
-@click.option("--plot-png", default="plots/longbench.png", show_default=True, help="Scatter as PNG.")
+@click.option("--output", required=True, help="Scores table.")
+@click.option("--failures", required=True, help="Judge failures.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
+@click.option("--plot-csv", required=True, help="Scatter data for DVC plots.")
+@click.option("--plot-png", required=True, help="Scatter as PNG.")
 @stage_entry
-def main(params_file: str, answers: str, answer_failures: str, output: str, failures: str, metrics: str,
+def main(params_file: str, answers: str, answer_failures: str, output: str, failures: str, metrics: str, timings: str,
          plot_csv: str, plot_png: str) -> None:
     params = read_params(params_file)
     cfg = build(LongBenchConfig, section(params, "longbench", params_file), f"{params_file}:longbench")
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
     result = run_longbench(judge, settings, cfg.input, answers, answer_failures, output, failures, metrics,
-                           plot_csv, plot_png, en_file=cfg.en_file)
+                           plot_csv, plot_png, en_file=cfg.en_file, timings=timings)
     for name, m in result.items():
         if name != "judge_llm":
             click.echo(f"longbench {name}: S {m.get('S')} (S_l {m.get('S_l')}, S_q {m.get('S_q')}), "

@@ -16,17 +16,18 @@ from longwriter.llm import ClientSettings
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--output", default="data/eval/longbench_answers.parquet", show_default=True, help="Answers table.")
-@click.option("--failures", default="data/failures/longbench_answer.parquet", show_default=True,
+@click.option("--output", required=True, help="Answers table.")
+@click.option("--failures", required=True,
               help="Failed answers.")
-@click.option("--metrics", default="metrics/longbench_answer.json", show_default=True, help="Metrics JSON.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
 @stage_entry
-def main(params_file: str, output: str, failures: str, metrics: str) -> None:
+def main(params_file: str, output: str, failures: str, metrics: str, timings: str) -> None:
     params = read_params(params_file)
     cfg = build(LongBenchConfig, section(params, "longbench", params_file), f"{params_file}:longbench")
     eval_cfg = build(EvalConfig, section(params, "eval", params_file), f"{params_file}:eval")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
-    result = run_longbench_answers(cfg, eval_cfg, settings, output, failures, metrics)
+    result = run_longbench_answers(cfg, eval_cfg, settings, output, failures, metrics, timings=timings)
     for name, m in result.items():
         click.echo(f"longbench_answer {name}: {m['answers']} answers, mean {m['mean_words']} words, "
                    f"{m['failed']} failed")

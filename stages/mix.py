@@ -11,14 +11,15 @@ from longwriter.train.mix import MixConfig, run_mix
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--tokenizer", default="models/base", show_default=True, help="Checkpoint whose tokenizer counts tokens.")
-@click.option("--output", default="data/mix", show_default=True, help="Output directory (train/validation.parquet).")
-@click.option("--metrics", default="metrics/mix.json", show_default=True, help="Metrics JSON.")
+@click.option("--tokenizer", required=True, help="Checkpoint whose tokenizer counts tokens.")
+@click.option("--output", required=True, help="Output directory (train/validation.parquet).")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
 @stage_entry
-def main(params_file: str, tokenizer: str, output: str, metrics: str) -> None:
+def main(params_file: str, tokenizer: str, output: str, metrics: str, timings: str) -> None:
     params = read_params(params_file)
     cfg = build(MixConfig, section(params, "mix", params_file), f"{params_file}:mix")
-    result = run_mix(cfg, tokenizer, output, metrics)
+    result = run_mix(cfg, tokenizer, output, metrics, timings=timings)
     for split in ("train", "validation"):
         parts = ", ".join(f"{s} {v['examples']} ({v['tokens']:,} tokens)" for s, v in result[split].items())
         click.echo(f"mix {split}: {parts}")

@@ -15,15 +15,16 @@ from longwriter.eval.nll import NllConfig, run_nll
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--samples", default="data/long_samples.parquet", show_default=True, help="AgentWrite answers.")
-@click.option("--answers", default="data/eval/longbench_answers.parquet", show_default=True, help="Answers.")
-@click.option("--metrics", default="metrics/nll.json", show_default=True, help="Metrics JSON.")
-@click.option("--plot", default="plots/nll.csv", show_default=True, help="Curves per text set (plot data).")
+@click.option("--samples", required=True, help="AgentWrite answers.")
+@click.option("--answers", required=True, help="Answers.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
+@click.option("--plot", required=True, help="Curves per text set (plot data).")
 @stage_entry
-def main(params_file: str, samples: str, answers: str, metrics: str, plot: str) -> None:
+def main(params_file: str, samples: str, answers: str, metrics: str, timings: str, plot: str) -> None:
     params = read_params(params_file)
     cfg = build(NllConfig, section(params, "nll", params_file), f"{params_file}:nll")
-    result = run_nll(cfg, samples, answers, metrics, plot)
+    result = run_nll(cfg, samples, answers, metrics, plot, timings=timings)
     for name, m in result["sets"].items():
         click.echo(f"nll {name}: {m['texts']} texts ({m['short']} shorter than {cfg.min_tokens} tokens); tail "
                    f"slope {m['original']['tail_slope_per_1k']} nats/1k tokens, shuffled "

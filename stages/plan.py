@@ -15,16 +15,17 @@ from longwriter.llm import ClientSettings
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--instructions", default="data/selected.parquet", show_default=True, help="Input instructions.")
-@click.option("--output", default="data/plans.parquet", show_default=True, help="Plans table.")
-@click.option("--failures", default="data/failures/plan.parquet", show_default=True, help="Failed plans.")
-@click.option("--metrics", default="metrics/plan.json", show_default=True, help="Metrics JSON.")
+@click.option("--instructions", required=True, help="Input instructions.")
+@click.option("--output", required=True, help="Plans table.")
+@click.option("--failures", required=True, help="Failed plans.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
 @stage_entry
-def main(params_file: str, instructions: str, output: str, failures: str, metrics: str) -> None:
+def main(params_file: str, instructions: str, output: str, failures: str, metrics: str, timings: str) -> None:
     params = read_params(params_file)
     cfg = build(PlanConfig, section(params, "plan", params_file), f"{params_file}:plan")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
-    result = run_plan(instructions, output, failures, metrics, cfg, settings)
+    result = run_plan(instructions, output, failures, metrics, cfg, settings, timings=timings)
     click.echo(f"plan: {result['planned']}/{result['instructions']} planned, {result['paragraphs']['total']} "
                f"paragraphs, first-try rate {result['first_try_rate']:.0%}")
 

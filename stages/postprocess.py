@@ -13,18 +13,19 @@ from longwriter.errors import stage_entry
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--instructions", default="data/selected.parquet", show_default=True, help="Input instructions.")
-@click.option("--plans", default="data/plans.parquet", show_default=True, help="Input plans.")
-@click.option("--sections", default="data/sections.parquet", show_default=True, help="Input sections.")
-@click.option("--output", default="data/long_samples.parquet", show_default=True, help="Long samples.")
-@click.option("--failures", default="data/failures/postprocess.parquet", show_default=True, help="Dropped.")
-@click.option("--metrics", default="metrics/postprocess.json", show_default=True, help="Metrics JSON.")
+@click.option("--instructions", required=True, help="Input instructions.")
+@click.option("--plans", required=True, help="Input plans.")
+@click.option("--sections", required=True, help="Input sections.")
+@click.option("--output", required=True, help="Long samples.")
+@click.option("--failures", required=True, help="Dropped.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
 @stage_entry
 def main(params_file: str, instructions: str, plans: str, sections: str, output: str, failures: str,
-         metrics: str) -> None:
+         metrics: str, timings: str) -> None:
     params = read_params(params_file)
     cfg = build(PostprocessConfig, section(params, "postprocess", params_file), f"{params_file}:postprocess")
-    result = run_postprocess(instructions, plans, sections, output, failures, metrics, cfg)
+    result = run_postprocess(instructions, plans, sections, output, failures, metrics, cfg, timings=timings)
     click.echo(f"postprocess: kept {result['kept']} of {result['written']} answers, dropped {result['dropped']}")
 
 

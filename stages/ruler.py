@@ -18,18 +18,20 @@ from longwriter.llm import ClientSettings
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--output", default="data/eval/ruler_answers.parquet", show_default=True, help="Answers table.")
-@click.option("--failures", default="data/failures/ruler.parquet", show_default=True, help="Failed answers.")
-@click.option("--metrics", default="metrics/ruler.json", show_default=True, help="Metrics JSON.")
-@click.option("--plot-csv", default="plots/ruler.csv", show_default=True, help="Curve data for DVC plots.")
-@click.option("--plot-png", default="plots/ruler.png", show_default=True, help="Curve as PNG.")
+@click.option("--output", required=True, help="Answers table.")
+@click.option("--failures", required=True, help="Failed answers.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
+@click.option("--plot-csv", required=True, help="Curve data for DVC plots.")
+@click.option("--plot-png", required=True, help="Curve as PNG.")
 @stage_entry
-def main(params_file: str, output: str, failures: str, metrics: str, plot_csv: str, plot_png: str) -> None:
+def main(params_file: str, output: str, failures: str, metrics: str, timings: str, plot_csv: str,
+         plot_png: str) -> None:
     params = read_params(params_file)
     cfg = build(RulerConfig, section(params, "ruler", params_file), f"{params_file}:ruler")
     eval_cfg = build(EvalConfig, section(params, "eval", params_file), f"{params_file}:eval")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
-    result = run_ruler(cfg, eval_cfg, settings, output, failures, metrics, plot_csv, plot_png)
+    result = run_ruler(cfg, eval_cfg, settings, output, failures, metrics, plot_csv, plot_png, timings=timings)
     for model in eval_cfg.models:
         m = result[model.name]
         click.echo(f"ruler {model.name}: max output length {m['max_output_length']} words "

@@ -10,26 +10,27 @@ import click
 
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
-from longwriter.eval.judge import JudgeConfig
 from longwriter.eval.segments import SegmentsConfig, run_segments
+from longwriter.judge import JudgeConfig
 from longwriter.llm import ClientSettings
 
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--samples", default="data/long_samples.parquet", show_default=True, help="AgentWrite answers.")
-@click.option("--answers", default="data/eval/longbench_answers.parquet", show_default=True, help="Answers.")
-@click.option("--metrics", default="metrics/segments.json", show_default=True, help="Metrics JSON.")
-@click.option("--plot", default="plots/segments.csv", show_default=True, help="Curve per text set (plot data).")
-@click.option("--failures", default="data/failures/segments.parquet", show_default=True,
+@click.option("--samples", required=True, help="AgentWrite answers.")
+@click.option("--answers", required=True, help="Answers.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
+@click.option("--plot", required=True, help="Curve per text set (plot data).")
+@click.option("--failures", required=True,
               help="Parts the judge could not rate (segments.judge).")
 @stage_entry
-def main(params_file: str, samples: str, answers: str, metrics: str, plot: str, failures: str) -> None:
+def main(params_file: str, samples: str, answers: str, metrics: str, timings: str, plot: str, failures: str) -> None:
     params = read_params(params_file)
     cfg = build(SegmentsConfig, section(params, "segments", params_file), f"{params_file}:segments")
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
-    result = run_segments(cfg, samples, answers, metrics, plot, failures, judge, settings)
+    result = run_segments(cfg, samples, answers, metrics, plot, failures, judge, settings, timings=timings)
     for name, m in result["sets"].items():
         quality = (f"; judge quality {m['quality_first']} -> {m['quality_last']} over {m['judged_answers']} answers"
                    if cfg.judge else "")

@@ -13,19 +13,20 @@ from longwriter.train.sft import SFTSettings, run_sft
 
 @click.command(help=__doc__)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--base", default="models/base", show_default=True, help="Checkpoint to start from.")
-@click.option("--data", default="data/mix", show_default=True, help="Mix directory (train/validation.parquet).")
-@click.option("--output", default="models/sft", show_default=True, help="Trained checkpoint directory.")
-@click.option("--metrics", default="metrics/sft.json", show_default=True, help="Metrics JSON.")
-@click.option("--plot-csv", default="plots/sft_loss.csv", show_default=True, help="Loss curve for DVC plots.")
-@click.option("--failures", default="data/failures/sft.parquet", show_default=True,
+@click.option("--base", required=True, help="Checkpoint to start from.")
+@click.option("--data", required=True, help="Mix directory (train/validation.parquet).")
+@click.option("--output", required=True, help="Trained checkpoint directory.")
+@click.option("--metrics", required=True, help="Metrics JSON.")
+@click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
+@click.option("--plot-csv", required=True, help="Loss curve for DVC plots.")
+@click.option("--failures", required=True,
               help="Examples over max_length (dropped or truncated).")
 @stage_entry
-def main(params_file: str, base: str, data: str, output: str, metrics: str, plot_csv: str,
+def main(params_file: str, base: str, data: str, output: str, metrics: str, timings: str, plot_csv: str,
          failures: str) -> None:
     params = read_params(params_file)
     cfg = build(SFTSettings, section(params, "sft", params_file), f"{params_file}:sft")
-    r = run_sft(cfg, base, data, output, metrics, plot_csv, failures)
+    r = run_sft(cfg, base, data, output, metrics, plot_csv, failures, timings=timings)
     click.echo(f"sft: {r['steps']} steps, train loss {r['train_loss_first']} -> {r['train_loss_last']}, "
                f"validation loss {r['validation_loss_first']} -> {r['validation_loss_last']}, "
                f"{r['tokens_per_s']} tokens/s")

@@ -8,9 +8,10 @@ import polars as pl
 import pytest
 
 from longwriter.eval.agreement import AgreementConfig, agreement_metrics, kendall_tau_b, run_agreement, spearman
-from longwriter.eval.judge import DIMENSIONS, JudgeConfig
+from longwriter.failures import Failures
+from longwriter.judge import DIMENSIONS, JudgeConfig
 from longwriter.llm import ClientSettings, ModelSpec
-from longwriter.schemas import Answers, Failures, JudgeRatings, Scores, validate
+from longwriter.schemas import Answers, JudgeRatings, Scores, validate
 
 
 def test_spearman_and_kendall_on_hand_worked_examples():

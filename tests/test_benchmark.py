@@ -13,8 +13,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from longwriter.benchmark import read_benchmark
 from longwriter.errors import InputError
-from longwriter.eval.benchmark import read_benchmark
 from longwriter.language import languages
 
 ROOT = Path(__file__).parent.parent
@@ -157,7 +157,9 @@ def test_longbench_answer_reads_the_languages_of_en_file(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(longbench, "generate_answers", answers)
     result = CliRunner().invoke(main, ["--params", str(_params(tmp_path, bench, en_file)),
-                                       "--output", str(tmp_path / "a.parquet")])
+                                       "--output", str(tmp_path / "a.parquet"), "--failures",
+                                       str(tmp_path / "f.parquet"), "--metrics", str(tmp_path / "m.json"),
+                                       "--timings", str(tmp_path / "t.json")])
     assert isinstance(result.exception, _Stop), result.output
     assert seen == [["zh", "en", "zh"]]
 
@@ -173,16 +175,21 @@ def test_longbench_passes_en_file_to_the_scores(tmp_path: Path, monkeypatch: pyt
         raise _Stop
 
     monkeypatch.setattr(stage, "run_longbench", run)
-    result = CliRunner().invoke(stage.main, ["--params", str(_params(tmp_path, bench, en_file))])
+    result = CliRunner().invoke(stage.main, ["--params", str(_params(tmp_path, bench, en_file)), *(
+        arg for option, name in (("--answers", "a.parquet"), ("--answer-failures", "af.parquet"),
+                                 ("--output", "s.parquet"), ("--failures", "f.parquet"), ("--metrics", "m.json"),
+                                 ("--timings", "t.json"), ("--plot-csv", "p.csv"), ("--plot-png", "p.png"))
+        for arg in (option, str(tmp_path / name)))])
     assert isinstance(result.exception, _Stop), result.output
     assert seen == [(str(bench), str(en_file))]
 
 
 def test_run_longbench_reads_the_benchmark_with_en_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import longwriter.eval.longbench as longbench
-    from longwriter.eval.judge import JudgeConfig
+    from longwriter.failures import write_failures
+    from longwriter.judge import JudgeConfig
     from longwriter.llm import ClientSettings
-    from longwriter.schemas import Answers, empty, write_checked, write_failures
+    from longwriter.schemas import Answers, empty, write_checked
 
     answers, failures = tmp_path / "answers.parquet", tmp_path / "failures.parquet"
     write_checked(empty(Answers), Answers, answers)

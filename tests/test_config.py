@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,9 +32,9 @@ def test_defaults_when_no_data(data) -> None:
     cfg = build(SelectConfig, data, WHERE)
     assert cfg == SelectConfig()
     assert cfg.pools == ("data/pool/instructions.jsonl",)
-    assert cfg.per_lang == 3
+    assert cfg.per_lang == 2
     assert cfg.selector == ModelSpec()
-    assert cfg.sampling == Sampling(temperature=0.0, max_tokens=96)
+    assert cfg.sampling == Sampling(temperature=0.0, top_p=1.0, max_tokens=96)
 
 
 def test_nested_dataclasses_built_from_dicts() -> None:
@@ -74,7 +77,7 @@ def test_built_config_is_frozen() -> None:
 
 def test_partial_nested_section_keeps_field_defaults() -> None:
     cfg = build(SelectConfig, {"sampling": {"seed": 1}}, WHERE)
-    assert cfg.sampling == Sampling(temperature=0.0, max_tokens=96, seed=1)
+    assert cfg.sampling == Sampling(temperature=0.0, top_p=1.0, max_tokens=96, seed=1)
 
 
 # --- build: errors --------------------------------------------------------------------------------------
@@ -212,3 +215,77 @@ def test_resolved_structured_output() -> None:
     assert dataclasses.replace(openai, structured_output="none").resolved_structured_output() == "none"
     assert ModelSpec(structured_output="json_schema").resolved_structured_output() == "json_schema"
     assert dataclasses.replace(openai, structured_output="json_object").resolved_structured_output() == "json_object"
+
+
+# --- one default per param: params.yaml's value is the dataclass's default -----------------------------------
+#
+# params.yaml holds the run's value of every key it lists, and the dataclass a stage builds from that section has
+# the same value as the key's default, so there is one default per param and a reader of either file sees it.
+# Which dataclass a section builds is read from the stage scripts (`build(Cls, section(params, "x"), ...)`). A
+# nested mapping (sampling, sft.train, a model spec put in place by a YAML anchor such as `selector: *embedded`) is
+# compared key by key with the field's own default, the way build() reads a partial mapping; anything else (a
+# scalar, a list such as eval.models or compare.pairs) as a whole, after build()'s conversions (list -> tuple, int
+# -> float). The `models` section holds the specs the anchors name: candidates, not values (a stage reads one only
+# where an anchor puts it, and is compared there), so each is only checked to build as a ModelSpec. `train`
+# (train.launch) builds no dataclass: dvc.yaml writes it into the training stages' cmd.
+
+ROOT = Path(__file__).parent.parent
+NO_DATACLASS = {"models", "train"}
+
+
+def section_classes() -> dict[str, set[type]]:
+    """Each params section and the dataclasses the stage scripts build from it."""
+    found: dict[str, set[type]] = {}
+    for script in sorted((ROOT / "stages").glob("*.py")):
+        pairs = re.findall(r'build\((\w+),\s*section\(params,\s*"(\w+)"', script.read_text(encoding="utf-8"))
+        if pairs:
+            module = importlib.import_module(f"stages.{script.stem}")
+            for cls_name, key in pairs:
+                found.setdefault(key, set()).add(getattr(module, cls_name))
+    return found
+
+
+def _differences(built: Any, default: Any, data: dict[str, Any], where: str, owner: str) -> list[str]:
+    out = []
+    for key, value in data.items():
+        got, want = getattr(built, key), getattr(default, key)
+        if isinstance(value, dict) and dataclasses.is_dataclass(want):
+            out += _differences(got, want, value, f"{where}.{key}", owner)
+        elif got != want:
+            out.append(f"{where}.{key}: params.yaml has {value!r}, the {owner} default is {want!r}")
+    return out
+
+
+def default_mismatches(params: dict[str, Any]) -> list[str]:
+    """Every params key whose value differs from its dataclass default, as ``section.key: both values``."""
+    classes = section_classes()
+    problems: list[str] = []
+    for key, value in params.items():
+        if key == "models":
+            for name, spec in (value or {}).items():
+                build(ModelSpec, spec, f"params.yaml:models.{name}")
+            continue
+        for cls in sorted(classes.get(key, ()), key=lambda c: c.__name__):
+            built = build(cls, value, f"params.yaml:{key}")
+            problems += _differences(built, cls(), value or {}, key, cls.__name__)
+    return problems
+
+
+def test_params_yaml_values_are_the_dataclass_defaults() -> None:
+    problems = default_mismatches(read_params(ROOT / "params.yaml"))
+    assert not problems, "params.yaml and a dataclass default disagree:\n" + "\n".join(problems)
+
+
+def test_every_params_section_but_models_and_train_builds_a_dataclass() -> None:
+    assert set(read_params(ROOT / "params.yaml")) - set(section_classes()) == NO_DATACLASS
+
+
+def test_a_default_that_differs_is_named_with_both_values() -> None:
+    params = read_params(ROOT / "params.yaml")
+    params["select"] = {**params["select"], "sampling": {**params["select"]["sampling"], "max_tokens": 5}}
+    params["write"] = {**params["write"], "max_attempts": 7}
+    params["eval"] = {**params["eval"], "models": params["eval"]["models"][:1]}
+    problems = default_mismatches(params)
+    assert problems[:2] == ["select.sampling.max_tokens: params.yaml has 5, the SelectConfig default is 96",
+                            "write.max_attempts: params.yaml has 7, the WriteConfig default is 3"]
+    assert len(problems) == 3 and problems[2].startswith("eval.models: params.yaml has [{'name': 'base'")

@@ -124,7 +124,8 @@ def test_no_orphan_server_when_stage_is_stopped(tmp_path, sig):
     before = servers()
     proc = subprocess.Popen([sys.executable, "-m", "stages.plan", "--params", str(tmp_path / "params.yaml"),
                              "--instructions", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "p.parquet"),
-                             "--failures", str(tmp_path / "f.parquet"), "--metrics", str(tmp_path / "m.json")],
+                             "--failures", str(tmp_path / "f.parquet"), "--metrics", str(tmp_path / "m.json"),
+                             "--timings", str(tmp_path / "t.json")],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while not (servers() - before) and time.monotonic() < deadline:
@@ -151,7 +152,7 @@ def in_process_llama():
 def test_lazy_grammar_sampling_writes_the_same_greedy_reply(in_process_llama, monkeypatch):
     from llama_cpp import llama as llama_module
 
-    from longwriter.eval.judge import RATING_SCHEMA
+    from longwriter.judge import RATING_SCHEMA
     from longwriter.llm import llama_server
 
     def reply(schema: dict) -> str:

@@ -10,26 +10,18 @@ from typing import Any
 import polars as pl
 import pytest
 
+from longwriter.benchmark import read_benchmark
 from longwriter.config import build, read_params, section
 from longwriter.errors import ConfigError
-from longwriter.eval.answers import (
-    LOSSLESS_RATIO,
-    EvalConfig,
-    EvalModel,
-    LengthCap,
-    answer_metrics,
-    answer_row,
-    generate_answers,
-    request_limit,
-)
-from longwriter.eval.benchmark import read_benchmark
-from longwriter.eval.judge import DIMENSIONS, Rating, RatingOutcome
+from longwriter.eval.answers import EvalConfig, answer_metrics
 from longwriter.eval.longbench import LongBenchConfig, longbench_metrics, score_row, unanswered_row
 from longwriter.eval.ruler import RulerConfig, ruler_metrics
-from longwriter.eval.scoring import bucket_of, length_score
+from longwriter.generation import LOSSLESS_RATIO, EvalModel, LengthCap, answer_row, generate_answers, request_limit
+from longwriter.judge import DIMENSIONS, Rating, RatingOutcome
 from longwriter.llm import ClientSettings, ModelSpec, Sampling
 from longwriter.repetition import degeneration, loop_start, repetition
 from longwriter.schemas import Answers, Scores, empty, validate
+from longwriter.scoring import bucket_of, length_score
 from longwriter.wordcount import count_words
 
 ROOT = Path(__file__).parent.parent
@@ -53,9 +45,9 @@ def test_lossless_ratio_is_where_the_length_score_reaches_zero() -> None:
     assert length_score(100, int(100 * LOSSLESS_RATIO) - 1) > 0.0
 
 
-def test_eval_config_defaults_are_the_paper_s_sampling() -> None:
+def test_eval_config_defaults_are_the_paper_s_sampling_under_the_laptop_ceiling() -> None:
     cfg = EvalConfig()
-    assert cfg.sampling == Sampling(temperature=0.5, top_p=0.8, top_k=50, max_tokens=32768)
+    assert cfg.sampling == Sampling(temperature=0.5, top_p=0.8, top_k=50, max_tokens=512)
     assert (cfg.cap_ratio, cfg.tokens_per_word, cfg.cap_margin) == (4.0, {"en": 2.5, "zh": 3.0}, 64)
     assert cfg.length_cap == LengthCap()
 

@@ -10,16 +10,16 @@ from typing import Any
 import polars as pl
 import pytest
 
+from longwriter.benchmark import read_benchmark
 from longwriter.errors import InputError
-from longwriter.eval.answers import fit_max_tokens
-from longwriter.eval.benchmark import read_benchmark
 from longwriter.eval.compare import compare_metrics, outcome
-from longwriter.eval.judge import DIMENSIONS, Rating, RatingOutcome
 from longwriter.eval.longbench import longbench_metrics, score_row, unanswered_rows
 from longwriter.eval.ruler import ruler_metrics
-from longwriter.eval.scoring import bucket_of
+from longwriter.generation import fit_max_tokens
+from longwriter.judge import DIMENSIONS, Rating, RatingOutcome
 from longwriter.llm import ModelSpec
 from longwriter.schemas import Answers, Comparisons, Scores, empty, validate
+from longwriter.scoring import bucket_of
 
 ROOT = Path(__file__).parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"

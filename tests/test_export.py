@@ -104,8 +104,11 @@ def test_export_config_is_checked():
 def test_the_stage_script_exports_with_the_project_params(tmp_path):
     samples = _samples(tmp_path / "s.parquet", 2)
     done = subprocess.run([sys.executable, "-m", "stages.export", "--samples", str(samples), "--output",
-                           str(tmp_path / "hf"), "--metrics", str(tmp_path / "m.json")],
+                           str(tmp_path / "hf"), "--metrics", str(tmp_path / "m.json"), "--timings",
+                           str(tmp_path / "t.json")],
                           cwd=ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "2 examples in 1 shard(s)" in done.stdout
     assert "smollm2-135m-instruct (llama.cpp)" in (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+    # the timing figures go where --timings says, not beside the metrics
+    assert (tmp_path / "t.json").is_file() and not (tmp_path / "timings").exists()

@@ -9,12 +9,13 @@ import polars as pl
 import pytest
 from conftest import tiny_llama
 
-from longwriter.eval.judge import JudgeConfig
+from longwriter.failures import Failures
+from longwriter.judge import JudgeConfig
 from longwriter.llm import ClientSettings, Endpoint, ModelSpec, ResponseCache
-from longwriter.schemas import Failures, validate
+from longwriter.schemas import validate
 from longwriter.train.grpo import GRPOSettings, rl_prompts, run_grpo
 from longwriter.train.rewards import JudgeReward, length_reward, repetition_reward
-from longwriter.train.sft import TrainSettings
+from longwriter.train.trainer import TrainSettings
 
 DISTINCT = " ".join(f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(40)).replace("w", "")
 
@@ -105,7 +106,7 @@ def policy_dir(tokenizer, tmp_path_factory):
 
 def test_the_stage_trains_writes_curves_and_a_rerun_pays_no_judgement_twice(fake_server, policy_dir, tmp_path):
     selected, plans = _instructions(tmp_path)
-    cfg = GRPOSettings(use_selected=True, num_generations=2, max_completion_length=128, overlong_buffer=16,
+    cfg = GRPOSettings(use_selected=True, pool=None, num_generations=2, max_completion_length=128, overlong_buffer=16,
                        train=TrainSettings(learning_rate=1e-5, max_steps=2, per_device_train_batch_size=2))
     with fake_server() as srv:
         judge = JudgeConfig(model=ModelSpec(provider="openai", base_url=srv.base_url, model="judge"))

@@ -15,7 +15,7 @@ import pytest
 
 from longwriter.config import build
 from longwriter.errors import InputError
-from longwriter.eval.judge import (
+from longwriter.judge import (
     DIMENSIONS,
     JudgeConfig,
     Rating,

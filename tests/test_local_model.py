@@ -26,9 +26,17 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from longwriter.errors import ConfigError  # noqa: E402
-from longwriter.eval.answers import EvalModel, generate_answers  # noqa: E402
-from longwriter.llm import ClientSettings, LLMClient, ModelSpec, Sampling, run_with_llm  # noqa: E402
-from longwriter.llm import local as local_mod  # noqa: E402
+from longwriter.generation import EvalModel, generate_answers  # noqa: E402
+from longwriter.llm import (  # noqa: E402
+    ClientSettings,
+    LLMClient,
+    ModelSpec,
+    Sampling,
+    run_with_llm,
+)
+from longwriter.llm import (  # noqa: E402
+    local as local_mod,
+)
 from longwriter.llm.local import (  # noqa: E402
     TransformersChat,
     checkpoint_identity,
@@ -38,7 +46,7 @@ from longwriter.llm.local import (  # noqa: E402
 )
 from longwriter.llm.server import default_gguf  # noqa: E402
 from longwriter.schemas import Answers  # noqa: E402
-from longwriter.train.base import BaseConfig, run_base  # noqa: E402
+from longwriter.train.base_model import BaseModelConfig, run_base  # noqa: E402
 from longwriter.train.checkpoint import save_checkpoint  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -427,7 +435,7 @@ def test_base_converts_the_embedded_gguf_like_llama_cpp(tmp_path: Path) -> None:
     Hence llama.cpp's greedy token must be among transformers' top 3, not necessarily its top 1.
     """
     out, metrics = tmp_path / "base", tmp_path / "metrics" / "base.json"
-    result = run_base(BaseConfig(), out, metrics)
+    result = run_base(BaseModelConfig(), out, metrics)
     assert (out / "model.safetensors").is_file()
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config

@@ -25,13 +25,13 @@ import yaml
 from tiny_repo import FIXTURES, TINY_BASE, add_tiny_base, make_repo, training_params
 from wildchat import shard_from_pool
 
-from longwriter.eval.judge import DIMENSIONS
+from longwriter.failures import Failures
+from longwriter.judge import DIMENSIONS
 from longwriter.llm.local import checkpoint_identity
 from longwriter.schemas import (
     Answers,
     Chat,
     Comparisons,
-    Failures,
     Instructions,
     JudgeRatings,
     LongSamples,
@@ -319,6 +319,10 @@ def test_a_param_change_on_a_branch_shows_in_params_and_metrics_diff(shared):
     (("sft", "train", "learning_rate"), 1e-4, {"sft"}),                     # no data generation
     (("write", "mode"), "parallel", {"write", "export"}),  # the dataset card names the mode
     (("eval", "sampling", "max_tokens"), 64, {"ruler", "longbench_answer"}),
+    # how many requests are in flight changes no output, except select's judging windows (llm/spec.py)
+    (("llm", "max_concurrency"), 2, {"select"}),
+    (("llm", "max_retries"), 3, {"select", "plan", "write", "general", "dpo_pairs", "grpo", *EVAL_STAGES,
+                                 "agreement", "segments"}),
 ])
 def test_each_param_invalidates_exactly_the_stages_that_read_it(shared, key, value, expected):
     clone = shared["clone"]
@@ -345,8 +349,9 @@ def test_exp_run_reruns_only_the_stages_that_read_the_param(shared):
     assert ran == {"ruler"}, out
     shown = dvc("exp", "show", "--csv", cwd=clone)
     assert "a.max_output_length" in shown and "ruler.reach" in shown
-    # the README's key columns, as written
-    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if x.startswith("dvc exp show --drop"))
+    # docs/dvc-workflows.md's key columns, as written
+    line = next(x for x in (ROOT / "docs" / "dvc-workflows.md").read_text().splitlines()
+                if x.startswith("dvc exp show --drop"))
     rows = list(csv.reader(io.StringIO(dvc(*shlex.split(line, comments=True)[1:], "--csv", cwd=clone))))
     assert set(rows[0]) == {"Experiment", "a.S", "b.S", "c.S", "a.max_output_length", "b.max_output_length",
                             "c.max_output_length", "train_loss_last", "sft.train.learning_rate",
@@ -407,10 +412,10 @@ def serving(root: Path) -> Iterator[str]:
 
 
 def readme_import_block() -> str:
-    """The README's import commands, as written."""
-    readme = (ROOT / "README.md").read_text()
+    """docs/dvc-workflows.md's import commands, as written."""
+    readme = (ROOT / "docs" / "dvc-workflows.md").read_text()
     block = re.search(r"\*\*Import public data\.\*\*.*?```bash\n(.*?)```", readme, re.S)
-    assert block, "README: no 'Import public data' block"
+    assert block, "docs/dvc-workflows.md: no 'Import public data' block"
     return block.group(1)
 
 

@@ -1,4 +1,5 @@
-"""Every figure in the README's Measured and Performance tables agrees with the file its source cell names.
+"""Every figure in the Measured and Performance tables (README.md, docs/*.md, bench/README.md) agrees with the
+file its source cell names, and every relative link in the README and the docs points to an existing file.
 
 The convention and the checker are in bench/readme_figures.py (``python bench/readme_figures.py --show`` prints
 each row's figures next to their source values; ``--check`` is what this test runs).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -21,16 +23,74 @@ sys.modules["readme_figures"] = rf  # dataclasses look their module up
 _spec.loader.exec_module(rf)
 
 
+def test_checked_files_are_the_readme_the_docs_and_the_bench_readme() -> None:
+    names = [p.relative_to(ROOT).as_posix() for p in rf.checked_files(ROOT)]
+    docs = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
+    assert names == ["README.md", *docs, "bench/README.md"]
+    assert docs, "no docs/*.md"
+
+
 def test_readme_figures_match_their_sources() -> None:
-    errors = rf.check((ROOT / "README.md").read_text(encoding="utf-8"), ROOT)
-    assert not errors, "README figures without a matching source value:\n" + "\n".join(errors)
+    errors = rf.check_files(root=ROOT)
+    assert not errors, "figures without a matching source value:\n" + "\n".join(errors)
 
 
 def test_readme_checked_tables_are_found() -> None:
-    table_rows, errors = rf.rows((ROOT / "README.md").read_text(encoding="utf-8"))
+    table_rows, errors = rf.all_rows(root=ROOT)
     assert not errors
-    sections = {r.section.split(" (")[0] for r in table_rows}
+    found = {(r.file, r.section.split(" (")[0]) for r in table_rows}
+    sections = {section for _, section in found}
     assert {"## Measured", "## Performance"} <= sections
+    assert ("bench/README.md", "## Performance") in found   # the benchmarks' table
+    assert any(f.startswith("docs/") and s == "## Measured" for f, s in found)  # the default run's figures
+
+
+def test_check_files_names_the_file(root: Path) -> None:
+    (root / "docs").mkdir()
+    (root / "README.md").write_text("# x\n", encoding="utf-8")
+    (root / "docs" / "a.md").write_text(_readme("| w | 9.9 | `bench/results/b.json: ratio` |"), encoding="utf-8")
+    assert [p.name for p in rf.checked_files(root)] == ["README.md", "a.md"]
+    errors = rf.check_files(root=root)
+    assert len(errors) == 1 and errors[0].startswith("docs/a.md:7 (w): figure 1 '9.9' disagrees"), errors
+    (root / "docs" / "a.md").write_text("# no tables\n", encoding="utf-8")
+    assert rf.check_files(root=root) == ["no checked table found"]
+
+
+# --- links -----------------------------------------------------------------------------------------------
+
+_LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+
+def relative_links(text: str) -> list[str]:
+    """The targets of the Markdown links in ``text`` that point into the repository (code left out)."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    out = []
+    for target in _LINK.findall(text):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("#"):
+            continue  # a URL (https:, mailto:) or an anchor in the same file
+        out.append(target.split("#")[0])
+    return out
+
+
+def test_relative_links_are_found() -> None:
+    text = ("[a](docs/a.md) [b](../b.md#part) [c](https://x.org/y.md) [d](#here) `[e](code.md)`\n"
+            "```bash\n[f](block.md)\n```\n[g](bench/README.md \"title\")\n")
+    assert relative_links(text) == ["docs/a.md", "../b.md", "bench/README.md"]
+
+
+@pytest.mark.parametrize("doc", [p.relative_to(ROOT).as_posix() for p in rf.checked_files(ROOT)])
+def test_relative_links_point_to_existing_files(doc: str) -> None:
+    path = ROOT / doc
+    links = relative_links(path.read_text(encoding="utf-8"))
+    missing = [t for t in links if not (path.parent / t).exists()]
+    assert not missing, f"{doc}: links to missing files: {missing}"
+
+
+def test_readme_links_every_doc() -> None:
+    links = {(ROOT / t).resolve() for t in relative_links((ROOT / "README.md").read_text(encoding="utf-8"))}
+    docs = {p.resolve() for p in (ROOT / "docs").glob("*.md")} | {(ROOT / "bench" / "README.md").resolve()}
+    assert docs <= links, f"not linked from README.md: {sorted(str(p.relative_to(ROOT)) for p in docs - links)}"
 
 
 # --- the convention, on a small README -------------------------------------------------------------------

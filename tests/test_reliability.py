@@ -78,7 +78,7 @@ def test_plan_and_write_under_20_percent_faults_match_a_clean_run(fake_server, t
 def _stage_cmd(d: Path, stage: str = "write") -> list[str]:
     return [sys.executable, "-m", f"stages.{stage}", "--params", str(d / "params.yaml"), "--instructions",
             str(d / "in.parquet"), "--plans", str(d / "plans.parquet"), "--output", str(d / "sections.parquet"),
-            "--failures", str(d / "fail.parquet"), "--metrics", str(d / "m.json")]
+            "--failures", str(d / "fail.parquet"), "--metrics", str(d / "m.json"), "--timings", str(d / "t.json")]
 
 
 def _params(d: Path, srv, concurrency: int = 2, key_env: str | None = None) -> None:

@@ -6,16 +6,15 @@ import polars as pl
 import pytest
 
 from longwriter.errors import InputError
+from longwriter.failures import Failures, failures_frame
 from longwriter.schemas import (
     MESSAGES,
-    Failures,
     Instructions,
     LongSamples,
     Plans,
     Pool,
     Sections,
     empty,
-    failures_frame,
     validate,
 )
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from longwriter.eval.scoring import dimension_score, length_score, overall, quality_score
+from longwriter.scoring import dimension_score, length_score, overall, quality_score
 
 
 @pytest.mark.parametrize(("required", "produced", "expected"), [

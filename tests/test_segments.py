@@ -11,12 +11,12 @@ import pytest
 
 from longwriter.config import build
 from longwriter.errors import ConfigError
-from longwriter.eval.answers import answer_row
-from longwriter.eval.judge import JudgeConfig
-from longwriter.eval.scoring import bucket_of
 from longwriter.eval.segments import SegmentsConfig, part_measures, run_segments
+from longwriter.generation import answer_row
+from longwriter.judge import JudgeConfig
 from longwriter.llm import ClientSettings, ModelSpec
 from longwriter.schemas import Answers, LongSamples, empty, validate
+from longwriter.scoring import bucket_of
 from longwriter.wordcount import cut_by_units, word_units
 
 

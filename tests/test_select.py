@@ -98,7 +98,7 @@ def test_a_wildchat_shard_is_a_pool_of_first_user_turns(tmp_path):
     write_shard(tmp_path / "wildchat" / "train-00001-of-00002.parquet", [("h4", conversation("Write a guide."))])
     df = load_pools([str(tmp_path / "wildchat")])
     assert df["id"].to_list() == ["h1", "h2", "h4"] and set(df["source"]) == {"wildchat"}
-    cands, counts = prefilter(df, SelectConfig(min_prompt_chars=5))
+    cands, counts = prefilter(df, SelectConfig(min_prompt_chars=5, max_required_words=None))
     assert counts["read"] == 3 and dict(zip(cands["id"], cands["required_words"], strict=True)) == {
         "h1": 3000, "h2": 5000, "h4": None}
 

@@ -25,6 +25,14 @@ def test_help(name):
     assert out.returncode == 0 and "--params" in out.stdout and name in out.stdout
 
 
+def test_a_stage_takes_its_paths_from_the_command_line_only(tmp_path):
+    # dvc.yaml names every path (its vars) and passes each one: a script has no second, silent default
+    result = run_stage("plan", "--params", str(tmp_path / "params.yaml"))
+    assert result.returncode == 2 and "Missing option '--instructions'" in result.stderr, result.stderr
+    result = run_stage("export", "--samples", str(tmp_path / "s.parquet"), "--output", str(tmp_path / "hf"))
+    assert result.returncode == 2 and "Missing option '--metrics'" in result.stderr, result.stderr
+
+
 BAD_POOLS = {
     "malformed": (b'{"prompt": "Write a long essay about rivers."}\n{"prompt": "oops"\n', "row 2", "malformed JSON"),
     "missing_column": (b'{"text": "Write a long essay about rivers."}\n', "missing column 'prompt'", None),
@@ -49,7 +57,8 @@ def test_select_rejects_bad_pool(tmp_path, case):
     out_path = tmp_path / "selected.parquet"
     out_path.write_bytes(b"previous output")
     result = run_stage("select", "--params", str(params), "--output", str(out_path), "--failures",
-                       str(tmp_path / "f.parquet"), "--metrics", str(tmp_path / "m.json"))
+                       str(tmp_path / "f.parquet"), "--metrics", str(tmp_path / "m.json"), "--timings",
+                       str(tmp_path / "t.json"))
     assert result.returncode == 1
     assert str(pool) in result.stderr and where in result.stderr, result.stderr
     if what:
@@ -57,12 +66,15 @@ def test_select_rejects_bad_pool(tmp_path, case):
     assert "Traceback" not in result.stderr
     assert out_path.read_bytes() == b"previous output"  # untouched
     assert not (tmp_path / "f.parquet").exists() and not (tmp_path / "m.json").exists()
+    assert not (tmp_path / "t.json").exists()
 
 
 def test_bad_params_name_the_key(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"plan": {"max_paragrafs": 5}}))
-    result = run_stage("plan", "--params", str(params))
+    result = run_stage("plan", "--params", str(params), "--instructions", str(tmp_path / "in.parquet"), "--output",
+                       str(tmp_path / "p.parquet"), "--failures", str(tmp_path / "f.parquet"), "--metrics",
+                       str(tmp_path / "m.json"), "--timings", str(tmp_path / "t.json"))
     assert result.returncode == 1 and "plan: unknown key(s) max_paragrafs" in result.stderr
 
 
@@ -71,7 +83,10 @@ def test_a_misspelt_params_section_stops_the_stage(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"wirte": {"mode": "parallel"}}))
     out = tmp_path / "sections.parquet"
-    result = run_stage("write", "--params", str(params), "--output", str(out))
+    result = run_stage("write", "--params", str(params), "--instructions", str(tmp_path / "in.parquet"), "--plans",
+                       str(tmp_path / "plans.parquet"), "--output", str(out), "--failures",
+                       str(tmp_path / "f.parquet"), "--metrics", str(tmp_path / "m.json"), "--timings",
+                       str(tmp_path / "t.json"))
     assert result.returncode == 1 and "unknown section(s) wirte" in result.stderr and str(params) in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
 
@@ -84,7 +99,8 @@ def test_plan_rejects_instructions_with_bad_lang(tmp_path):
                  schema_overrides={"required_words": pl.Int64, "estimated_words": pl.Int64}).write_parquet(path)
     (tmp_path / "params.yaml").write_text("{}\n")
     result = run_stage("plan", "--params", str(tmp_path / "params.yaml"), "--instructions", str(path), "--output",
-                       str(tmp_path / "p.parquet"))
+                       str(tmp_path / "p.parquet"), "--failures", str(tmp_path / "f.parquet"), "--metrics",
+                       str(tmp_path / "m.json"), "--timings", str(tmp_path / "t.json"))
     assert result.returncode == 1
     assert f"{path}: row 2, column 'lang'" in result.stderr
     assert not (tmp_path / "p.parquet").exists()
@@ -116,7 +132,7 @@ def test_eval_stages_reject_bad_benchmark_files(tmp_path, stage, case):
     out_path = tmp_path / "answers.parquet"
     out_path.write_bytes(b"previous output")
     args = ["--params", str(params), "--output", str(out_path), "--failures", str(tmp_path / "f.parquet"),
-            "--metrics", str(tmp_path / "m.json")]
+            "--metrics", str(tmp_path / "m.json"), "--timings", str(tmp_path / "t.json")]
     if stage == "ruler":
         args += ["--plot-csv", str(tmp_path / "p.csv"), "--plot-png", str(tmp_path / "p.png")]
     result = run_stage(stage, *args)

@@ -102,7 +102,8 @@ def _run_write(workdir: Path, params: Path) -> subprocess.Popen:
         [sys.executable, "-m", "stages.write", "--params", str(params), "--instructions",
          str(workdir / "in.parquet"), "--plans", str(workdir / "plans.parquet"), "--output",
          str(workdir / "sections.parquet"), "--failures", str(workdir / "fail.parquet"), "--metrics",
-         str(workdir / "m.json")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+         str(workdir / "m.json"), "--timings", str(workdir / "t.json")], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
 
 
 def test_kill9_mid_stage_then_resume_pays_only_for_missing_calls(fake_server, tmp_path):
@@ -219,9 +220,9 @@ def test_general_keeps_complete_answers_only(fake_server, tmp_path):
 
 
 def test_compare_records_requests_one_model_did_not_answer(fake_server, tmp_path):
-    from longwriter.eval.answers import answer_row
     from longwriter.eval.compare import CompareConfig, run_compare
-    from longwriter.eval.judge import JudgeConfig
+    from longwriter.generation import answer_row
+    from longwriter.judge import JudgeConfig
     from longwriter.schemas import Answers, empty, write_checked
 
     def row(model: str, index: int) -> dict:
@@ -245,9 +246,9 @@ def test_compare_records_requests_one_model_did_not_answer(fake_server, tmp_path
 
 
 def test_compare_judges_the_same_seeded_sample_of_requests_for_every_pair(fake_server, tmp_path):
-    from longwriter.eval.answers import answer_row
     from longwriter.eval.compare import CompareConfig, run_compare
-    from longwriter.eval.judge import JudgeConfig
+    from longwriter.generation import answer_row
+    from longwriter.judge import JudgeConfig
     from longwriter.schemas import Answers, empty, write_checked
 
     def row(model: str, index: int) -> dict:

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from longwriter.llm.spec import ClientSettings
+
 ROOT = Path(__file__).parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -61,6 +63,11 @@ def make_repo(repo: Path, params: dict[str, Any]) -> Path:
     for fixture, target in inputs.items():
         (repo / target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(FIXTURES / fixture, repo / target)
+    # dvc.yaml declares llm keys one by one, and DVC refuses a declared key params.yaml lacks: the defaults fill in
+    declared = {p.split(".", 1)[1] for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()
+                for p in stage.get("params") or [] if p.startswith("llm.")}
+    defaults = ClientSettings()
+    params = {**params, "llm": {**{k: getattr(defaults, k) for k in sorted(declared)}, **(params.get("llm") or {})}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / ".gitignore").write_text(".llm-cache/\n")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)

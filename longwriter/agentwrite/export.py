@@ -20,7 +20,7 @@ import polars as pl
 
 from longwriter.config import build, section
 from longwriter.errors import InputError
-from longwriter.files import atomic_dir, read_table, write_json
+from longwriter.files import atomic_dir, read_table, write_metrics
 from longwriter.llm.spec import ModelSpec
 from longwriter.schemas import LongSamples, validate
 
@@ -173,7 +173,8 @@ The answers are machine-written. Check the generating models' terms before redis
 
 
 def run_export(samples_path: str | Path, recipe: dict[str, Any], params_file: str, out_dir: str | Path,
-               metrics_path: str | Path, cfg: ExportConfig, root: str | Path = ".") -> dict[str, Any]:
+               metrics_path: str | Path, cfg: ExportConfig, root: str | Path = ".",
+               timings: str | Path | None = None) -> dict[str, Any]:
     """Write ``out_dir`` (shards and card, atomically) and the export metrics. ``recipe``: the params sections
     RECIPE_SECTIONS (missing ones count as empty)."""
     samples = validate(read_table(samples_path), LongSamples, samples_path).drop("_row", strict=False)
@@ -194,7 +195,7 @@ def run_export(samples_path: str | Path, recipe: dict[str, Any], params_file: st
         "length_histogram": dict(length_histogram(samples["words"])),
         "recipe_hash": recipe_id,
     }
-    write_json(metrics, metrics_path)
+    write_metrics(metrics, metrics_path, timings)
     return metrics
 
 

@@ -10,7 +10,6 @@ times, and then recorded as a failure.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from collections import Counter
@@ -19,21 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from tqdm import tqdm
 
-from longwriter.files import read_table, write_json
-from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
-from longwriter.llm.structured import extract_json, reask
-from longwriter.schemas import Instructions, Plans, empty, reason_counts, validate, write_checked, write_failures
+from longwriter.failures import Reason, failure_row, reason_counts, write_failures
+from longwriter.files import read_table, write_metrics
+from longwriter.llm import ClientSettings, LLMClient, ModelSpec, Sampling, run_with_llm
+from longwriter.llm.runner import run_each
+from longwriter.llm.structured import Unusable, ask_until_usable, extract_json
+from longwriter.prompts import render_prompt
+from longwriter.schemas import Instructions, Plans, empty, validate, write_checked
 
 
 @dataclass(frozen=True)
 class PlanConfig:
     min_paragraphs: int = 3
-    max_paragraphs: int = 8
+    max_paragraphs: int = 5
     # per-paragraph budget bounds (the paper asks for 200-1000 words per paragraph)
     min_words: int = 100
-    max_words: int = 1000
+    max_words: int = 250
     max_attempts: int = 3
     generator: ModelSpec = field(default_factory=ModelSpec)
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=1024))
@@ -60,7 +61,7 @@ class Repairs:
     rescaled: int = 0
 
 
-class UnusablePlan(ValueError):
+class UnusablePlan(Unusable):
     pass
 
 
@@ -256,33 +257,13 @@ def repair(paragraphs: list[Paragraph], required: int | None, cfg: PlanConfig,
 
 # --- prompts and the stage -----------------------------------------------------------------------------
 
-PLAN_PROMPT = """Plan a long piece of writing that answers the instruction below. Split the work into \
-paragraphs; for each paragraph give its main point, described in detail, and how many words it should have.
-
-Instruction:
-<<<
-{instruction}
->>>
-
-Rules:
-- Between {lo} and {hi} paragraphs that together cover everything the instruction asks for, in order.
-- Each paragraph between {min_words} and {max_words} words.{length_rule}
-- Every main point is different and specific; do not split the work too finely.
-{format_rule}"""
-
-JSON_RULE = ('Reply with a JSON object: {"paragraphs": [{"main_point": "...", "word_count": 300}, ...]} '
-             "and nothing else.")
-LINE_RULE = ("Reply with one line per paragraph and nothing else, exactly in this format:\n"
-             "Paragraph 1 - Main Point: [the main point, in detail] - Word Count: [N] words\n"
-             "Paragraph 2 - Main Point: [the main point, in detail] - Word Count: [N] words\n...")
-
-
 def plan_messages(instruction: str, required: int | None, cfg: PlanConfig, structured: bool) -> list[dict]:
     lo, hi = paragraph_bounds(required, cfg)
-    length_rule = f"\n- The word counts add up to {required} words in total." if required else ""
-    content = PLAN_PROMPT.format(instruction=instruction, lo=lo, hi=hi, min_words=cfg.min_words,
-                                 max_words=cfg.max_words, length_rule=length_rule,
-                                 format_rule=JSON_RULE if structured else LINE_RULE)
+    # the total-length rule is a line of its own, only when the instruction states a length
+    length_rule = "\n" + render_prompt("plan_length_rule", required=required) if required else ""
+    format_rule = render_prompt("plan_json_rule") if structured else render_prompt("plan_line_rule")
+    content = render_prompt("plan", instruction=instruction, lo=lo, hi=hi, min_words=cfg.min_words,
+                            max_words=cfg.max_words, length_rule=length_rule, format_rule=format_rule)
     return [{"role": "user", "content": content}]
 
 
@@ -292,7 +273,7 @@ class PlanOutcome:
     paragraphs: list[tuple[str, int]] | None
     attempts: int
     error: str | None = None
-    reason: str | None = None  # a failures-table reason when paragraphs is None
+    reason: Reason | None = None  # why, when paragraphs is None
     dropped_points: list[str] = field(default_factory=list)
 
 
@@ -301,37 +282,30 @@ async def plan_one(llm: LLMClient, row: dict[str, Any], cfg: PlanConfig, repairs
     structured = llm.endpoint.structured_output != "none"
     lo, hi = paragraph_bounds(required, cfg)
     schema = plan_schema(lo, hi) if structured else None
-    messages = plan_messages(row["prompt"], required, cfg, structured)
-    error, request, sampling = "no attempt made", messages, cfg.sampling
-    for sample in range(cfg.max_attempts):
-        try:
-            reply = await llm.complete(request, sampling, schema=schema, sample=sample)
-        except LLMCallError as e:
-            return PlanOutcome(row["id"], None, sample + 1, str(e), "llm_error")
-        try:
-            parsed = parse_plan_json(reply.text) if structured else parse_plan_lines(reply.text)
-            dropped: list[str] = []
-            return PlanOutcome(row["id"], repair(parsed, required, cfg, repairs, dropped), sample + 1,
-                               dropped_points=dropped)
-        except UnusablePlan as e:
-            error = f"unusable plan: {e}"
-            request, sampling = reask(messages, cfg.sampling, reply.text, str(e), attempt=sample + 1)
-    return PlanOutcome(row["id"], None, cfg.max_attempts, error, "unusable_output")
+
+    def parse(text: str) -> tuple[list[tuple[str, int]], list[str]]:
+        parsed = parse_plan_json(text) if structured else parse_plan_lines(text)
+        dropped: list[str] = []
+        return repair(parsed, required, cfg, repairs, dropped), dropped
+
+    outcome = await ask_until_usable(llm, plan_messages(row["prompt"], required, cfg, structured), cfg.sampling,
+                                     parse, schema=schema, max_attempts=cfg.max_attempts,
+                                     describe=lambda fault, _: f"unusable plan: {fault}")
+    if outcome.value is None:
+        return PlanOutcome(row["id"], None, outcome.attempts, outcome.error, outcome.reason)
+    paragraphs, dropped = outcome.value
+    return PlanOutcome(row["id"], paragraphs, outcome.attempts, dropped_points=dropped)
 
 
 def run_plan(instructions_path: str | Path, output: str | Path, failures: str | Path, metrics: str | Path,
-             cfg: PlanConfig, settings: ClientSettings) -> dict[str, Any]:
+             cfg: PlanConfig, settings: ClientSettings, timings: str | Path | None = None) -> dict[str, Any]:
     """The whole stage: read instructions, plan each, write plans, failures and metrics."""
     instructions = validate(read_table(instructions_path), Instructions, instructions_path)
     repairs = Repairs()
 
     async def work(llm: LLMClient) -> list[PlanOutcome]:
-        with tqdm(total=instructions.height, desc="plan", unit="instr", disable=None) as bar:
-            async def one(row: dict[str, Any]) -> PlanOutcome:
-                outcome = await plan_one(llm, row, cfg, repairs)
-                bar.update(1)
-                return outcome
-            return await asyncio.gather(*(one(r) for r in instructions.iter_rows(named=True)))
+        return await run_each(instructions.iter_rows(named=True), lambda row: plan_one(llm, row, cfg, repairs),
+                              desc="plan", unit="instr")
 
     outcomes, stats = run_with_llm(cfg.generator, settings, work)
     rows = [{"instruction_id": o.instruction_id, "section": i, "main_point": point, "words": words,
@@ -340,10 +314,10 @@ def run_plan(instructions_path: str | Path, output: str | Path, failures: str | 
     plans = pl.DataFrame(rows, schema=empty(Plans).schema).sort("instruction_id", "section")
     write_checked(plans, Plans, output)
     failed = [o for o in outcomes if o.paragraphs is None]
-    failure_rows = [{"stage": "plan", "instruction_id": o.instruction_id, "section": None, "attempts": o.attempts,
-                     "reason": o.reason, "error": o.error} for o in failed]
-    failure_rows += [{"stage": "plan", "instruction_id": o.instruction_id, "section": None, "attempts": o.attempts,
-                      "reason": "duplicate_point", "error": d} for o in outcomes for d in o.dropped_points]
+    failure_rows = [failure_row("plan", o.reason, o.error, instruction_id=o.instruction_id, attempts=o.attempts)
+                    for o in failed]
+    failure_rows += [failure_row("plan", Reason.DUPLICATE_POINT, d, instruction_id=o.instruction_id,
+                                 attempts=o.attempts) for o in outcomes for d in o.dropped_points]
     write_failures(failure_rows, failures)
     planned = [o for o in outcomes if o.paragraphs]
     sizes = [len(o.paragraphs or []) for o in planned]
@@ -362,5 +336,5 @@ def run_plan(instructions_path: str | Path, output: str | Path, failures: str | 
         "failures": reason_counts(failure_rows),
         "llm": stats.as_metrics(),
     }
-    write_json(result, metrics)
+    write_metrics(result, metrics, timings)
     return result

@@ -10,6 +10,7 @@ import pandera.polars as pa
 import polars as pl
 
 from longwriter.errors import InputError
+from longwriter.failures import Reason, failure_row
 from longwriter.files import read_table
 from longwriter.schemas import Pool, validate
 
@@ -123,9 +124,9 @@ def _keep_user_turns(df: pl.DataFrame, path: str | Path, dropped: list[dict] | N
         key = "id" if "id" in df.columns else "conversation_hash" if "conversation_hash" in df.columns else None
         for row in df.filter(~has_turn).select(
                 pl.col(key).cast(pl.Utf8) if key else pl.lit(None, pl.Utf8), "_row").iter_rows():
-            dropped.append({"stage": "select", "instruction_id": row[0] or f"{Path(path).name}:{row[1]}",
-                            "section": row[1], "attempts": 0, "reason": "no_user_turn",
-                            "error": f"{path}: row {row[1]} has no non-blank user turn"})
+            dropped.append(failure_row(
+                "select", Reason.NO_USER_TURN, f"{path}: row {row[1]} has no non-blank user turn",
+                instruction_id=row[0] or f"{Path(path).name}:{row[1]}", section=row[1]))
     df = df.filter(has_turn)
     if "id" not in df.columns and "conversation_hash" in df.columns:
         df = df.with_columns(pl.col("conversation_hash").cast(pl.Utf8).alias("id"))

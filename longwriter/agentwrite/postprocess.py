@@ -19,7 +19,8 @@ from typing import Any
 import polars as pl
 
 from longwriter.completeness import incomplete_reason, strip_preamble
-from longwriter.files import read_table, write_json
+from longwriter.failures import Reason, failure_row, reason_counts, write_failures
+from longwriter.files import read_table, write_metrics
 from longwriter.repetition import repetition
 from longwriter.schemas import (
     Instructions,
@@ -27,10 +28,8 @@ from longwriter.schemas import (
     Plans,
     Sections,
     empty,
-    reason_counts,
     validate,
     write_checked,
-    write_failures,
 )
 from longwriter.wordcount import count_words
 
@@ -146,18 +145,17 @@ def build_samples(instructions: pl.DataFrame, plans: pl.DataFrame, sections: pl.
         words = count_words(answer)
         reason, section = None, None
         if len(texts) != n_planned:
-            reason = ("incomplete", f"{len(texts)} of {n_planned} sections written")
+            reason = (Reason.INCOMPLETE, f"{len(texts)} of {n_planned} sections written")
         elif unfit is not None:
             section, reason = unfit[0], unfit[1:]
         elif len(texts) > cfg.max_sections:
-            reason = ("collapsed", f"{len(texts)} sections > max_sections {cfg.max_sections}")
+            reason = (Reason.COLLAPSED, f"{len(texts)} sections > max_sections {cfg.max_sections}")
         elif words < cfg.min_words_ratio * planned_words:
-            reason = ("too_short", f"{words} words < {cfg.min_words_ratio} x {planned_words} planned")
+            reason = (Reason.TOO_SHORT, f"{words} words < {cfg.min_words_ratio} x {planned_words} planned")
         elif (rep := repetition(answer, cfg.repetition_n)) > cfg.max_repetition:
-            reason = ("repetitive", f"{rep:.2f} of {cfg.repetition_n}-grams repeated > {cfg.max_repetition}")
+            reason = (Reason.REPETITIVE, f"{rep:.2f} of {cfg.repetition_n}-grams repeated > {cfg.max_repetition}")
         if reason is not None:
-            dropped.append({"stage": "postprocess", "instruction_id": iid, "section": section, "attempts": 0,
-                            "reason": reason[0], "error": reason[1]})
+            dropped.append(failure_row("postprocess", *reason, instruction_id=iid, section=section))
             continue
         samples.append({"id": iid, "lang": inst["lang"], "source": inst["source"],
                         "messages": [{"role": "user", "content": inst["prompt"]},
@@ -170,7 +168,7 @@ def build_samples(instructions: pl.DataFrame, plans: pl.DataFrame, sections: pl.
 
 def run_postprocess(instructions_path: str | Path, plans_path: str | Path, sections_path: str | Path,
                     output: str | Path, failures: str | Path, metrics: str | Path,
-                    cfg: PostprocessConfig) -> dict[str, Any]:
+                    cfg: PostprocessConfig, timings: str | Path | None = None) -> dict[str, Any]:
     """The whole stage: build samples, write them, the drop records and metrics."""
     instructions = validate(read_table(instructions_path), Instructions, instructions_path)
     plans = validate(read_table(plans_path), Plans, plans_path)
@@ -188,5 +186,5 @@ def run_postprocess(instructions_path: str | Path, plans_path: str | Path, secti
                           for lang in ("zh", "en")},
         "words_total": int(samples["words"].sum()) if samples.height else 0,
     }
-    write_json(result, metrics)
+    write_metrics(result, metrics, timings)
     return result

@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from tqdm import tqdm
 
 from longwriter.agentwrite.dedup import first_distinct, first_of_normalised, normalise, unique_ids
 from longwriter.agentwrite.pool import load_pools
 from longwriter.agentwrite.selector import Verdict, choose
 from longwriter.agentwrite.stated_length import required_words
-from longwriter.files import write_json
+from longwriter.failures import failure_row, reason_counts, write_failures
+from longwriter.files import write_metrics
 from longwriter.language import languages
 from longwriter.llm import ClientSettings, LLMClient, ModelSpec, Sampling, run_with_llm
-from longwriter.schemas import LANGS, Instructions, reason_counts, write_checked, write_failures
+from longwriter.llm.runner import progress_bar
+from longwriter.schemas import LANGS, Instructions, write_checked
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,12 @@ class SelectConfig:
     # an instruction is kept when the selector says it needs a long answer of at least this many words
     min_estimated_words: int = 800
     # instructions that state a longer required length than this are left out (laptop-sized runs)
-    max_required_words: int | None = None
-    per_lang: int | None = 3
+    max_required_words: int | None = 3000
+    per_lang: int | None = 2
     seed: int = 0
     max_attempts: int = 3
     selector: ModelSpec = field(default_factory=ModelSpec)
-    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, max_tokens=96))
+    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, top_p=1.0, max_tokens=96))
 
 
 def prefilter(pool: pl.DataFrame, cfg: SelectConfig) -> tuple[pl.DataFrame, dict[str, Any]]:
@@ -72,20 +73,20 @@ def prefilter(pool: pl.DataFrame, cfg: SelectConfig) -> tuple[pl.DataFrame, dict
 
 
 def run_select(output: str | Path, failures: str | Path, metrics: str | Path,
-               cfg: SelectConfig, settings: ClientSettings) -> dict[str, Any]:
+               cfg: SelectConfig, settings: ClientSettings, timings: str | Path | None = None) -> dict[str, Any]:
     """The whole stage: read pools, prefilter, ask the selector, write table, failures and metrics."""
     no_user_turn: list[dict] = []
     candidates, counts = prefilter(load_pools(list(cfg.pools), no_user_turn), cfg)
 
     async def work(llm: LLMClient) -> tuple[pl.DataFrame, list[Verdict]]:
-        with tqdm(total=candidates.height, desc="select: judged", unit="prompt", disable=None) as bar:
+        with progress_bar(candidates.height, "select: judged", "prompt") as bar:
             return await choose(llm, candidates, cfg, bar)
 
     (chosen, verdicts), stats = run_with_llm(cfg.selector, settings, work)
     failed = [v for v in verdicts if v.error is not None]
     write_checked(chosen, Instructions, output)
-    rows = no_user_turn + [{"stage": "select", "instruction_id": v.id, "section": None, "attempts": v.attempts,
-                            "reason": v.reason, "error": v.error} for v in failed]
+    rows = no_user_turn + [failure_row("select", v.reason, v.error, instruction_id=v.id, attempts=v.attempts)
+                           for v in failed]
     write_failures(rows, failures)
     counts |= {
         "no_user_turn": len(no_user_turn),
@@ -97,5 +98,5 @@ def run_select(output: str | Path, failures: str | Path, metrics: str | Path,
         "failures": reason_counts(rows),
         "llm": stats.as_metrics(),
     }
-    write_json(counts, metrics)
+    write_metrics(counts, metrics, timings)
     return counts

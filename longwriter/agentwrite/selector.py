@@ -4,14 +4,16 @@ language has its quota."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from longwriter.llm import LLMCallError, LLMClient
-from longwriter.llm.structured import extract_json, reask
+from longwriter.failures import Reason
+from longwriter.llm import LLMClient
+from longwriter.llm.runner import run_each
+from longwriter.llm.structured import Unusable, ask_until_usable, extract_json
+from longwriter.prompts import render_prompt
 from longwriter.schemas import LANGS, Instructions, empty
 
 if TYPE_CHECKING:  # the config lives beside the stage that reads it; importing it here would be circular
@@ -27,19 +29,6 @@ SELECTOR_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
-SELECTOR_PROMPT = """You sort user requests for a writing assistant.
-Decide whether a good answer to the request below must be a long piece of writing of at least {min_words} \
-words (an essay, story, report, guide, chapter...), or whether a short answer is enough (a fact, a number, \
-a translation, a slogan, a short note).
-
-Reply with a JSON object: {{"needs_long_answer": true or false, "estimated_words": the number of words a good \
-answer needs}}.
-
-Request:
-<<<
-{prompt}
->>>"""
-
 _UNUSABLE = 'it must be one JSON object with "needs_long_answer" (true or false) and "estimated_words" (an integer)'
 
 
@@ -50,30 +39,28 @@ class Verdict:
     estimated_words: int | None = None
     attempts: int = 0
     error: str | None = None
-    reason: str | None = None  # a failures-table reason when error is set
+    reason: Reason | None = None  # why, when error is set
+
+
+def parse_selection(text: str) -> tuple[bool, int]:
+    """``(needs_long_answer, estimated_words)`` from the selector's reply, or ``Unusable``."""
+    obj = extract_json(text)
+    if (isinstance(obj, dict) and isinstance(obj.get("needs_long_answer"), bool)
+            and isinstance(obj.get("estimated_words"), int) and not isinstance(obj["estimated_words"], bool)):
+        return obj["needs_long_answer"], max(0, obj["estimated_words"])
+    raise Unusable(_UNUSABLE)
 
 
 async def ask_selector(llm: LLMClient, prompt_id: str, prompt: str, cfg: SelectConfig) -> Verdict:
     """Ask the selector whether ``prompt`` needs a long answer; re-ask on unusable output."""
-    messages = [{"role": "user", "content": SELECTOR_PROMPT.format(min_words=cfg.min_estimated_words, prompt=prompt)}]
-    verdict = Verdict(prompt_id)
-    request, sampling = messages, cfg.sampling
-    for sample in range(cfg.max_attempts):
-        verdict.attempts = sample + 1
-        try:
-            reply = await llm.complete(request, sampling, schema=SELECTOR_SCHEMA, sample=sample)
-        except LLMCallError as e:
-            verdict.error, verdict.reason = str(e), "llm_error"
-            return verdict
-        obj = extract_json(reply.text)
-        if (isinstance(obj, dict) and isinstance(obj.get("needs_long_answer"), bool)
-                and isinstance(obj.get("estimated_words"), int) and not isinstance(obj["estimated_words"], bool)):
-            verdict.needs_long_answer = obj["needs_long_answer"]
-            verdict.estimated_words = max(0, obj["estimated_words"])
-            verdict.error = verdict.reason = None
-            return verdict
-        verdict.error, verdict.reason = f"unusable selector output: {reply.text[:200]!r}", "unusable_output"
-        request, sampling = reask(messages, cfg.sampling, reply.text, _UNUSABLE, attempt=sample + 1)
+    content = render_prompt("select", min_words=cfg.min_estimated_words, prompt=prompt)
+    messages = [{"role": "user", "content": content}]
+    outcome = await ask_until_usable(llm, messages, cfg.sampling, parse_selection, schema=SELECTOR_SCHEMA,
+                                     max_attempts=cfg.max_attempts,
+                                     describe=lambda _, reply: f"unusable selector output: {reply[:200]!r}")
+    verdict = Verdict(prompt_id, attempts=outcome.attempts, error=outcome.error, reason=outcome.reason)
+    if outcome.value is not None:
+        verdict.needs_long_answer, verdict.estimated_words = outcome.value
     return verdict
 
 
@@ -100,15 +87,13 @@ async def choose(llm: LLMClient, candidates: pl.DataFrame, cfg: SelectConfig,
             if cfg.per_lang is not None and len(accepted) >= cfg.per_lang:
                 break
             batch = pending.slice(start, window)
-            results = await asyncio.gather(*(ask_selector(llm, r["id"], r["prompt"], cfg)
-                                             for r in batch.iter_rows(named=True)))
+            results = await run_each(batch.iter_rows(named=True),
+                                     lambda r: ask_selector(llm, r["id"], r["prompt"], cfg), bar=progress)
             for offset, (row, v) in enumerate(zip(batch.iter_rows(named=True), results, strict=True)):
                 verdicts.append(v)
                 if accepts(v, cfg, row["required_words"]):
                     accepted.append(start + offset)
                     estimates[start + offset] = v.estimated_words
-            if progress is not None:
-                progress.update(batch.height)
         accepted = accepted[: cfg.per_lang] if cfg.per_lang is not None else accepted
         if accepted:
             chosen.append(pending[accepted].with_columns(

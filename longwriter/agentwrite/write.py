@@ -24,21 +24,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
-from tqdm import tqdm
 
 from longwriter.completeness import ends_sentence, incomplete_reason
 from longwriter.errors import InputError
-from longwriter.files import read_table, write_json
+from longwriter.failures import Reason, failure_row, reason_counts, write_failures
+from longwriter.files import read_table, write_metrics
 from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
+from longwriter.llm.runner import progress_bar, run_each
+from longwriter.prompts import render_prompt
 from longwriter.schemas import (
     Instructions,
     Plans,
     Sections,
     empty,
-    reason_counts,
     validate,
     write_checked,
-    write_failures,
 )
 from longwriter.wordcount import count_words
 
@@ -50,13 +50,14 @@ class WriteConfig:
     min_budget_ratio: float = 0.6
     max_continuations: int = 1
     # writes of a paragraph (each with its continuations) until it is complete text; then the sample is dropped
-    max_attempts: int = 2
+    max_attempts: int = 3
     # per-call max_tokens = budget * tokens_per_word + 64, capped by sampling.max_tokens
     tokens_per_word: float = 2.0
     # keep only the last N words of earlier paragraphs in the prompt (None: all, as in the paper)
     history_words: int | None = None
     generator: ModelSpec = field(default_factory=ModelSpec)
-    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=2048))
+    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=1024, frequency_penalty=1.5,
+                                                                presence_penalty=1.5))
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_budget_ratio <= 1:
@@ -66,22 +67,6 @@ class WriteConfig:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
 
-
-WRITE_PROMPT = """You are writing a long piece in several steps, one paragraph per step.
-
-## Writing instruction
-{instruction}
-
-## Plan of the whole piece
-{plan}
-{history}
-## Your task
-Write paragraph {n} of the plan, and only that paragraph. Its main point: {point}
-Write about {words} words. {follow}You may start with a short subtitle. Output only the paragraph's text: \
-no labels such as "Paragraph {n}", no plan, no word counts."""
-
-CONTINUE_PROMPT = ("Continue this paragraph from exactly where it stops, without repeating anything. "
-                   "Write about {words} more words. Output only the continuation.")
 
 _CJK_END = re.compile(r"[\u4e00-\u9fff]$")
 
@@ -105,11 +90,11 @@ def section_messages(instruction: str, plan: list[tuple[str, int]], n: int, writ
         so_far = _tail_words("\n\n".join(written), cfg.history_words)
         # no paragraph number in the heading: paragraph n's prompt then repeats paragraph n-1's up to the end
         # of the history they share, which a backend's prefix cache does not evaluate again
-        history = f"\n## Text written so far\n{so_far}\n"
-        follow = "Continue naturally from the text written so far without repeating it. "
+        history = "\n" + render_prompt("write_history", text=so_far) + "\n"
+        follow = render_prompt("write_follow") + " "
     outline = "\n".join(f"{i}. {p} (about {w} words)" for i, (p, w) in enumerate(plan, start=1))
-    content = WRITE_PROMPT.format(instruction=instruction, plan=outline, history=history, n=n, point=point,
-                                  words=words, follow=follow)
+    content = render_prompt("write", instruction=instruction, plan=outline, history=history, n=n, point=point,
+                            words=words, follow=follow)
     return [{"role": "user", "content": content}]
 
 
@@ -143,7 +128,7 @@ class Written:
 class IncompleteSection(Exception):
     """A paragraph that is not complete text after all its attempts: its instruction gives no sample."""
 
-    def __init__(self, section: int, reason: str, attempts: int, text: str):
+    def __init__(self, section: int, reason: Reason, attempts: int, text: str):
         self.section, self.reason, self.attempts = section, reason, attempts
         super().__init__(f"section {section} {reason} after {attempts} attempts: ...{text[-120:]!r}")
 
@@ -178,7 +163,7 @@ async def _write_once(llm: LLMClient, instruction: str, plan: list[tuple[str, in
     while out.continuations < cfg.max_continuations and needs_more(out.text, budget, out.finish_reason, cfg):
         remaining = max(budget - count_words(out.text), budget // 4, 20)
         follow = [*messages, {"role": "assistant", "content": out.text},
-                  {"role": "user", "content": CONTINUE_PROMPT.format(words=remaining)}]
+                  {"role": "user", "content": render_prompt("write_continue", words=remaining)}]
         reply = await llm.complete(follow, _sampling_for(remaining, cfg), sample=attempt)
         out.continuations += 1
         out.prompt_tokens += reply.prompt_tokens
@@ -202,7 +187,7 @@ class InstructionResult:
     instruction_id: str
     rows: list[dict[str, Any]]
     error: str | None = None
-    reason: str | None = None  # a failures-table reason when error is set
+    reason: Reason | None = None  # why, when error is set
     failed_section: int | None = None
     attempts: int = 0
 
@@ -233,9 +218,9 @@ async def write_instruction(llm: LLMClient, instruction_id: str, instruction: st
                 texts.append(w.text)
                 outs.append(w)
         else:
-            outs = list(await asyncio.gather(*(one(n, []) for n in range(1, len(plan) + 1))))
+            outs = await run_each(range(1, len(plan) + 1), lambda n: one(n, []))
     except LLMCallError as e:
-        result.error, result.attempts, result.reason = str(e), e.attempts, "llm_error"
+        result.error, result.attempts, result.reason = str(e), e.attempts, Reason.LLM_ERROR
         result.failed_section = getattr(e, "section", None)
         return result
     except IncompleteSection as e:
@@ -259,7 +244,8 @@ def plans_by_instruction(plans: pl.DataFrame) -> dict[str, list[tuple[str, int]]
 
 
 def run_write(instructions_path: str | Path, plans_path: str | Path, output: str | Path, failures: str | Path,
-              metrics: str | Path, cfg: WriteConfig, settings: ClientSettings) -> dict[str, Any]:
+              metrics: str | Path, cfg: WriteConfig, settings: ClientSettings,
+              timings: str | Path | None = None) -> dict[str, Any]:
     """The whole stage: write every planned instruction, then the sections, failures and metrics."""
     instructions = validate(read_table(instructions_path), Instructions, instructions_path)
     plans = plans_by_instruction(validate(read_table(plans_path), Plans, plans_path))
@@ -271,7 +257,7 @@ def run_write(instructions_path: str | Path, plans_path: str | Path, output: str
     total_sections = sum(len(p) for p in plans.values())
 
     async def work(llm: LLMClient) -> list[InstructionResult]:
-        with tqdm(total=total_sections, desc=f"write ({cfg.mode})", unit="sec", disable=None) as bar:
+        with progress_bar(total_sections, f"write ({cfg.mode})", "sec") as bar:  # advanced per section
             done = {"instructions": 0}
             started = time.perf_counter()
 
@@ -293,15 +279,15 @@ def run_write(instructions_path: str | Path, plans_path: str | Path, output: str
                 return r
 
             order = sorted(plans, key=lambda iid: (-sum(w for _, w in plans[iid]), iid))
-            return list(await asyncio.gather(*(one(iid) for iid in order)))
+            return await run_each(order, one)
 
     results, stats = run_with_llm(cfg.generator, settings, work)
     rows = [row for r in results for row in r.rows]
     sections = pl.DataFrame(rows, schema=empty(Sections).schema).sort("instruction_id", "section")
     write_checked(sections, Sections, output)
     failed = [r for r in results if r.error is not None]
-    failure_rows = [{"stage": "write", "instruction_id": r.instruction_id, "section": r.failed_section,
-                     "attempts": r.attempts, "reason": r.reason, "error": r.error} for r in failed]
+    failure_rows = [failure_row("write", r.reason, r.error, instruction_id=r.instruction_id,
+                                section=r.failed_section, attempts=r.attempts) for r in failed]
     write_failures(failure_rows, failures)
     result = {
         "mode": cfg.mode,
@@ -323,5 +309,5 @@ def run_write(instructions_path: str | Path, plans_path: str | Path, output: str
             "finish_reason").iter_rows()} if sections.height else {}),
         "llm": stats.as_metrics(),
     }
-    write_json(result, metrics)
+    write_metrics(result, metrics, timings)
     return result

@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from longwriter.eval.judge import DIMENSIONS, JudgeConfig, judge_answers
-from longwriter.eval.scoring import dimension_score, quality_score
-from longwriter.files import read_table, write_csv, write_json
+from longwriter.failures import failure_row, reason_counts, write_failures
+from longwriter.files import read_table, write_csv, write_metrics
+from longwriter.judge import DIMENSIONS, JudgeConfig, judge_answers
 from longwriter.llm import ClientSettings, ModelSpec, Sampling
-from longwriter.schemas import Answers, JudgeRatings, Scores, reason_counts, validate, write_checked, write_failures
+from longwriter.schemas import Answers, JudgeRatings, Scores, validate, write_checked
+from longwriter.scoring import dimension_score, quality_score
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def sample_rated(scores: pl.DataFrame, answers: pl.DataFrame, cfg: AgreementConf
 
 def run_agreement(cfg: AgreementConfig, judge: JudgeConfig, settings: ClientSettings,
                   scores_path: str | Path, answers_path: str | Path, output: str | Path, failures: str | Path,
-                  metrics_path: str | Path, plot_path: str | Path) -> dict[str, Any]:
+                  metrics_path: str | Path, plot_path: str | Path, timings: str | Path | None = None) -> dict[str, Any]:
     scores = validate(read_table(scores_path), Scores, scores_path)
     answers = validate(read_table(answers_path), Answers, answers_path)
     rows = list(sample_rated(scores, answers, cfg).iter_rows(named=True))
@@ -148,9 +149,8 @@ def run_agreement(cfg: AgreementConfig, judge: JudgeConfig, settings: ClientSett
     table, failure_rows, mine, theirs = [], [], [], []
     for row, outcome in zip(rows, outcomes, strict=True):
         if outcome.rating is None:
-            failure_rows.append({"stage": "agreement", "instruction_id": f"{row['model']}:{row['index']}",
-                                 "section": None, "attempts": outcome.attempts, "reason": outcome.reason,
-                                 "error": outcome.error})
+            failure_rows.append(failure_row("agreement", outcome.reason, outcome.error,
+                                            instruction_id=f"{row['model']}:{row['index']}", attempts=outcome.attempts))
             continue
         mine.append({d: row[d] for d in DIMENSIONS})
         theirs.append(outcome.rating.scores)
@@ -166,7 +166,7 @@ def run_agreement(cfg: AgreementConfig, judge: JudgeConfig, settings: ClientSett
     write_csv(pl.DataFrame([{"dimension": d, **m} for d, m in result["dimensions"].items()],
                            schema={"dimension": pl.Utf8, "spearman": pl.Float64, "kendall_tau_b": pl.Float64,
                                    "exact": pl.Float64, "within_one": pl.Float64}), plot_path)
-    write_json(result, metrics_path)
+    write_metrics(result, metrics_path, timings)
     return result
 
 

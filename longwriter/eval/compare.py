@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from tqdm import tqdm
 
 from longwriter.errors import ConfigError
 from longwriter.eval.elo import elo_ratings
-from longwriter.eval.judge import JudgeConfig, failure_reason, verdict
-from longwriter.files import read_table, write_csv, write_json
+from longwriter.failures import Reason, failure_row, reason_counts, write_failures
+from longwriter.files import read_table, write_csv, write_metrics
+from longwriter.judge import JudgeConfig, failure_reason, verdict
 from longwriter.llm import ClientSettings, LLMClient, run_with_llm
-from longwriter.schemas import Answers, Comparisons, empty, reason_counts, validate, write_checked, write_failures
+from longwriter.llm.runner import run_each
+from longwriter.schemas import Answers, Comparisons, empty, validate, write_checked
 
 _POINTS = {"a": 1.0, "tie": 0.5, "b": 0.0}
 
@@ -31,12 +32,12 @@ _POINTS = {"a": 1.0, "tie": 0.5, "b": 0.0}
 @dataclass(frozen=True)
 class CompareConfig:
     # pairs of model names from eval.models, e.g. [[sft, base]]; empty: the stage writes empty outputs
-    pairs: tuple[tuple[str, str], ...] = ()
+    pairs: tuple[tuple[str, str], ...] = (("sft", "base"),)
     # Elo intervals: resamples of the requests, and their seed
     bootstrap: int = 200
     seed: int = 0
     # requests compared: a sample of this many (seeded), the same for every pair; null: all of them
-    requests: int | None = None
+    requests: int | None = 8
 
     def __post_init__(self) -> None:
         for pair in self.pairs:
@@ -74,7 +75,7 @@ def compare_metrics(table: pl.DataFrame, pairs: tuple[tuple[str, str], ...]) -> 
 
 def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings, answers_path: str | Path,
                 output: str | Path, failures: str | Path, metrics: str | Path,
-                elo_plot: str | Path | None = None) -> dict[str, Any]:
+                elo_plot: str | Path | None = None, timings: str | Path | None = None) -> dict[str, Any]:
     answers = validate(read_table(answers_path), Answers, answers_path).filter(pl.col("sample") == 0)
     present = set(answers["model"].unique().to_list())
     for pair in cfg.pairs:
@@ -88,32 +89,31 @@ def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings
         by_key = {k: r for k, r in by_key.items() if k[1] in chosen}
     jobs = [(a, b, i) for a, b in cfg.pairs for (m, i) in sorted(by_key) if m == a and (b, i) in by_key]
     # a request one of the two models did not answer cannot be compared: recorded, not skipped in silence
-    unanswered = [{"stage": "compare", "instruction_id": f"{a}_vs_{b}/{i}", "section": None, "attempts": 0,
-                   "reason": "unanswered",
-                   "error": f"no answer from {', '.join(m for m in (a, b) if (m, i) not in by_key)}"}
+    unanswered = [failure_row("compare", Reason.UNANSWERED,
+                              f"no answer from {', '.join(m for m in (a, b) if (m, i) not in by_key)}",
+                              instruction_id=f"{a}_vs_{b}/{i}")
                   for a, b in cfg.pairs for i in sorted({i for (m, i) in by_key if m in (a, b)})
                   if (a, i) not in by_key or (b, i) not in by_key]
 
     async def work(llm: LLMClient) -> list[dict[str, Any]]:
-        with tqdm(total=len(jobs), desc="compare", unit="pair", disable=None) as bar:
-            async def one(a: str, b: str, i: int) -> dict[str, Any]:
-                request, ta, tb = by_key[(a, i)]["prompt"], by_key[(a, i)]["text"], by_key[(b, i)]["text"]
-                (v1, n1, e1), (v2, n2, e2) = await asyncio.gather(verdict(llm, request, ta, tb, judge),
-                                                                  verdict(llm, request, tb, ta, judge))
-                bar.update(1)
-                a_first = {"A": "a", "B": "b", "tie": "tie"}.get(v1) if v1 else None
-                b_first = {"A": "b", "B": "a", "tie": "tie"}.get(v2) if v2 else None
-                return {"model_a": a, "model_b": b, "index": i, "a_first": a_first, "b_first": b_first,
-                        "outcome": outcome(a_first, b_first), "attempts": n1 + n2, "error": e1 or e2}
-            return list(await asyncio.gather(*(one(*job) for job in jobs)))
+        async def one(job: tuple[str, str, int]) -> dict[str, Any]:
+            a, b, i = job
+            request, ta, tb = by_key[(a, i)]["prompt"], by_key[(a, i)]["text"], by_key[(b, i)]["text"]
+            (v1, n1, e1), (v2, n2, e2) = await asyncio.gather(verdict(llm, request, ta, tb, judge),
+                                                              verdict(llm, request, tb, ta, judge))
+            a_first = {"A": "a", "B": "b", "tie": "tie"}.get(v1) if v1 else None
+            b_first = {"A": "b", "B": "a", "tie": "tie"}.get(v2) if v2 else None
+            return {"model_a": a, "model_b": b, "index": i, "a_first": a_first, "b_first": b_first,
+                    "outcome": outcome(a_first, b_first), "attempts": n1 + n2, "error": e1 or e2}
+        return await run_each(jobs, one, desc="compare", unit="pair")
 
     rows, stats = run_with_llm(judge.model, settings, work) if jobs else ([], None)
     table = pl.DataFrame([{k: v for k, v in r.items() if k != "error"} for r in rows],
                          schema=empty(Comparisons).schema).sort("model_a", "model_b", "index")
     write_checked(table, Comparisons, output)
     failure_rows = unanswered + [
-        {"stage": "compare", "instruction_id": f"{r['model_a']}_vs_{r['model_b']}/{r['index']}", "section": None,
-         "attempts": r["attempts"], "reason": failure_reason(r["error"]), "error": r["error"]}
+        failure_row("compare", failure_reason(r["error"]), r["error"],
+                    instruction_id=f"{r['model_a']}_vs_{r['model_b']}/{r['index']}", attempts=r["attempts"])
         for r in rows if r["outcome"] is None]
     write_failures(failure_rows, failures)
     result = compare_metrics(table, cfg.pairs)
@@ -133,5 +133,5 @@ def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings
                                        "ci_high": pl.Float64}), elo_plot)
     if stats is not None:
         result["judge_llm"] = stats.as_metrics()
-    write_json(result, metrics)
+    write_metrics(result, metrics, timings)
     return result

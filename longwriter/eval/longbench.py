@@ -16,15 +16,17 @@ from typing import Any
 
 import polars as pl
 
+from longwriter.benchmark import read_benchmark
 from longwriter.errors import InputError
-from longwriter.eval.answers import EvalConfig, answer_metrics, generate_answers
-from longwriter.eval.benchmark import read_benchmark
-from longwriter.eval.judge import DIMENSIONS, JudgeConfig, RatingOutcome, judge_answers
+from longwriter.eval.answers import EvalConfig, answer_metrics
 from longwriter.eval.plots import length_png
-from longwriter.eval.scoring import BUCKETS, dimension_score, length_score, overall, quality_score, rounded
-from longwriter.files import read_table, write_csv, write_json
+from longwriter.failures import Failures, failure_row, write_failures
+from longwriter.files import read_table, write_csv, write_metrics
+from longwriter.generation import generate_answers
+from longwriter.judge import DIMENSIONS, JudgeConfig, RatingOutcome, judge_answers
 from longwriter.llm import ClientSettings
-from longwriter.schemas import Answers, Failures, Scores, empty, validate, write_checked, write_failures
+from longwriter.schemas import Answers, Scores, empty, validate, write_checked
+from longwriter.scoring import BUCKETS, dimension_score, length_score, overall, quality_score, rounded
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,8 @@ class LongBenchConfig:
 
 
 def run_longbench_answers(cfg: LongBenchConfig, eval_cfg: EvalConfig, settings: ClientSettings,
-                          output: str | Path, failures: str | Path, metrics: str | Path) -> dict[str, Any]:
+                          output: str | Path, failures: str | Path, metrics: str | Path,
+                          timings: str | Path | None = None) -> dict[str, Any]:
     """Every listed model answers every request once."""
     bench = read_benchmark(cfg.input, en_file=cfg.en_file)
     answers, failed, stats = generate_answers(bench, eval_cfg.models, eval_cfg.sampling, settings,
@@ -55,7 +58,7 @@ def run_longbench_answers(cfg: LongBenchConfig, eval_cfg: EvalConfig, settings: 
             **answer_metrics(mine),
             "llm": stats[model.name].as_metrics(),
         }
-    write_json(result, metrics)
+    write_metrics(result, metrics, timings)
     return result
 
 
@@ -139,7 +142,7 @@ def unanswered_rows(benchmark: pl.DataFrame, unanswered: pl.DataFrame, path: str
 def run_longbench(judge: JudgeConfig, settings: ClientSettings, benchmark_path: str | Path,
                   answers_path: str | Path, answer_failures_path: str | Path, output: str | Path,
                   failures: str | Path, metrics: str | Path, plot_csv: str | Path, plot_png: str | Path,
-                  en_file: str | Path | None = None) -> dict[str, Any]:
+                  en_file: str | Path | None = None, timings: str | Path | None = None) -> dict[str, Any]:
     """The whole judging stage: scores table (every request, answered or not), failures, metrics and the length
     scatter of the answers (CSV + PNG)."""
     answers = validate(read_table(answers_path), Answers, answers_path).filter(pl.col("sample") == 0)
@@ -149,8 +152,8 @@ def run_longbench(judge: JudgeConfig, settings: ClientSettings, benchmark_path: 
     rows += unanswered_rows(read_benchmark(benchmark_path, en_file=en_file), unanswered, answer_failures_path)
     scores = pl.DataFrame(rows, schema=empty(Scores).schema).sort("model", "index")
     write_checked(scores, Scores, output)
-    write_failures([{"stage": "longbench", "instruction_id": f"{a['model']}/{a['index']}", "section": None,
-                     "attempts": o.attempts, "reason": o.reason, "error": o.error}
+    write_failures([failure_row("longbench", o.reason, o.error, instruction_id=f"{a['model']}/{a['index']}",
+                                attempts=o.attempts)
                     for a, o in zip(answers.iter_rows(named=True), outcomes, strict=True) if o.rating is None],
                    failures)
     result = longbench_metrics(scores)
@@ -158,5 +161,5 @@ def run_longbench(judge: JudgeConfig, settings: ClientSettings, benchmark_path: 
     points = scores.filter(pl.col("answered")).select("model", "index", "required", "produced", "length_score")
     write_csv(points, plot_csv)
     length_png(points, plot_png, "LongBench-Write: produced vs required words", lines=False)
-    write_json(result, metrics)
+    write_metrics(result, metrics, timings)
     return result

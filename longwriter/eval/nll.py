@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from longwriter.eval.segments import text_sets
-from longwriter.files import write_csv, write_json
+from longwriter.files import write_csv, write_metrics
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def set_curves(model: Any, tokenizer: Any, texts: list[str], cfg: NllConfig) -> 
 
 
 def run_nll(cfg: NllConfig, samples_path: str | Path, answers_path: str | Path, metrics_path: str | Path,
-            plot_path: str | Path, plot_every: int = 16) -> dict[str, Any]:
+            plot_path: str | Path, plot_every: int = 16, timings: str | Path | None = None) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -144,5 +144,5 @@ def run_nll(cfg: NllConfig, samples_path: str | Path, answers_path: str | Path, 
     result = {"model": cfg.model, "window": window, "min_tokens": cfg.min_tokens, "sets": sets}
     write_csv(pl.DataFrame(rows, schema={"model": pl.Utf8, "position": pl.Int64, "cumulative_nll": pl.Float64}),
               plot_path)
-    write_json(result, metrics_path)
+    write_metrics(result, metrics_path, timings)
     return result

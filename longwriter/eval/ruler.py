@@ -4,7 +4,7 @@ Each listed model answers every request of the ruler file (8 requests, 4 zh + 4 
 the mean produced words per L, the largest L whose mean reaches ``reach`` x L ("max output length", the paper's,
 on the words produced), the same two on the effective words (those written before an answer fell into a loop,
 ``longwriter.repetition``), the share of answers that fell into a loop, the share cut by the token limit and how
-many answers had a limit below the lossless one or below the words asked (``longwriter.eval.answers``).
+many answers had a limit below the lossless one or below the words asked (``longwriter.generation``).
 """
 
 from __future__ import annotations
@@ -15,19 +15,21 @@ from typing import Any
 
 import polars as pl
 
-from longwriter.eval.answers import EvalConfig, answer_metrics, generate_answers
-from longwriter.eval.benchmark import read_benchmark
+from longwriter.benchmark import read_benchmark
+from longwriter.eval.answers import EvalConfig, answer_metrics
 from longwriter.eval.plots import length_png
-from longwriter.files import write_csv, write_json
+from longwriter.failures import write_failures
+from longwriter.files import write_csv, write_metrics
+from longwriter.generation import generate_answers
 from longwriter.llm import ClientSettings
-from longwriter.schemas import Answers, write_checked, write_failures
+from longwriter.schemas import Answers, write_checked
 
 
 @dataclass(frozen=True)
 class RulerConfig:
     input: str = "data/eval/ruler.jsonl"
     # the paper's: 1000, 2000, 5000, 10000, 20000, 30000; each must occur in the input file
-    lengths: tuple[int, ...] = (1000, 2000, 5000, 10000, 20000, 30000)
+    lengths: tuple[int, ...] = (50, 100)
     # a length is reached when the mean answer has at least this fraction of the words asked for
     reach: float = 0.8
 
@@ -69,8 +71,8 @@ def ruler_metrics(answers: pl.DataFrame, lengths: tuple[int, ...], reach: float)
 
 
 def run_ruler(cfg: RulerConfig, eval_cfg: EvalConfig, settings: ClientSettings, output: str | Path,
-              failures: str | Path, metrics: str | Path, plot_csv: str | Path, plot_png: str | Path
-              ) -> dict[str, Any]:
+              failures: str | Path, metrics: str | Path, plot_csv: str | Path, plot_png: str | Path,
+              timings: str | Path | None = None) -> dict[str, Any]:
     """The whole stage: answers, failures, metrics and the required-vs-produced curve (CSV + PNG)."""
     bench = read_benchmark(cfg.input, list(cfg.lengths))
     answers, failed, stats = generate_answers(bench, eval_cfg.models, eval_cfg.sampling, settings, "ruler",
@@ -86,5 +88,5 @@ def run_ruler(cfg: RulerConfig, eval_cfg: EvalConfig, settings: ClientSettings, 
              .sort("model", "required"))
     write_csv(curve, plot_csv)
     length_png(curve, plot_png, "LongWrite-Ruler: mean words produced per required length", lines=True)
-    write_json(result, metrics)
+    write_metrics(result, metrics, timings)
     return result

@@ -9,7 +9,7 @@ into ``parts`` equal runs of the paper's word units (``longwriter.wordcount.word
   (high: the part copies earlier text, as a loop does).
 
 - ``quality`` (with ``judge: true``): the judge's six ratings of the part (S_q's 0-100 scale), given the request
-  and the answer's text before the part (``longwriter.eval.judge.part_messages``), for the first
+  and the answer's text before the part (``longwriter.judge.part_messages``), for the first
   ``judge_answers`` measured answers of each set; a part the judge could not rate goes to the failures table.
 
 An n-gram belongs to the part it lies in entirely. Answers with fewer than ``min_words`` words are left out and
@@ -19,20 +19,20 @@ the curve (``plots/segments.csv``); the metrics give the first and last part and
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from tqdm import tqdm
 
-from longwriter.eval.judge import DIMENSIONS, JudgeConfig, RatingOutcome, rate_part
-from longwriter.eval.scoring import dimension_score, quality_score
-from longwriter.files import read_table, write_csv, write_json
+from longwriter.failures import failure_row, reason_counts, write_failures
+from longwriter.files import read_table, write_csv, write_metrics
+from longwriter.judge import DIMENSIONS, JudgeConfig, RatingOutcome, rate_part
 from longwriter.llm import ClientSettings, LLMClient, run_with_llm
-from longwriter.schemas import Answers, LongSamples, reason_counts, validate, write_failures
+from longwriter.llm.runner import run_each
+from longwriter.schemas import Answers, LongSamples, validate
+from longwriter.scoring import dimension_score, quality_score
 from longwriter.wordcount import cut_by_units, word_units
 
 AGENTWRITE = "agentwrite"
@@ -44,7 +44,7 @@ class SegmentsConfig:
 
     parts: int = 4
     n: int = 2                 # n-gram length of distinct_n and repeats_earlier
-    min_words: int = 200
+    min_words: int = 100
     # rate each part with the judge (the judge section's model) given the text before it: parts calls per answer
     judge: bool = False
     judge_answers: int | None = 4  # per text set, the first N measured answers are rated (None: all)
@@ -104,12 +104,8 @@ def judge_parts(sets: dict[str, list[tuple[str, str]]], cfg: SegmentsConfig, jud
             jobs += [(name, a, k, request, "".join(pieces[:k]), pieces[k]) for k in range(cfg.parts)]
 
     async def work(llm: LLMClient) -> list[RatingOutcome]:
-        with tqdm(total=len(jobs), desc="segments: judge", unit="part", disable=None) as bar:
-            async def one(job: tuple[Any, ...]) -> RatingOutcome:
-                outcome = await rate_part(llm, job[3], job[4], job[5], judge)
-                bar.update(1)
-                return outcome
-            return list(await asyncio.gather(*(one(j) for j in jobs)))
+        return await run_each(jobs, lambda job: rate_part(llm, job[3], job[4], job[5], judge),
+                              desc="segments: judge", unit="part")
 
     outcomes, stats = run_with_llm(judge.model, settings, work)
     quality: PartQuality = {}
@@ -119,8 +115,8 @@ def judge_parts(sets: dict[str, list[tuple[str, str]]], cfg: SegmentsConfig, jud
         if a == len(answers):
             answers.append([None] * cfg.parts)
         if outcome.rating is None:
-            failures.append({"stage": "segments", "instruction_id": f"{name}:{a}", "section": k + 1,
-                             "attempts": outcome.attempts, "reason": outcome.reason, "error": outcome.error})
+            failures.append(failure_row("segments", outcome.reason, outcome.error, instruction_id=f"{name}:{a}",
+                                        section=k + 1, attempts=outcome.attempts))
         else:
             answers[a][k] = quality_score({d: dimension_score([outcome.rating.scores[d]]) for d in DIMENSIONS})
     return quality, failures, stats.as_metrics()
@@ -163,7 +159,7 @@ def segment_metrics(sets: dict[str, list[tuple[str, str]]], cfg: SegmentsConfig,
 
 def run_segments(cfg: SegmentsConfig, samples_path: str | Path, answers_path: str | Path, metrics_path: str | Path,
                  plot_path: str | Path, failures_path: str | Path, judge: JudgeConfig | None = None,
-                 settings: ClientSettings | None = None) -> dict[str, Any]:
+                 settings: ClientSettings | None = None, timings: str | Path | None = None) -> dict[str, Any]:
     sets = text_sets(samples_path, answers_path)
     quality, failure_rows, judge_llm = None, [], None
     if cfg.judge:
@@ -176,5 +172,5 @@ def run_segments(cfg: SegmentsConfig, samples_path: str | Path, answers_path: st
         result |= {"judge_failed": len(failure_rows), "failures": reason_counts(failure_rows), "judge_llm": judge_llm}
     write_failures(failure_rows, failures_path)
     write_csv(curve, plot_path)
-    write_json(result, metrics_path)
+    write_metrics(result, metrics_path, timings)
     return result

@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tqdm import tqdm
 
 from longwriter.llm.cache import ResponseCache
+from longwriter.llm.runner import progress_bar
 from longwriter.llm.spec import ClientSettings
 
 T = TypeVar("T")
@@ -178,7 +178,7 @@ class BatchRunner:
             batch_id = found.id
             self.cache.batch_created(fid, batch_id)
         started = time.perf_counter()
-        with tqdm(total=len(keys), desc=f"batch {batch_id}", unit="req", disable=None) as bar:
+        with progress_bar(len(keys), f"batch {batch_id}", "req") as bar:
             while True:
                 batch = await self._api(lambda: client.batches.retrieve(batch_id))
                 counts = batch.request_counts

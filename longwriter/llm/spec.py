@@ -121,7 +121,7 @@ class ClientSettings:
     """Shared by every stage: the ``llm`` section of params.yaml."""
 
     cache_dir: str = ".llm-cache"
-    max_concurrency: int = 2
+    max_concurrency: int = 1
     request_timeout_s: float = 600.0
     max_retries: int = 5
     backoff_base_s: float = 1.0
@@ -167,3 +167,20 @@ class ClientSettings:
                                               or not isinstance(self.max_cost_usd, int | float)
                                               or self.max_cost_usd < 0):
             raise ValueError(f"max_cost_usd must be a non-negative number or null, got {self.max_cost_usd!r}")
+
+
+# The llm keys that cannot change what a stage writes, only where and how fast it runs. dvc.yaml declares the other
+# llm keys one by one (never the whole section), so changing one of these reruns nothing (tests/test_dvc_yaml.py):
+#   cache_dir                  where responses are kept: a response is the same fetched or replayed
+#   max_concurrency            requests in flight; each request is the same whichever others share the server (a
+#                              local checkpoint samples each row from its own seeded generator). select also sizes
+#                              its judging windows by it (2 x max_concurrency), so select declares it.
+#                              (With max_cost_usd set, up to max_concurrency calls in flight still land after the
+#                              cap: a corner where it counts, left undeclared.)
+#   backoff_base_s, backoff_max_s   how long to wait between tries (max_retries, declared, says how many)
+#   server_start_timeout_s     a server that does not start stops the stage: no outputs at all
+#   batch_gather_s, batch_poll_s, batch_max_requests   how calls are grouped into Batch API jobs and polled
+# The others change outputs: request_timeout_s and max_retries decide which requests end as failures rows, and
+# max_cost_usd which calls are made at all.
+RUN_ONLY_KEYS = frozenset({"cache_dir", "max_concurrency", "backoff_base_s", "backoff_max_s", "server_start_timeout_s",
+                           "batch_gather_s", "batch_poll_s", "batch_max_requests"})

@@ -9,17 +9,19 @@ from typing import Any
 
 import polars as pl
 
-from longwriter.files import read_table, write_csv, write_json
-from longwriter.schemas import Pairs, validate, write_failures
+from longwriter.failures import write_failures
+from longwriter.files import read_table, write_csv, write_metrics
+from longwriter.schemas import Pairs, validate
 from longwriter.train.checkpoint import save_checkpoint
-from longwriter.train.sft import TrainSettings, over_max_length, publish
+from longwriter.train.trainer import TrainSettings, over_max_length, publish
 
 
 @dataclass(frozen=True)
 class DPOSettings:
     """The ``dpo`` section."""
 
-    train: TrainSettings = field(default_factory=lambda: TrainSettings(learning_rate=5e-7))
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(learning_rate=1e-6, num_train_epochs=2.0,
+                                                                       max_length=2048))
     beta: float = 0.1
     loss_type: str = "sigmoid"
 
@@ -34,7 +36,8 @@ def dpo_curve(log_history: list[dict[str, Any]]) -> pl.DataFrame:
 
 
 def run_dpo(cfg: DPOSettings, model_dir: str | Path, pairs_path: str | Path, output_dir: str | Path,
-            metrics: str | Path, plot_csv: str | Path, failures: str | Path | None = None) -> dict[str, Any]:
+            metrics: str | Path, plot_csv: str | Path, failures: str | Path | None = None,
+            timings: str | Path | None = None) -> dict[str, Any]:
     import tempfile
 
     from datasets import Dataset
@@ -59,7 +62,7 @@ def run_dpo(cfg: DPOSettings, model_dir: str | Path, pairs_path: str | Path, out
         save_checkpoint(model, tokenizer, output_dir)
         result = {"pairs": 0, "steps": 0, "trained": False, "over_max_length": over}
         write_csv(dpo_curve([]), plot_csv)
-        write_json(result, metrics)
+        write_metrics(result, metrics, timings)
         return result
     dataset = Dataset.from_list([
         {"prompt": [{"role": "user", "content": r["prompt"]}],
@@ -84,5 +87,5 @@ def run_dpo(cfg: DPOSettings, model_dir: str | Path, pairs_path: str | Path, out
               "reward_margin_last": round(float(curve["reward_margin"][-1]), 4) if curve.height else None,
               "runtime_s": round(time.perf_counter() - started, 1)}
     write_csv(curve, plot_csv)
-    write_json(result, metrics)
+    write_metrics(result, metrics, timings)
     return result

@@ -7,18 +7,18 @@ the prompts in ``data/general/prompts.jsonl`` answered by the generator through 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from tqdm import tqdm
 
 from longwriter.completeness import incomplete_reason, strip_preamble
-from longwriter.files import read_table, write_json
+from longwriter.failures import Reason, failure_row, reason_counts, write_failures
+from longwriter.files import read_table, write_metrics
 from longwriter.llm import ClientSettings, LLMCallError, LLMClient, ModelSpec, Sampling, run_with_llm
-from longwriter.schemas import Chat, Pool, empty, reason_counts, validate, write_checked, write_failures
+from longwriter.llm.runner import run_each
+from longwriter.schemas import Chat, Pool, empty, validate, write_checked
 
 
 @dataclass(frozen=True)
@@ -41,37 +41,32 @@ async def answer(llm: LLMClient, prompt_id: str, prompt: str, cfg: GeneralConfig
         try:
             reply = await llm.complete(messages, cfg.sampling, sample=attempt)
         except LLMCallError as e:
-            return {"id": prompt_id, "reason": "llm_error", "error": str(e), "attempts": attempt + 1}
+            return failure_row("general", Reason.LLM_ERROR, str(e), instruction_id=prompt_id, attempts=attempt + 1)
         reason = incomplete_reason(reply.text, reply.finish_reason)
         if reason is None:
             text = strip_preamble(reply.text)[0]
             return {"id": prompt_id, "source": "general",
                     "messages": [*messages, {"role": "assistant", "content": text}]}
-    return {"id": prompt_id, "reason": reason, "attempts": cfg.max_attempts,
-            "error": f"{reason} after {cfg.max_attempts} attempts (finish_reason {reply.finish_reason}): "
-                     f"...{reply.text[-120:]!r}"}
+    return failure_row("general", reason, f"{reason} after {cfg.max_attempts} attempts (finish_reason "
+                       f"{reply.finish_reason}): ...{reply.text[-120:]!r}",
+                       instruction_id=prompt_id, attempts=cfg.max_attempts)
 
 
 def run_general(cfg: GeneralConfig, settings: ClientSettings, output: str | Path, failures: str | Path,
-                metrics: str | Path) -> dict[str, Any]:
+                metrics: str | Path, timings: str | Path | None = None) -> dict[str, Any]:
     pool = validate(read_table(cfg.prompts, columns=["id", "prompt"]), Pool, cfg.prompts)
     rows = list(pool.iter_rows(named=True))
 
     async def work(llm: LLMClient) -> list[dict[str, Any]]:
-        with tqdm(total=len(rows), desc="general", unit="answer", disable=None) as bar:
-            async def one(row: dict[str, Any]) -> dict[str, Any]:
-                out = await answer(llm, row["id"], row["prompt"], cfg)
-                bar.update(1)
-                return out
-            return list(await asyncio.gather(*(one(r) for r in rows)))
+        return await run_each(rows, lambda row: answer(llm, row["id"], row["prompt"], cfg),
+                              desc="general", unit="answer")
 
     results, stats = run_with_llm(cfg.generator, settings, work)
     chat = pl.DataFrame([r for r in results if "error" not in r], schema=empty(Chat).schema).sort("id")
     write_checked(chat, Chat, output)
-    failed = [{"stage": "general", "instruction_id": r["id"], "section": None, "attempts": r["attempts"],
-               "reason": r["reason"], "error": r["error"]} for r in results if "error" in r]
+    failed = [r for r in results if "error" in r]
     write_failures(failed, failures)
     result = {"prompts": len(rows), "examples": chat.height, "failed": len(failed),
               "failures": reason_counts(failed), "llm": stats.as_metrics()}
-    write_json(result, metrics)
+    write_metrics(result, metrics, timings)
     return result

@@ -8,9 +8,9 @@ group's mean.
 
 Prompts: the selected instructions, each with the words it asks for (stated in the prompt, else its plan's total),
 plus ``grpo.pool`` (a JSONL in LongBench-Write's format: ``prompt``, ``length``). A prompt whose required words
-need more tokens than ``max_completion_length`` (the eval's own words-to-tokens bound, ``LengthCap``) is left out
-with a failures row: its length reward could only ever punish, whatever the policy wrote. So is a selected
-instruction with no length stated and no plan.
+need more tokens than ``max_completion_length`` (by the evaluation's words-to-tokens bound,
+``longwriter.generation.LengthCap``) is left out with a failures row: its length reward could only ever punish,
+whatever the policy wrote. So is a selected instruction with no length stated and no plan.
 
 The same code runs the CPU smoke run (the 135M model, a few prompts, short completions, a handful of steps) and a
 GPU recipe (configs/params/grpo-gpu.yaml: vLLM colocated generation, completions in the thousands of tokens,
@@ -31,15 +31,16 @@ from typing import Any, Literal
 
 import polars as pl
 
+from longwriter.benchmark import read_benchmark
 from longwriter.errors import ConfigError
-from longwriter.eval.answers import LengthCap
-from longwriter.eval.benchmark import read_benchmark
-from longwriter.eval.judge import JudgeConfig, read_prompt_template
-from longwriter.files import read_table, write_csv, write_json
+from longwriter.failures import Reason, failure_row, reason_counts, write_failures
+from longwriter.files import read_table, write_csv, write_metrics
+from longwriter.generation import LengthCap
+from longwriter.judge import JudgeConfig, read_prompt_template
 from longwriter.llm import ClientSettings, ResponseCache, open_endpoint
-from longwriter.schemas import Instructions, Plans, reason_counts, validate, write_failures
+from longwriter.schemas import Instructions, Plans, validate
 from longwriter.train.rewards import JudgeReward, length_reward, repetition_reward
-from longwriter.train.sft import TrainSettings, publish
+from longwriter.train.trainer import TrainSettings, publish
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,9 @@ class GRPOSettings:
     """The ``grpo`` section."""
 
     train: TrainSettings = field(default_factory=lambda: TrainSettings(
-        learning_rate=1e-6, max_steps=4, per_device_train_batch_size=4))
+        learning_rate=1e-6, max_steps=2, per_device_train_batch_size=4))
     start: Literal["sft", "dpo", "base"] = "sft"   # the checkpoint the policy starts from (models/<start>)
-    pool: str | None = None            # more prompts: JSONL in LongBench-Write's format (prompt, length)
+    pool: str | None = "data/rl/prompts.jsonl"  # more prompts: JSONL in LongBench-Write's format (prompt, length)
     use_selected: bool = True          # the selected instructions as prompts
     max_prompts: int | None = None     # at most this many prompts (seeded sample; None: all)
     num_generations: int = 4           # completions per prompt (the group)
@@ -101,13 +102,15 @@ def rl_prompts(cfg: GRPOSettings, instructions_path: str | Path, plans_path: str
     cap, failures, kept = LengthCap(), [], []
     for r in rows:
         if r["required"] is None:
-            failures.append(_failure(r["id"], "no_required_length", "no length stated in the prompt and no plan"))
+            failures.append(failure_row("grpo", Reason.NO_REQUIRED_LENGTH, "no length stated in the prompt and no plan",
+                                        instruction_id=r["id"]))
             continue
         need = cap.tokens(r["required"], r["lang"], ratio=1.0)
         if need > cfg.max_completion_length:
-            failures.append(_failure(r["id"], "over_max_length", f"{r['required']} words need about {need} tokens "
-                                     f"> max_completion_length {cfg.max_completion_length}: the length reward "
-                                     "could only punish"))
+            failures.append(failure_row("grpo", Reason.OVER_MAX_LENGTH,
+                                        f"{r['required']} words need about {need} tokens > max_completion_length "
+                                        f"{cfg.max_completion_length}: the length reward could only punish",
+                                        instruction_id=r["id"]))
             continue
         kept.append(r)
     table = pl.DataFrame(kept, schema={"id": pl.Utf8, "prompt": pl.Utf8, "lang": pl.Utf8, "required": pl.Int64})
@@ -131,11 +134,6 @@ def _once(start: Callable[[], str]) -> Callable[[], str]:
     return started
 
 
-def _failure(prompt_id: str, reason: str, error: str) -> dict[str, Any]:
-    return {"stage": "grpo", "instruction_id": prompt_id, "section": None, "attempts": 0, "reason": reason,
-            "error": error}
-
-
 def reward_curve(log_history: list[dict[str, Any]]) -> pl.DataFrame:
     """Per logging step: each reward's mean, the combined reward, completion length, clipped ratio and KL."""
     names = {"reward": "reward", "rewards/length_reward/mean": "length",
@@ -157,7 +155,7 @@ def _float(value: Any) -> float | None:
 
 def run_grpo(cfg: GRPOSettings, judge: JudgeConfig, settings: ClientSettings, model_dir: str | Path,
              instructions_path: str | Path, plans_path: str | Path, output_dir: str | Path, metrics: str | Path,
-             plot_csv: str | Path, failures: str | Path) -> dict[str, Any]:
+             plot_csv: str | Path, failures: str | Path, timings: str | Path | None = None) -> dict[str, Any]:
     import tempfile
 
     from datasets import Dataset
@@ -217,5 +215,5 @@ def run_grpo(cfg: GRPOSettings, judge: JudgeConfig, settings: ClientSettings, mo
         "runtime_s": round(time.perf_counter() - started, 1),
     }
     write_csv(curve, plot_csv)
-    write_json(result, metrics)
+    write_metrics(result, metrics, timings)
     return result

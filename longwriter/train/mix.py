@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 
 from longwriter.errors import InputError
-from longwriter.files import read_table, write_json
+from longwriter.files import read_table, write_metrics
 from longwriter.schemas import Chat, LongSamples, validate, write_checked
 
 # token-length histogram bins (upper bounds), per source
@@ -30,7 +30,7 @@ class MixConfig:
     # any Parquet/JSONL with a ``messages`` column (role/content dicts), e.g. a converted ShareGPT set
     general: str = "data/general_chat.parquet"
     # general examples per long example (the paper: ~30); null: every general example
-    general_per_long: float | None = 3.0
+    general_per_long: float | None = 4.0
     validation_fraction: float = 0.1
     seed: int = 0
 
@@ -81,8 +81,8 @@ def token_lengths(tokenizer: Any, messages: list[list[dict[str, str]]]) -> list[
     return [len(tokenizer.apply_chat_template(m, tokenize=True, return_dict=False)) for m in messages]
 
 
-def run_mix(cfg: MixConfig, tokenizer_dir: str | Path, output_dir: str | Path, metrics: str | Path
-            ) -> dict[str, Any]:
+def run_mix(cfg: MixConfig, tokenizer_dir: str | Path, output_dir: str | Path, metrics: str | Path,
+            timings: str | Path | None = None) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     long = validate(read_table(cfg.long), LongSamples, cfg.long)
@@ -104,5 +104,5 @@ def run_mix(cfg: MixConfig, tokenizer_dir: str | Path, output_dir: str | Path, m
             per_source[source] = {"examples": len(mine), "tokens": sum(mine), "max_tokens": max(mine, default=0),
                                   "histogram": _histogram(mine)}
         result[split] = per_source
-    write_json(result, metrics)
+    write_metrics(result, metrics, timings)
     return result

@@ -20,12 +20,13 @@ from typing import Any
 import polars as pl
 
 from longwriter.completeness import incomplete_reason
-from longwriter.eval.answers import LOSSLESS_RATIO, EvalModel, LengthCap, generate_answers
-from longwriter.eval.judge import DIMENSIONS, JudgeConfig, judge_answers
-from longwriter.eval.scoring import bucket_of, dimension_score, length_score, overall, quality_score
-from longwriter.files import read_table, write_json
+from longwriter.failures import Reason, failure_row, reason_counts, write_failures
+from longwriter.files import read_table, write_metrics
+from longwriter.generation import LOSSLESS_RATIO, EvalModel, LengthCap, generate_answers
+from longwriter.judge import DIMENSIONS, JudgeConfig, judge_answers
 from longwriter.llm import ClientSettings, ModelSpec, Sampling
-from longwriter.schemas import Instructions, Pairs, empty, reason_counts, validate, write_checked, write_failures
+from longwriter.schemas import Instructions, Pairs, empty, validate, write_checked
+from longwriter.scoring import bucket_of, dimension_score, length_score, overall, quality_score
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class PairsConfig:
     # max_tokens is a ceiling: each prompt's limit is cap_ratio x its required words (in tokens, as the
     # evaluation sizes it), so a long prompt's answers are not all cut by one small limit; a cut answer is not
     # complete text and takes no part in a pair
-    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.8, top_p=0.95, max_tokens=32768))
+    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.8, top_p=0.95, max_tokens=1024))
     cap_ratio: float = LOSSLESS_RATIO
     seed: int = 0
     max_batch: int = 16
@@ -66,16 +67,15 @@ def build_pairs(candidates: list[dict[str, Any]], seed: int,
         rated = sorted(by_prompt[prompt_id], key=lambda c: c["sample"])
         why = None
         if len(rated) < 2:
-            why = ("too_few_rated", f"{len(rated)} rated, complete answer(s); a pair needs 2")
+            why = (Reason.TOO_FEW_RATED, f"{len(rated)} rated, complete answer(s); a pair needs 2")
         else:
             best = max(rated, key=lambda c: (c["score"], -c["sample"]))
             others = [c for c in rated if c["score"] < best["score"]]
             if not others:
-                why = ("zero_margin", f"all {len(rated)} rated answers score {best['score']:.2f}")
+                why = (Reason.ZERO_MARGIN, f"all {len(rated)} rated answers score {best['score']:.2f}")
         if why is not None:
             if dropped is not None:
-                dropped.append({"stage": "dpo_pairs", "instruction_id": prompt_id, "section": None, "attempts": 0,
-                                "reason": why[0], "error": why[1]})
+                dropped.append(failure_row("dpo_pairs", *why, instruction_id=prompt_id))
             continue
         other = random.Random(f"{seed}:{prompt_id}").choice(others)
         pairs.append({"prompt_id": prompt_id, "prompt": best["prompt"], "chosen": best["text"],
@@ -98,8 +98,8 @@ def _requests(instructions: pl.DataFrame) -> pl.DataFrame:
 
 
 def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings, instructions_path: str | Path,
-                  model_dir: str | Path, output: str | Path, failures: str | Path, metrics: str | Path
-                  ) -> dict[str, Any]:
+                  model_dir: str | Path, output: str | Path, failures: str | Path, metrics: str | Path,
+                  timings: str | Path | None = None) -> dict[str, Any]:
     instructions = validate(read_table(instructions_path), Instructions, instructions_path)
     requests = _requests(instructions)
     policy = EvalModel("policy", ModelSpec(provider="local", path=str(model_dir), max_batch=cfg.max_batch))
@@ -111,9 +111,9 @@ def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings
     # teach the model to stop in mid-sentence, or to prefer that over another answer
     why = [incomplete_reason(t, f) for t, f in zip(answers["text"].to_list(), answers["finish_reason"].to_list(),
                                                     strict=True)]
-    incomplete = [{"stage": "dpo_pairs", "instruction_id": ids[a["index"]], "section": a["sample"], "attempts": 0,
-                   "reason": r, "error": f"sample {a['sample']} {r} (finish_reason {a['finish_reason']}, "
-                                         f"{a['words']} words)"}
+    incomplete = [failure_row("dpo_pairs", r, f"sample {a['sample']} {r} (finish_reason {a['finish_reason']}, "
+                                              f"{a['words']} words)",
+                              instruction_id=ids[a["index"]], section=a["sample"])
                   for a, r in zip(answers.iter_rows(named=True), why, strict=True) if r is not None]
     candidates = [{"prompt_id": ids[a["index"]], "prompt": a["prompt"], "sample": a["sample"], "text": a["text"],
                    "score": None} for a, r in zip(answers.iter_rows(named=True), why, strict=True) if r is not None]
@@ -126,8 +126,8 @@ def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings
             s_q = quality_score({d: dimension_score([o.rating.scores[d]]) for d in DIMENSIONS})
             score = overall(length_score(a["required"], a["words"]), s_q)
         else:
-            unrated.append({"stage": "dpo_pairs", "instruction_id": ids[a["index"]], "section": a["sample"],
-                            "attempts": o.attempts, "reason": o.reason, "error": o.error})
+            unrated.append(failure_row("dpo_pairs", o.reason, o.error, instruction_id=ids[a["index"]],
+                                       section=a["sample"], attempts=o.attempts))
         candidates.append({"prompt_id": ids[a["index"]], "prompt": a["prompt"], "sample": a["sample"],
                            "text": a["text"], "score": score})
     no_pair: list[dict[str, Any]] = []
@@ -147,5 +147,5 @@ def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings
               "margin_mean": round(float(pairs["margin"].mean()), 2) if pairs.height else None,
               "margin_min": round(float(pairs["margin"].min()), 2) if pairs.height else None,
               "generation_llm": gen_stats["policy"].as_metrics(), "judge_llm": judge_stats}
-    write_json(result, metrics)
+    write_metrics(result, metrics, timings)
     return result

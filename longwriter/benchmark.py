@@ -17,10 +17,10 @@ from pathlib import Path
 import polars as pl
 
 from longwriter.errors import InputError
-from longwriter.eval.scoring import bucket_of
 from longwriter.files import read_table
 from longwriter.language import languages
 from longwriter.schemas import Benchmark, validate
+from longwriter.scoring import bucket_of
 
 LANGS = ("zh", "en")  # what a ``lang`` field may say
 
