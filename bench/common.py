@@ -55,7 +55,8 @@ class LoadServer:
 
     def __init__(self, log_path: Path, *, words: int = 120, latency_s: float = 0.0,
                  tokens_per_s: float | None = None, capacity: int | None = None, seed: int = 0,
-                 backlog: int = 128, start_timeout_s: float = 30.0) -> None:
+                 backlog: int = 128, start_timeout_s: float = 30.0,
+                 prefix_cache: tuple[int, int, int] | None = None) -> None:
         self.log_path = Path(log_path)
         self.args = [sys.executable, str(FAKE_SERVER), "--port", "0", "--seed", str(seed), "--words", str(words),
                      "--latency", repr(float(latency_s)), "--log", str(self.log_path),
@@ -66,6 +67,10 @@ class LoadServer:
             self.args += ["--tokens-per-s", repr(float(tokens_per_s))]
         if capacity:
             self.args += ["--capacity", str(capacity)]
+        if prefix_cache:  # (step, min, block): report cached prompt tokens (FakeOpenAIServer's prefix_cache)
+            step, least, block = prefix_cache
+            self.args += ["--prefix-cache", "--prefix-cache-step", str(step), "--prefix-cache-min", str(least),
+                          "--prefix-cache-block", str(block)]
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[str] | None = None
         self.base_url = ""

@@ -61,6 +61,17 @@ def ends_sentence(text: str) -> bool:
     return bool(_SENTENCE_END.search(text))
 
 
+# A sentence's end inside a text: Latin punctuation before a space or the end, CJK punctuation anywhere, with the
+# closing quotes or brackets that follow it.
+_SENTENCE_STOP = re.compile(r"(?:[.!?]+|[。！？…]+)[\"'”’)\]）」』》]*(?=\s|$)|[。！？…]+[\"'”’)\]）」』》]*")
+
+
+def trim_to_sentence(text: str) -> str:
+    """``text`` up to the end of its last complete sentence ("" when no sentence ends in it)."""
+    ends = [m.end() for m in _SENTENCE_STOP.finditer(text)]
+    return text[:ends[-1]].rstrip() if ends else ""
+
+
 def incomplete_reason(text: str, finish_reason: str) -> Reason | None:
     """Why ``text`` (as the model returned it, ending with ``finish_reason``) is not a complete answer, or None.
 

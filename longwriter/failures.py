@@ -55,6 +55,11 @@ class Reason(StrEnum):
     ZERO_MARGIN = ("zero_margin", "drop",
                    "the best answer scores no higher than the other one: no preference to learn")
     OVER_MAX_LENGTH = "over_max_length", "drop", "a training example longer than max_length tokens"
+    OVER_MAX_WORDS = ("over_max_words", "drop",
+                      "an SFT sample whose answer has more words than mix.max_output_words (the length experiment)")
+    OVER_CEILING = ("over_ceiling", "drop",
+                    "a preference prompt asking more words than the token ceiling holds tokens: every answer would be "
+                    "cut, so none is sampled")
     UNANSWERED = "unanswered", "drop", "a request one of the compared models did not answer"
     NO_REQUIRED_LENGTH = ("no_required_length", "drop",
                           "an RL prompt that states no length and has no plan: no length to reward")

@@ -7,8 +7,11 @@
 Three parts: the data (instructions selected, answers written, samples kept per language, words per sample,
 what each data stage left out and why), training (each trainer's loss first -> last) and evaluation (one row per
 model: LongBench-Write S, S_l, S_q, LongWrite-Ruler's maximum output length, the share of degenerate answers,
-Elo). A metrics file or figure that is missing shows as "–". Only the stages' own ``metrics/<stage>.json`` files
-are read: the timing figures in ``metrics/timings/`` change on every run and are no result.
+Elo). A ruler maximum that is only a lower bound (censored: the model reached the longest length asked) shows as
+"≥ L"; metrics written before the censored flags existed count as censored when the maximum is the longest length
+in their ``mean_words``. A metrics file or figure that is missing shows as "–". Only the stages' own
+``metrics/<stage>.json`` files are read: the timing figures in ``metrics/timings/`` change on every run and are
+no result.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ MAX_WIDTH = 120
 LANGS = ("en", "zh")
 # stages that build training data, and the key of their per-reason counts of what they left out
 DATA_FAILURES = (("select", "failures"), ("plan", "failures"), ("write", "failures"), ("postprocess", "dropped"),
-                 ("general", "failures"), ("dpo_pairs", "failures"))
+                 ("general", "failures"), ("mix", "failures"), ("dpo_pairs", "failures"))
 TRAINING_ORDER = ("base", "sft", "dpo", "grpo")  # the evaluation table's first rows, in the order they are trained
 EVAL_HEADER = ["model", "S", "S_l", "S_q", "ruler max length", "effective", "degenerate share", "Elo (95% CI)"]
 
@@ -87,6 +90,20 @@ def fmt(value: Any) -> str:
         text = f"{value:.4f}".rstrip("0").rstrip(".")
         return "0" if text in ("-0", "") else text
     return str(value)
+
+
+def ruler_max(ruler_model: Any, effective: bool = False) -> str:
+    """A model's ruler max output length as shown: "≥ L" when censored (a lower bound, never its limit)."""
+    suffix = "_effective" if effective else ""
+    value = get(ruler_model, f"max_output_length{suffix}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        return fmt(value)
+    censored = get(ruler_model, f"max_output_length{suffix}_censored")
+    if censored is None:  # older metrics: censored when no longer length was asked
+        means = get(ruler_model, "mean_effective_words" if effective else "mean_words")
+        asked = [int(k) for k in means if str(k).isdigit()] if isinstance(means, dict) else []
+        censored = bool(asked) and value > 0 and value == max(asked)
+    return f"≥ {value}" if censored else str(value)
 
 
 def arrow(first: Any, last: Any) -> str:
@@ -188,7 +205,7 @@ def _evaluation(m: dict[str, dict[str, Any]]) -> Section:
         if get(rating, "ci_low") is not None and get(rating, "ci_high") is not None:
             elo += f" [{fmt(rating['ci_low'])}, {fmt(rating['ci_high'])}]"
         rows.append([name, fmt(get(lb, name, "S")), fmt(get(lb, name, "S_l")), fmt(get(lb, name, "S_q")),
-                     fmt(get(ruler, name, "max_output_length")), fmt(get(ruler, name, "max_output_length_effective")),
+                     ruler_max(get(ruler, name)), ruler_max(get(ruler, name), effective=True),
                      fmt(degenerate), elo])
     lines = []
     pairs = [(k, v) for k, v in (compare or {}).items() if isinstance(v, dict) and "win_rate" in v]
@@ -224,7 +241,7 @@ def _text_table(table: Table) -> list[str]:
 
 
 def _numeric(cell: str) -> bool:
-    return cell == MISSING or cell.replace(".", "", 1).lstrip("-").isdigit()
+    return cell == MISSING or cell.removeprefix("≥ ").replace(".", "", 1).lstrip("-").isdigit()
 
 
 def render_text(summary: Summary) -> str:

@@ -1,10 +1,12 @@
 """ruler: LongWrite-Ruler, how long can each model write when asked for L words? (params: ruler, eval, llm)
 
-Every model in eval.models answers every request of the ruler file whose length is in ruler.lengths, each with
-max_tokens capped per request (eval.cap_ratio, eval.tokens_per_word; eval.sampling.max_tokens is the ceiling).
-Writes the answers table, per-model metrics (mean words per length and max output length, on the words produced
-and on the words before a loop; degenerate and truncated shares; answers capped below lossless / below the ask)
-and the required-vs-produced curve as CSV (for `dvc plots show`) and PNG.
+Every model in eval.models answers the first ruler.per_length requests of each length in ruler.lengths, each
+with max_tokens capped so as not to change the ruler's decision (ratio reach x answers per length, eval's
+tokens_per_word and cap_margin; ruler.max_tokens is the ceiling). Writes the answers table, per-model metrics
+(mean words per length and max output length, on the words produced and on the words before a loop, each
+flagged censored when it is only a lower bound; degenerate and truncated shares; answers capped below the
+decision-lossless cap) and the required-vs-produced curve as CSV (for `dvc plots show`) and PNG. Warns when a
+request's limit (the ceiling or the context) was below its decision-lossless cap.
 """
 
 import click
@@ -12,7 +14,7 @@ import click
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
 from longwriter.eval.answers import EvalConfig
-from longwriter.eval.ruler import RulerConfig, run_ruler
+from longwriter.eval.ruler import RulerConfig, run_ruler, shown_max
 from longwriter.llm import ClientSettings
 
 
@@ -34,9 +36,16 @@ def main(params_file: str, output: str, failures: str, metrics: str, timings: st
     result = run_ruler(cfg, eval_cfg, settings, output, failures, metrics, plot_csv, plot_png, timings=timings)
     for model in eval_cfg.models:
         m = result[model.name]
-        click.echo(f"ruler {model.name}: max output length {m['max_output_length']} words "
-                   f"({m.get('max_output_length_effective', 0)} before loops), mean words per length "
+        click.echo(f"ruler {model.name}: max output length {shown_max(m)} words "
+                   f"({shown_max(m, effective=True)} before loops), mean words per length "
                    f"{m.get('mean_words', {})}, {m['failed']} failed")
+        if m.get("capped_below_decision"):
+            uncertain = m.get("decision_uncertain") or []
+            click.echo(f"warning: ruler {model.name}: {m['capped_below_decision']} of {m['answers']} answers had a "
+                       "token limit (ruler.max_tokens or the backend's context) below their decision-lossless cap"
+                       + (f"; lengths {uncertain} were missed with such an answer cut at its limit, so the max "
+                          "output length is a lower bound" if uncertain else "; none of them changed a decision"),
+                       err=True)
 
 
 if __name__ == "__main__":

@@ -205,17 +205,32 @@ def _extract_schema(response_format: Any) -> dict[str, Any] | None:
     return None
 
 
-def _prompt_words(messages: Any) -> int:
-    total = 0
+def _prompt_word_list(messages: Any) -> list[str]:
+    """The words of every message's content, in order (roles and message boundaries are not words)."""
+    out: list[str] = []
     for m in messages if isinstance(messages, list) else []:
         content = m.get("content") if isinstance(m, dict) else None
         if isinstance(content, str):
-            total += len(content.split())
+            out += content.split()
         elif isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
             for part in content:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    total += len(part["text"].split())
-    return total
+                    out += part["text"].split()
+    return out
+
+
+def _prompt_words(messages: Any) -> int:
+    return len(_prompt_word_list(messages))
+
+
+def prefix_hashes(words: list[str], block: int = 1) -> list[int]:
+    """A hash of every prefix of ``words`` whose length is a multiple of ``block`` (prefix i*block, i = 1...)."""
+    out, h = [], 0
+    for i, w in enumerate(words, start=1):
+        h = hash((h, w))
+        if i % block == 0:
+            out.append(h)
+    return out
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -301,6 +316,12 @@ class FakeOpenAIServer:
         (each line drawing its outcome from `script`/`faults`: a fault becomes an error line), "expire:N"
         answers the first N lines and expires the rest, "fail" fails the batch's validation (no line runs).
     batch_retrieve_errors: the first this many retrievals of a batch (any batch) answer HTTP 500.
+    prefix_cache: report ``usage.prompt_tokens_details.cached_tokens`` as a server with a prefix cache does
+        (OpenAI, vLLM): the longest word prefix a prompt shares with any prompt answered before (every message's
+        words in order, by ``str.split``, roles left out), in whole blocks of ``prefix_cache_block`` words, as
+        tokens by this server's own count (``approx_tokens``), rounded down to a multiple of
+        ``prefix_cache_step`` tokens, and 0 below ``prefix_cache_min`` tokens. OpenAI's rule is step 128, min
+        1024. Off (the default): usage has no ``prompt_tokens_details``, as llama.cpp's server.
     """
 
     def __init__(
@@ -325,6 +346,10 @@ class FakeOpenAIServer:
         batch_polls: int = 2,
         batch_outcomes: list[str] | None = None,
         batch_retrieve_errors: int = 0,
+        prefix_cache: bool = False,
+        prefix_cache_step: int = 1,
+        prefix_cache_min: int = 0,
+        prefix_cache_block: int = 1,
     ) -> None:
         faults = dict(faults or {})
         script = list(script or [])
@@ -358,6 +383,14 @@ class FakeOpenAIServer:
         # An inference server runs a fixed number of slots; the rest of the requests queue.
         self._capacity = threading.BoundedSemaphore(capacity) if capacity else None
         self.batch_polls = batch_polls
+        if prefix_cache_step < 1 or prefix_cache_block < 1 or prefix_cache_min < 0:
+            raise ValueError("prefix_cache_step and prefix_cache_block must be >= 1, prefix_cache_min >= 0")
+        self.prefix_cache = prefix_cache
+        self.prefix_cache_step = prefix_cache_step
+        self.prefix_cache_min = prefix_cache_min
+        self.prefix_cache_block = prefix_cache_block
+        # hashes of the (block-aligned) word prefixes of every prompt answered so far: the prefix cache
+        self._prefixes: set[int] = set()
         self.batch_retrieve_errors = batch_retrieve_errors
         self._batch_outcomes = list(batch_outcomes or [])
         # the Batch API's state: uploaded files (id -> bytes) and batches (id -> the Batch object as JSON)
@@ -421,12 +454,14 @@ class FakeOpenAIServer:
         with self._lock:
             return len(self.log)
 
-    def _record(self, key: str, outcome: str, prompt_tokens: int, completion_tokens: int) -> None:
+    def _record(self, key: str, outcome: str, prompt_tokens: int, completion_tokens: int,
+                cached_tokens: int = 0) -> None:
         entry = {
             "key": key,
             "outcome": outcome,
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
+            "cached_tokens": cached_tokens,
             "t": time.time(),
         }
         with self._lock:
@@ -449,6 +484,23 @@ class FakeOpenAIServer:
             return "ok"
 
     # -- chat completions --------------------------------------------------------------------
+
+    def cached_tokens_for(self, body: dict[str, Any]) -> int | None:
+        """The prompt tokens of ``body`` its prefix cache holds (see ``prefix_cache``), and the prompt added to
+        that cache; None when the server has no prefix cache."""
+        if not self.prefix_cache:
+            return None
+        words = _prompt_word_list(body.get("messages"))
+        hashes = prefix_hashes(words, self.prefix_cache_block)
+        with self._lock:
+            seen = 0
+            for h in hashes:
+                if h not in self._prefixes:
+                    break
+                seen += 1
+            self._prefixes.update(hashes)
+        tokens = approx_tokens(seen * self.prefix_cache_block) // self.prefix_cache_step * self.prefix_cache_step
+        return min(tokens, approx_tokens(len(words))) if tokens >= self.prefix_cache_min else 0
 
     def _completion(self, key: str, body: dict[str, Any]) -> tuple[str, str]:
         """Deterministic (content, finish_reason) for a request body."""
@@ -521,11 +573,19 @@ class FakeOpenAIServer:
         with self._capacity or contextlib.nullcontext():
             if delay > 0:
                 self._stopping.wait(delay)
-        self._record(key, "ok", prompt_tokens, completion_tokens)
-        h.send_json(200, self._chat_body(key, body, content, finish, prompt_tokens, completion_tokens))
+        cached = self.cached_tokens_for(body)
+        self._record(key, "ok", prompt_tokens, completion_tokens, cached or 0)
+        h.send_json(200, self._chat_body(key, body, content, finish, prompt_tokens, completion_tokens, cached))
 
     def _chat_body(self, key: str, body: dict[str, Any], content: str, finish: str, prompt_tokens: int,
-                   completion_tokens: int) -> dict[str, Any]:
+                   completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
         return {
             "id": f"chatcmpl-{key[:24]}",
             "object": "chat.completion",
@@ -539,11 +599,7 @@ class FakeOpenAIServer:
                     "logprobs": None,
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": usage,
         }
 
     # -- the Batch API: files and batches ------------------------------------------------------
@@ -663,10 +719,11 @@ class FakeOpenAIServer:
                 continue
             content, finish = self._completion(key, body)
             completion_tokens = approx_tokens(len(content.split()))
-            self._record(key, "ok", prompt_tokens, completion_tokens)
+            cached = self.cached_tokens_for(body)
+            self._record(key, "ok", prompt_tokens, completion_tokens, cached or 0)
             out.append({"id": line_id, "custom_id": custom_id, "error": None, "response": {
                 "status_code": 200, "request_id": line_id,
-                "body": self._chat_body(key, body, content, finish, prompt_tokens, completion_tokens)}})
+                "body": self._chat_body(key, body, content, finish, prompt_tokens, completion_tokens, cached)}})
         for name, lines in (("output_file_id", out), ("error_file_id", err)):
             if lines:
                 file_id = self._new_id("file")
@@ -762,6 +819,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", default=None, help="append one JSON line per request here")
     p.add_argument("--backlog", type=int, default=128, help="listen() backlog")
     p.add_argument("--context-words", type=int, default=None, help="refuse longer prompts with HTTP 400")
+    p.add_argument("--prefix-cache", action="store_true",
+                   help="report usage.prompt_tokens_details.cached_tokens (a prefix cache; see FakeOpenAIServer)")
+    p.add_argument("--prefix-cache-step", type=int, default=1, help="cached tokens in steps of this (OpenAI: 128)")
+    p.add_argument("--prefix-cache-min", type=int, default=0, help="no cached tokens below this (OpenAI: 1024)")
+    p.add_argument("--prefix-cache-block", type=int, default=1, help="prefixes kept every this many words")
     a = p.parse_args(argv)
 
     faults = _parse_faults(a.faults) if a.faults else {f: a.fault_rate / len(FAULTS) for f in FAULTS}
@@ -784,6 +846,10 @@ def main(argv: list[str] | None = None) -> int:
         port=a.port,
         backlog=a.backlog,
         context_words=a.context_words,
+        prefix_cache=a.prefix_cache,
+        prefix_cache_step=a.prefix_cache_step,
+        prefix_cache_min=a.prefix_cache_min,
+        prefix_cache_block=a.prefix_cache_block,
     ) as srv:
         print(srv.base_url, flush=True)
         while not stop.wait(0.2):

@@ -59,3 +59,13 @@ def test_the_reasons():
     assert incomplete_reason("港口很安静。", "length") is None
     assert incomplete_reason("The harbour was quiet and the", "stop") is None  # the model chose to stop there
     assert ends_sentence('He said "go."') and not ends_sentence("and the")
+
+
+def test_trim_to_sentence_keeps_the_text_up_to_its_last_sentence_end():
+    from longwriter.completeness import trim_to_sentence
+
+    assert trim_to_sentence("One. Two is here! Three and") == "One. Two is here!"
+    assert trim_to_sentence("第一句。第二句，还有") == "第一句。"
+    assert trim_to_sentence('He said "go." Then we') == 'He said "go."'
+    assert trim_to_sentence("version 3.5 is out and") == ""  # a decimal point ends no sentence
+    assert trim_to_sentence("no end at all") == ""

@@ -185,3 +185,11 @@ def test_lazy_grammar_sampling_keeps_sampled_replies_in_the_schema(in_process_ll
             max_tokens=60, response_format={"type": "json_object", "schema": schema})
         data = json.loads(out["choices"][0]["message"]["content"])
         assert data["colour"] in {"red", "green", "blue"} and data["count"] in {1, 2, 3}, data
+
+
+def test_the_penalty_window_is_part_of_the_embedded_identity():
+    """A write with penalties over 1,024 tokens is another model's answer than one over 64: never replayed."""
+    assert embedded_identity(ModelSpec()) == embedded_identity(ModelSpec(penalty_last_n=64))
+    assert embedded_identity(ModelSpec(penalty_last_n=1024)).endswith(":penalty_last_n-1024")
+    with pytest.raises(ValueError):
+        ModelSpec(penalty_last_n=-1)

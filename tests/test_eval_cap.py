@@ -58,7 +58,8 @@ def test_params_yaml_eval_and_ruler_are_laptop_sized() -> None:
     assert cfg.sampling.max_tokens == 512  # the ceiling
     assert (cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.top_k) == (0.5, 0.8, 50)
     assert cfg.cap_ratio == 4.0 and cfg.tokens_per_word == {"en": 2.5, "zh": 3.0}
-    assert build(RulerConfig, section(params, "ruler"), "params.yaml:ruler").lengths == (50, 100)
+    # the ruler has its own ceiling and decision-lossless caps (tests/test_ruler.py)
+    assert build(RulerConfig, section(params, "ruler"), "params.yaml:ruler").lengths == (100, 300, 1000)
     # what the params comment says: above ~44 en / 37 zh words a cap is below lossless, above ~179 / 149 below
     # the ask
     cap = cfg.length_cap
@@ -68,14 +69,13 @@ def test_params_yaml_eval_and_ruler_are_laptop_sized() -> None:
 
 
 def test_defaults_never_cap_a_request_below_what_it_asks() -> None:
-    """The laptop defaults' ceiling holds every default request's ask (issue 13), for each default eval model."""
+    """The laptop defaults' ceiling holds every default LongBench-Write request's ask (issue 13), for each default
+    eval model. (The ruler's caps are lossless for its decision, under its own ceiling: tests/test_ruler.py.)"""
     params = read_params(ROOT / "params.yaml")
     cfg = build(EvalConfig, section(params, "eval"), "params.yaml:eval")
-    ruler = build(RulerConfig, section(params, "ruler"), "params.yaml:ruler")
     longbench = build(LongBenchConfig, section(params, "longbench"), "params.yaml:longbench")
-    requests = (read_benchmark(ROOT / ruler.input, lengths=list(ruler.lengths)).to_dicts()
-                + read_benchmark(ROOT / longbench.input).to_dicts())
-    assert len(requests) == 32
+    requests = read_benchmark(ROOT / longbench.input).to_dicts()
+    assert len(requests) == 16
     specs = [m.spec for m in cfg.models] + [ModelSpec()]  # the checkpoints, and the embedded model
     for spec in specs:
         for request in requests:
@@ -277,10 +277,14 @@ def test_ruler_metrics_on_produced_and_effective_words() -> None:
     assert m["mean_words"] == {"250": 280.0, "500": 500.0} and m["max_output_length"] == 500
     assert m["mean_effective_words"] == {"250": 180.0, "500": 500.0}
     assert m["max_output_length_effective"] == 500  # 180 < 200 misses 250; 500 >= 400 still reaches 500
+    # 500 is the longest length asked: both maxima are lower bounds
+    assert m["max_output_length_censored"] is True and m["max_output_length_effective_censored"] is True
     assert m["degenerate_share"] == 0.25 and m["truncated_share"] == 0.5
-    assert (m["capped_below_lossless"], m["capped_below_ask"]) == (4, 2)
+    # the ruler counts limits below its decision-lossless cap (none given here), not LongBench-Write's 4x
+    assert m["capped_below_decision"] == 0 and "capped_below_lossless" not in m
     strict = ruler_metrics(answers, (250,), 0.8)["a"]
     assert (strict["max_output_length"], strict["max_output_length_effective"]) == (250, 0)
+    assert (strict["max_output_length_censored"], strict["max_output_length_effective_censored"]) == (True, False)
 
 
 def _rated() -> RatingOutcome:
@@ -355,19 +359,22 @@ def test_ruler_and_longbench_answer_stages_report_caps(fake_server, tmp_path: Pa
     with fake_server(words=120) as srv:
         cfg = EvalConfig(models=_fake_model(srv), sampling=Sampling(temperature=0.5, max_tokens=1024))
         settings = ClientSettings(cache_dir=str(tmp_path / "cache"))
-        ruler = run_ruler(RulerConfig(input=str(bench), lengths=(10, 100, 500)), cfg, settings,
+        ruler = run_ruler(RulerConfig(input=str(bench), lengths=(10, 100, 500), max_tokens=1024), cfg, settings,
                           tmp_path / "r.parquet", tmp_path / "rf.parquet", tmp_path / "r.json", tmp_path / "r.csv",
                           tmp_path / "r.png")["fake"]
         answered = run_longbench_answers(LongBenchConfig(input=str(bench)), cfg, settings, tmp_path / "l.parquet",
                                          tmp_path / "lf.parquet", tmp_path / "l.json")["fake"]
-    # en: 10 words -> cap 164 (lossless); 100 -> 1064 > 1024; 500 -> ask 1314 > 1024
-    for m in (ruler, answered):
-        assert (m["capped_below_lossless"], m["capped_below_ask"]) == (2, 1)
-        assert m["truncated_share"] == 0.0 and m["degenerate_share"] == 0.0
-        assert m["llm"]["truncated"] == 0
-    assert ruler["mean_effective_words"] == ruler["mean_words"] == {"10": 120.0, "100": 120.0, "500": 120.0}
+    # longbench, en: 10 words -> cap 164 (lossless); 100 -> 1064 > 1024; 500 -> ask 1314 > 1024
+    assert (answered["capped_below_lossless"], answered["capped_below_ask"]) == (2, 1)
+    assert answered["truncated_share"] == 0.0 and answered["degenerate_share"] == 0.0
+    assert answered["llm"]["truncated"] == 0 and answered["mean_effective_words"] == 120.0
+    # ruler, n = 1: caps of 0.8 x L words; 10 -> 84 tokens cuts the fake's 120 words (160 tokens) to 63, still
+    # >= 8; 500 -> 1064 > the ceiling 1024: below its decision cap, yet it stopped on its own
+    assert ruler["mean_words"] == {"10": 63.0, "100": 120.0, "500": 120.0}
+    assert ruler["truncated_share"] == 0.3333 and ruler["llm"]["truncated"] == 1 and ruler["degenerate_share"] == 0
     assert (ruler["max_output_length"], ruler["max_output_length_effective"]) == (100, 100)
-    assert answered["mean_effective_words"] == 120.0
+    assert ruler["capped_below_decision"] == 1 and ruler["decision_uncertain"] == []
+    assert ruler["max_output_length_censored"] is False
     table = validate(read_table(tmp_path / "r.parquet"), Answers, "r.parquet")
-    assert table["max_tokens"].to_list() == [164, 1024, 1024]
+    assert table["max_tokens"].to_list() == [84, 264, 1024]
     assert json.loads((tmp_path / "l.json").read_text())["fake"]["capped_below_ask"] == 1

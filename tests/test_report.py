@@ -37,10 +37,22 @@ def section(text: str, title: str) -> str:
 
 
 def cells(text: str, first: str) -> list[str]:
-    """The cells of the text table row whose first cell is ``first``."""
-    rows = [line.split() for line in text.splitlines() if line.split()[:1] == [first]]
+    """The cells of the text table row whose first cell is ``first`` ("≥ 100" is one cell)."""
+    rows = [line.replace("≥ ", "≥\0").split() for line in text.splitlines() if line.split()[:1] == [first]]
     assert len(rows) == 1, (first, rows)
-    return rows[0]
+    return [cell.replace("≥\0", "≥ ") for cell in rows[0]]
+
+
+def ruler_cell(m: dict[str, Any], effective: bool = False) -> str:
+    """A ruler maximum as the report shows it: "≥ L" when censored (by its flag; metrics without the flag: when it
+    is the longest length in its mean words)."""
+    suffix = "_effective" if effective else ""
+    value = m[f"max_output_length{suffix}"]
+    censored = m.get(f"max_output_length{suffix}_censored")
+    if censored is None:
+        asked = [int(k) for k in m["mean_effective_words" if effective else "mean_words"]]
+        censored = value > 0 and value == max(asked)
+    return f"≥ {value}" if censored else str(value)
 
 
 def md_section(md: str, title: str) -> str:
@@ -94,8 +106,7 @@ def test_the_committed_metrics_fit_one_screen_and_show_their_figures() -> None:
     for model in models:
         row = cells(section(text, "Evaluation"), model)
         assert row[:8] == [model, shown(lb[model]["S"]), shown(lb[model]["S_l"]), shown(lb[model]["S_q"]),
-                           shown(ruler[model]["max_output_length"]),
-                           shown(ruler[model]["max_output_length_effective"]),
+                           ruler_cell(ruler[model]), ruler_cell(ruler[model], effective=True),
                            shown(answers[model]["degenerate_share"]), shown(elo["ratings"][model]["elo"])]
 
 
@@ -145,6 +156,38 @@ def test_markdown_renders_the_same_figures_as_tables() -> None:
     text = " ".join(render_text(summary).split())
     for label, value in ((r[0], r[1]) for r in (md_row(data, label) for label in ("selected", "kept", "words/sample"))):
         assert f"{label} {value}" in text
+
+
+def test_a_censored_ruler_maximum_shows_as_at_least(tmp_path: Path) -> None:
+    """A maximum that is only a lower bound (the model reached the longest length asked) is never shown bare."""
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    ruler = {
+        "a": {"answers": 3, "max_output_length": 1000, "max_output_length_censored": True,
+              "max_output_length_effective": 300, "max_output_length_effective_censored": False,
+              "mean_words": {"100": 150.0, "300": 400.0, "1000": 900.0}},
+        "b": {"answers": 3, "max_output_length": 300, "max_output_length_censored": False,
+              "max_output_length_effective": 0, "max_output_length_effective_censored": False,
+              "mean_words": {"100": 150.0, "300": 400.0, "1000": 100.0}},
+        # metrics written before the flags: censored when the maximum is the longest length in mean_words
+        "c": {"answers": 2, "max_output_length": 300, "max_output_length_effective": 100,
+              "mean_words": {"100": 150.0, "300": 400.0}, "mean_effective_words": {"100": 90.0, "300": 100.0}},
+        "decision_cap": {"ratio": 0.8, "answers_per_length": 1, "max_tokens": 2560},  # stage-wide, no model
+    }
+    (metrics / "ruler.json").write_text(json.dumps(ruler), encoding="utf-8")
+    summary = summarize(metrics)
+    text = render_text(summary)
+    check_size(text)
+    evaluation = section(text, "Evaluation")
+    assert [cells(evaluation, name)[4:6] for name in ("a", "b", "c")] == [["≥ 1000", "300"], ["300", "0"],
+                                                                         ["≥ 300", "100"]]
+    assert "decision_cap" not in evaluation
+    # right-aligned with the plain figures: the column's cells end together
+    lines = [line for line in evaluation.splitlines() if line.split()[:1] in (["a"], ["b"], ["c"])]
+    ends = {line.index(cell) + len(cell) for line, cell in zip(lines, ("≥ 1000", "  300", "≥ 300"), strict=True)}
+    assert len(ends) == 1, lines
+    md = md_section(render_markdown(summary), "Evaluation")
+    assert md_row(md, "a")[4:6] == ["≥ 1000", "300"] and md_row(md, "c")[4] == "≥ 300"
 
 
 @pytest.mark.parametrize("md", [False, True])

@@ -280,3 +280,22 @@ def test_a_paragraph_cut_past_its_budget_is_continued_to_a_sentence_end():
     assert needs_more(over, 100, "length", cfg)  # past its budget, but cut mid-sentence
     assert not needs_more("word " * 120 + "end.", 100, "length", cfg)
     assert not needs_more(over, 100, "stop", cfg)
+
+
+@pytest.mark.parametrize("trim", [True, False])
+def test_a_paragraph_cut_past_most_of_its_budget_is_trimmed_to_its_last_sentence(fake_server, tmp_path, trim):
+    """The 135M writer runs on to its token limit: trimming costs one call where continuing costs two."""
+    write_instructions(tmp_path / "in.parquet", 1)
+    write_plans(tmp_path / "plans.parquet", 1, 1)
+    cut = (_complete(10) + " And then the keeper", "length")  # 60 words in sentences, budget 80: >= 0.6
+    with fake_server(replies=[cut, _complete(2)]) as srv:
+        cfg = WriteConfig(generator=fake_spec(srv), max_continuations=1, max_attempts=1, trim_cut_off=trim)
+        m = run_write(tmp_path / "in.parquet", tmp_path / "plans.parquet", tmp_path / "s.parquet",
+                      tmp_path / "f.parquet", tmp_path / "m.json", cfg, fast_settings(tmp_path))
+        calls = len(srv.bodies)
+    text = pl.read_parquet(tmp_path / "s.parquet")["text"][0]
+    assert m["failed"] == 0 and text.endswith("ships.")
+    if trim:
+        assert calls == 1 and m["sections_trimmed"] == 1 and text == _complete(10)
+    else:
+        assert calls == 2 and m["sections_trimmed"] == 0 and m["continuation_calls"] == 1

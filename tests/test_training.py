@@ -566,3 +566,24 @@ def test_dpo_pairs_over_max_length_are_dropped_and_recorded(base_dir: Path, tmp_
                      tmp_path / "curve.csv", tmp_path / "f.parquet")
     assert result["pairs"] == 2 and result["over_max_length"] == {"count": 1, "action": "drop"}
     assert pl.read_parquet(tmp_path / "f.parquet")["instruction_id"].to_list() == ["p1"]
+
+
+def test_dpo_pairs_samples_no_prompt_whose_ask_exceeds_the_token_ceiling(tmp_path: Path) -> None:
+    """Every answer to such a prompt would be cut and take no part in a pair: it gets a row, no model call."""
+    from longwriter.judge import JudgeConfig
+    from longwriter.llm import ClientSettings
+    from longwriter.train.pairs import PairsConfig, run_dpo_pairs, split_over_ceiling
+
+    requests = pl.DataFrame({"index": [0, 1], "id": ["a", "b"], "prompt": ["x", "y"], "required": [300, 1500],
+                             "lang": ["en", "zh"]})
+    kept, rows = split_over_ceiling(requests, 1024)
+    assert kept["id"].to_list() == ["a"]
+    assert [(r["instruction_id"], r["reason"]) for r in rows] == [("b", "over_ceiling")]
+    pl.DataFrame({"id": ["b"], "prompt": ["写一篇1500字的文章"], "lang": ["zh"], "source": ["t"],
+                  "required_words": [1500], "estimated_words": [None]},
+                 schema_overrides={"estimated_words": pl.Int64}).write_parquet(tmp_path / "in.parquet")
+    m = run_dpo_pairs(PairsConfig(), JudgeConfig(), ClientSettings(cache_dir=str(tmp_path / "c")),
+                      tmp_path / "in.parquet", tmp_path / "no-model", tmp_path / "p.parquet", tmp_path / "f.parquet",
+                      tmp_path / "m.json")
+    assert m["pairs"] == 0 and m["over_ceiling"] == 1 and m["generation_llm"]["calls"] == 0
+    assert pl.read_parquet(tmp_path / "f.parquet")["reason"].to_list() == ["over_ceiling"]

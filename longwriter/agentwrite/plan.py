@@ -30,11 +30,11 @@ from longwriter.schemas import Instructions, Plans, empty, validate, write_check
 
 @dataclass(frozen=True)
 class PlanConfig:
-    min_paragraphs: int = 3
+    min_paragraphs: int = 4
     max_paragraphs: int = 5
     # per-paragraph budget bounds (the paper asks for 200-1000 words per paragraph)
-    min_words: int = 100
-    max_words: int = 250
+    min_words: int = 300
+    max_words: int = 400
     max_attempts: int = 3
     generator: ModelSpec = field(default_factory=ModelSpec)
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=1024))

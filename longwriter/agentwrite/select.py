@@ -32,9 +32,9 @@ class SelectConfig:
     min_prompt_chars: int = 10
     max_prompt_chars: int = 4000
     # an instruction is kept when the selector says it needs a long answer of at least this many words
-    min_estimated_words: int = 800
+    min_estimated_words: int = 1200
     # instructions that state a longer required length than this are left out (laptop-sized runs)
-    max_required_words: int | None = 3000
+    max_required_words: int | None = 1500
     per_lang: int | None = 2
     seed: int = 0
     max_attempts: int = 3

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from longwriter.completeness import ends_sentence, incomplete_reason
+from longwriter.completeness import ends_sentence, incomplete_reason, trim_to_sentence
 from longwriter.errors import InputError
 from longwriter.failures import Reason, failure_row, reason_counts, write_failures
 from longwriter.files import read_table, write_metrics
@@ -40,7 +40,7 @@ from longwriter.schemas import (
     validate,
     write_checked,
 )
-from longwriter.wordcount import count_words
+from longwriter.wordcount import cjk_count, count_words
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,15 @@ class WriteConfig:
     # writes of a paragraph (each with its continuations) until it is complete text; then the sample is dropped
     max_attempts: int = 3
     # per-call max_tokens = budget * tokens_per_word + 64, capped by sampling.max_tokens
-    tokens_per_word: float = 2.0
+    tokens_per_word: float = 2.5
+    # a write stopped on the token limit in mid-sentence that already holds min_budget_ratio of its budget in
+    # complete sentences is cut back to its last one, rather than continued or written again: a model that
+    # runs on to its limit (the embedded 135M one does in most paragraphs) then costs one call per paragraph
+    trim_cut_off: bool = True
     # keep only the last N words of earlier paragraphs in the prompt (None: all, as in the paper)
     history_words: int | None = None
-    generator: ModelSpec = field(default_factory=ModelSpec)
-    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=1024, frequency_penalty=1.5,
+    generator: ModelSpec = field(default_factory=lambda: ModelSpec(penalty_last_n=1024))
+    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=1.0, max_tokens=2048, frequency_penalty=1.5,
                                                                 presence_penalty=1.5))
 
     def __post_init__(self) -> None:
@@ -77,8 +81,11 @@ def _tail_words(text: str, limit: int | None) -> str:
     parts = text.split()
     if len(parts) > limit:
         return "[...] " + " ".join(parts[-limit:])
-    # Chinese has no spaces: fall back to a character budget
-    return text if len(text) <= limit * 2 else "[...]" + text[-limit * 2:]
+    # Chinese has no spaces: fall back to a character budget. Only for such text: a spaced history within the
+    # word limit is kept whole (cutting it at 2 x limit characters kept about a third of an English one's words)
+    if len(text) <= limit * 2 or cjk_count(text) <= len(parts):
+        return text
+    return "[...]" + text[-limit * 2:]
 
 
 def section_messages(instruction: str, plan: list[tuple[str, int]], n: int, written: list[str],
@@ -123,6 +130,7 @@ class Written:
     finish_reason: str = ""
     continuations: int = 0
     attempts: int = 1
+    trimmed: bool = False
 
 
 class IncompleteSection(Exception):
@@ -160,6 +168,7 @@ async def _write_once(llm: LLMClient, instruction: str, plan: list[tuple[str, in
     reply = await llm.complete(messages, sampling, sample=attempt)
     out = Written(reply.text.strip(), reply.prompt_tokens, reply.completion_tokens, reply.latency_s,
                   reply.finish_reason)
+    _trim_cut_off(out, budget, cfg)
     while out.continuations < cfg.max_continuations and needs_more(out.text, budget, out.finish_reason, cfg):
         remaining = max(budget - count_words(out.text), budget // 4, 20)
         follow = [*messages, {"role": "assistant", "content": out.text},
@@ -172,9 +181,20 @@ async def _write_once(llm: LLMClient, instruction: str, plan: list[tuple[str, in
         out.finish_reason = reply.finish_reason
         before = count_words(out.text)
         out.text = _join(out.text, reply.text)
+        _trim_cut_off(out, budget, cfg)
         if count_words(out.text) - before < 5:  # the model has nothing more to say
             break
     return out
+
+
+def _trim_cut_off(out: Written, budget: int, cfg: WriteConfig) -> None:
+    """Cut a text stopped in mid-sentence by the token limit back to its last sentence when what is left still
+    holds ``min_budget_ratio`` of the budget (``WriteConfig.trim_cut_off``)."""
+    if not cfg.trim_cut_off or out.finish_reason != "length" or ends_sentence(out.text):
+        return
+    kept = trim_to_sentence(out.text)
+    if count_words(kept) >= cfg.min_budget_ratio * budget:
+        out.text, out.trimmed = kept, True
 
 
 def _sampling_for(words: int, cfg: WriteConfig) -> Sampling:
@@ -190,6 +210,7 @@ class InstructionResult:
     reason: Reason | None = None  # why, when error is set
     failed_section: int | None = None
     attempts: int = 0
+    trimmed: int = 0  # sections cut back to their last sentence (WriteConfig.trim_cut_off)
 
 
 async def write_instruction(llm: LLMClient, instruction_id: str, instruction: str, plan: list[tuple[str, int]],
@@ -227,6 +248,7 @@ async def write_instruction(llm: LLMClient, instruction_id: str, instruction: st
         result.error, result.attempts, result.reason = str(e), e.attempts, e.reason
         result.failed_section = e.section
         return result
+    result.trimmed = sum(w.trimmed for w in outs)
     for n, w in enumerate(outs, start=1):
         result.rows.append({
             "instruction_id": instruction_id, "section": n, "text": w.text, "words": count_words(w.text),
@@ -243,17 +265,29 @@ def plans_by_instruction(plans: pl.DataFrame) -> dict[str, list[tuple[str, int]]
     return out
 
 
+def read_inputs(instructions_path: str | Path, plans_path: str | Path) -> tuple[pl.DataFrame,
+                                                                                dict[str, list[tuple[str, int]]]]:
+    """The stage's inputs, checked: the instructions table and each planned instruction's (point, words) lines."""
+    instructions = validate(read_table(instructions_path), Instructions, instructions_path)
+    plans = plans_by_instruction(validate(read_table(plans_path), Plans, plans_path))
+    unknown = sorted(set(plans) - set(instructions["id"]))
+    if unknown:
+        raise InputError(plans_path, f"plans for unknown instruction ids: {', '.join(unknown[:5])}",
+                         column="instruction_id")
+    return instructions, plans
+
+
+def instruction_order(plans: dict[str, list[tuple[str, int]]]) -> list[str]:
+    """The order the stage starts instructions in: longest plans first (a shorter makespan), then by id."""
+    return sorted(plans, key=lambda iid: (-sum(w for _, w in plans[iid]), iid))
+
+
 def run_write(instructions_path: str | Path, plans_path: str | Path, output: str | Path, failures: str | Path,
               metrics: str | Path, cfg: WriteConfig, settings: ClientSettings,
               timings: str | Path | None = None) -> dict[str, Any]:
     """The whole stage: write every planned instruction, then the sections, failures and metrics."""
-    instructions = validate(read_table(instructions_path), Instructions, instructions_path)
-    plans = plans_by_instruction(validate(read_table(plans_path), Plans, plans_path))
+    instructions, plans = read_inputs(instructions_path, plans_path)
     prompts = dict(instructions.select("id", "prompt").iter_rows())
-    unknown = sorted(set(plans) - set(prompts))
-    if unknown:
-        raise InputError(plans_path, f"plans for unknown instruction ids: {', '.join(unknown[:5])}",
-                         column="instruction_id")
     total_sections = sum(len(p) for p in plans.values())
 
     async def work(llm: LLMClient) -> list[InstructionResult]:
@@ -278,8 +312,7 @@ def run_write(instructions_path: str | Path, plans_path: str | Path, output: str
                 done["instructions"] += 1
                 return r
 
-            order = sorted(plans, key=lambda iid: (-sum(w for _, w in plans[iid]), iid))
-            return await run_each(order, one)
+            return await run_each(instruction_order(plans), one)
 
     results, stats = run_with_llm(cfg.generator, settings, work)
     rows = [row for r in results for row in r.rows]
@@ -297,6 +330,7 @@ def run_write(instructions_path: str | Path, plans_path: str | Path, output: str
         "failures": reason_counts(failure_rows),
         "sections": sections.height,
         "sections_rewritten": int((sections["attempts"] > 1).sum()) if sections.height else 0,
+        "sections_trimmed": sum(r.trimmed for r in results if r.error is None),
         "words": int(sections["words"].sum()) if sections.height else 0,
         "planned_words": int(sections["budget"].sum()) if sections.height else 0,
         "written_to_planned": (round(sections["words"].sum() / sections["budget"].sum(), 4)

@@ -69,7 +69,8 @@ def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoin
         yield Endpoint(base, spec.model, spec.cache_identity(f"openai:{base}:{spec.model}"), mode,
                        api_key=_api_key(spec), price_input_per_mtok=spec.price_input_per_mtok or 0.0,
                        price_output_per_mtok=spec.price_output_per_mtok or 0.0, rpm=spec.rpm, tpm=spec.tpm,
-                       batch=spec.batch, batch_discount=spec.batch_discount)
+                       batch=spec.batch, batch_discount=spec.batch_discount,
+                       price_cached_input_per_mtok=spec.price_cached_input_per_mtok)
 
 
 def run_with_llm(spec: ModelSpec, settings: ClientSettings,

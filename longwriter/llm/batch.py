@@ -52,6 +52,7 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    cached_tokens: int = 0  # of prompt_tokens, those the API reported as cached (billed at the cached price)
 
 
 # a line's outcome: its Answer, or the error that a later round may not repeat
@@ -234,9 +235,10 @@ class BatchRunner:
         if text is None:
             return "response has no choices" if not choices else "response message has no content"
         usage = body.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
         return Answer(text=text, finish_reason=choices[0].get("finish_reason") or "unknown",
-                      prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                      completion_tokens=int(usage.get("completion_tokens") or 0), latency_s=round(waited, 4))
+                      prompt_tokens=prompt_tokens, completion_tokens=int(usage.get("completion_tokens") or 0),
+                      latency_s=round(waited, 4), cached_tokens=cached_prompt_tokens(usage, prompt_tokens))
 
     async def _find(self, client: openai.AsyncOpenAI, fid: str, since: float) -> Any | None:
         """The batch created from input file ``fid``, if any (the list is newest first)."""
@@ -256,6 +258,18 @@ class BatchRunner:
             with attempt:
                 return await call()
         raise AssertionError("unreachable: tenacity reraises")
+
+
+def cached_prompt_tokens(usage: Any, prompt_tokens: int) -> int:
+    """The prompt tokens a reply's usage (the SDK's object, or a Batch API line's JSON) reports as cached
+    (``prompt_tokens_details.cached_tokens``: OpenAI, vLLM with its prefix cache), 0 when absent or null, never
+    more than ``prompt_tokens``."""
+    def field(obj: Any, name: str) -> Any:
+        return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+    cached = field(field(usage, "prompt_tokens_details"), "cached_tokens")
+    if isinstance(cached, bool) or not isinstance(cached, int | float):
+        return 0
+    return max(0, min(int(cached), prompt_tokens))
 
 
 def _transient(e: BaseException) -> bool:

@@ -27,7 +27,7 @@ from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from longwriter.errors import LongwriterError
-from longwriter.llm.batch import Answer, BatchRunner
+from longwriter.llm.batch import Answer, BatchRunner, cached_prompt_tokens
 from longwriter.llm.cache import ResponseCache, request_key
 from longwriter.llm.spec import ClientSettings, Sampling
 
@@ -65,9 +65,18 @@ class Endpoint:
     # calls go out as OpenAI Batch API jobs (longwriter.llm.batch), billed at the prices less batch_discount
     batch: bool = False
     batch_discount: float = 0.0
+    # dollars per million prompt tokens the backend reports as cached; None: price_input_per_mtok
+    price_cached_input_per_mtok: float | None = None
 
-    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
-        full = (prompt_tokens * self.price_input_per_mtok + completion_tokens * self.price_output_per_mtok) / 1e6
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """A call's price: its uncached prompt tokens at the input price, its cached ones (at most all of the
+        prompt) at the cached-input price, its completion at the output price; with the Batch API, less the
+        batch discount on the whole."""
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        cached_price = (self.price_input_per_mtok if self.price_cached_input_per_mtok is None
+                        else self.price_cached_input_per_mtok)
+        full = ((prompt_tokens - cached) * self.price_input_per_mtok + cached * cached_price
+                + completion_tokens * self.price_output_per_mtok) / 1e6
         return full * (1 - self.batch_discount) if self.batch else full
 
 
@@ -80,6 +89,9 @@ class Completion:
     latency_s: float
     cached: bool
     attempts: int
+    # the prompt tokens the backend reported as cached (usage.prompt_tokens_details.cached_tokens: a prefix it
+    # had seen; 0 when it does not say). Stored with the answer, so a replay reports what the call reported
+    cached_tokens: int = 0
 
 
 class BudgetExhausted(LongwriterError):
@@ -109,6 +121,11 @@ class CallStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     sent_completion_tokens: int = 0
+    # of prompt_tokens, those the backend reported as cached (a prefix it had seen before: OpenAI bills them at
+    # the spec's price_cached_input_per_mtok, vLLM skips their prefill); the sent_ figure counts the calls sent
+    # only, as sent_completion_tokens does. Not this client's response cache: its hits are cache_hits
+    cached_prompt_tokens: int = 0
+    sent_cached_prompt_tokens: int = 0
     sent_seconds: float = 0.0
     # US dollars of this client's paid calls, from the spec's prices (0 without prices, and for local backends)
     cost_usd: float = 0.0
@@ -215,19 +232,20 @@ class LLMClient:
         completion = await self._send(request)
         self.cache.put(key, self.endpoint.identity, {
             k: v for k, v in asdict(completion).items() if k not in ("cached", "attempts")})
-        self._paid(completion.prompt_tokens, completion.completion_tokens)
+        self._paid(completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens)
         self.stats.sent_seconds += completion.latency_s
         return self._account(completion)
 
-    def _paid(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def _paid(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None:
         self.stats.sent_calls += 1
         self.stats.sent_completion_tokens += completion_tokens
-        cost = self.endpoint.cost_usd(prompt_tokens, completion_tokens)
+        self.stats.sent_cached_prompt_tokens += cached_tokens
+        cost = self.endpoint.cost_usd(prompt_tokens, completion_tokens, cached_tokens)
         self.stats.cost_usd += cost
         self.settings.spend.usd += cost
 
     def _paid_line(self, answer: Answer) -> None:
-        self._paid(answer.prompt_tokens, answer.completion_tokens)
+        self._paid(answer.prompt_tokens, answer.completion_tokens, answer.cached_tokens)
 
     def _paid_batch(self, waited_s: float) -> None:
         self.stats.batches += 1
@@ -265,6 +283,7 @@ class LLMClient:
     def _account(self, c: Completion) -> Completion:
         self.stats.prompt_tokens += c.prompt_tokens
         self.stats.completion_tokens += c.completion_tokens
+        self.stats.cached_prompt_tokens += c.cached_tokens
         if c.finish_reason == "length":
             self.stats.truncated += 1
         return c
@@ -310,11 +329,12 @@ class LLMClient:
             if text is None:
                 raise _EmptyResponse("response message has no content")
             usage = resp.usage
+            prompt_tokens = usage.prompt_tokens if usage else 0
             return Completion(
-                text=text, finish_reason=choice.finish_reason or "unknown",
-                prompt_tokens=usage.prompt_tokens if usage else 0,
+                text=text, finish_reason=choice.finish_reason or "unknown", prompt_tokens=prompt_tokens,
                 completion_tokens=usage.completion_tokens if usage else 0,
-                latency_s=round(latency, 4), cached=False, attempts=attempt)
+                latency_s=round(latency, 4), cached=False, attempts=attempt,
+                cached_tokens=cached_prompt_tokens(usage, prompt_tokens))
         except (asyncio.CancelledError, BudgetExhausted):
             raise
         except openai.APIStatusError as e:

@@ -62,7 +62,8 @@ def file_digest(path: Path) -> str:
 
 
 def embedded_identity(spec: ModelSpec) -> str:
-    return f"embedded:gguf-{file_digest(resolve_gguf(spec))}"
+    window = "" if spec.penalty_last_n == 64 else f":penalty_last_n-{spec.penalty_last_n}"
+    return f"embedded:gguf-{file_digest(resolve_gguf(spec))}{window}"
 
 
 def _free_port() -> int:
@@ -116,6 +117,8 @@ def embedded_server(spec: ModelSpec, log_dir: str | Path, start_timeout_s: float
         # paragraph n shares its instruction, plan and history with paragraph n-1 of the same piece, three calls
         # back). 15 write-shaped calls: 50.7 s -> 37.0 s (bench/embedded_throughput.py).
         "--cache", "True", "--cache_type", "ram", "--cache_size", str(1 << 30),
+        # the penalties' window (ModelSpec.penalty_last_n): llama.cpp's default 64 tokens lets a long text loop
+        "--last_n_tokens_size", str(spec.penalty_last_n),
     ]
     base_url = f"http://127.0.0.1:{port}/v1"
     with log_path.open("ab") as log:

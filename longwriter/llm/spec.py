@@ -27,6 +27,10 @@ class ModelSpec:
     gguf_path: str | None = None
     n_ctx: int = 8192
     n_threads: int | None = None
+    # embedded only: how many of the latest generated tokens llama.cpp's frequency and presence penalties count
+    # (its last_n_tokens_size; OpenAI's count the whole completion). Part of the response cache's identity
+    # when not the default
+    penalty_last_n: int = 64
     # how a JSON schema is sent: llama.cpp wants json_object+schema, OpenAI and vLLM json_schema
     structured_output: StructuredOutput = "auto"
     # local only: a transformers checkpoint directory (e.g. models/sft), and how many concurrent requests
@@ -42,6 +46,11 @@ class ModelSpec:
     # cost_usd and llm.max_cost_usd stops a stage before it spends more (local backends cost nothing)
     price_input_per_mtok: float | None = None
     price_output_per_mtok: float | None = None
+    # what the endpoint charges for the prompt tokens it reports as cached (usage.prompt_tokens_details.
+    # cached_tokens: a prefix it has seen before; OpenAI bills them at a discount), in US dollars per million;
+    # null: cached tokens cost price_input_per_mtok like the rest of the prompt. No price is part of the response
+    # cache's identity: a price change re-prices new calls and replays every answer already paid for
+    price_cached_input_per_mtok: float | None = None
     # the account's requests and tokens per minute, honoured across all of a client's concurrent calls
     rpm: int | None = None
     tpm: int | None = None
@@ -52,7 +61,7 @@ class ModelSpec:
     batch_discount: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("price_input_per_mtok", "price_output_per_mtok"):
+        for name in ("price_input_per_mtok", "price_output_per_mtok", "price_cached_input_per_mtok"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
                 raise ValueError(f"{name} must be a non-negative number of dollars, got {value!r}")
@@ -69,6 +78,8 @@ class ModelSpec:
             raise ValueError("provider 'openai' needs base_url and model")
         if self.provider == "local" and not self.path:
             raise ValueError("provider 'local' needs path (a checkpoint directory)")
+        if self.penalty_last_n < 0:
+            raise ValueError("penalty_last_n must be >= 0")
         if self.n_ctx < 256:
             raise ValueError("n_ctx must be at least 256")
 

@@ -24,8 +24,8 @@ from longwriter.failures import Reason, failure_row, reason_counts, write_failur
 from longwriter.files import read_table, write_metrics
 from longwriter.generation import LOSSLESS_RATIO, EvalModel, LengthCap, generate_answers
 from longwriter.judge import DIMENSIONS, JudgeConfig, judge_answers
-from longwriter.llm import ClientSettings, ModelSpec, Sampling
-from longwriter.schemas import Instructions, Pairs, empty, validate, write_checked
+from longwriter.llm import CallStats, ClientSettings, ModelSpec, Sampling
+from longwriter.schemas import Answers, Instructions, Pairs, empty, validate, write_checked
 from longwriter.scoring import bucket_of, dimension_score, length_score, overall, quality_score
 
 
@@ -97,15 +97,29 @@ def _requests(instructions: pl.DataFrame) -> pl.DataFrame:
                                       "required": pl.Int64, "lang": pl.Utf8, "bucket": pl.Utf8})
 
 
+def split_over_ceiling(requests: pl.DataFrame, ceiling: int) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """The requests whose answers can fit ``ceiling`` tokens, and a failure row for each other one: a prompt asking
+    more words than the ceiling holds tokens (the project's models spend at least one token a word) gets only cut
+    answers, which take no part in a pair, so sampling it would pay for nothing."""
+    fits = requests["required"] <= ceiling
+    rows = [failure_row("dpo_pairs", Reason.OVER_CEILING,
+                        f"asks {r['required']} words; the ceiling (dpo_pairs.sampling.max_tokens) is {ceiling} tokens",
+                        instruction_id=r["id"]) for r in requests.filter(~fits).iter_rows(named=True)]
+    return requests.filter(fits), rows
+
+
 def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings, instructions_path: str | Path,
                   model_dir: str | Path, output: str | Path, failures: str | Path, metrics: str | Path,
                   timings: str | Path | None = None) -> dict[str, Any]:
     instructions = validate(read_table(instructions_path), Instructions, instructions_path)
-    requests = _requests(instructions)
+    requests, over_ceiling = split_over_ceiling(_requests(instructions), cfg.sampling.max_tokens)
     policy = EvalModel("policy", ModelSpec(provider="local", path=str(model_dir), max_batch=cfg.max_batch))
-    answers, unanswered, gen_stats = generate_answers(requests.drop("id"), (policy,), cfg.sampling, settings,
-                                                      "dpo_pairs", samples=cfg.samples,
-                                                      cap=LengthCap(ratio=cfg.cap_ratio))
+    if requests.height:
+        answers, unanswered, gen_stats = generate_answers(requests.drop("id"), (policy,), cfg.sampling, settings,
+                                                          "dpo_pairs", samples=cfg.samples,
+                                                          cap=LengthCap(ratio=cfg.cap_ratio))
+    else:  # nothing to sample: no model is loaded
+        answers, unanswered, gen_stats = empty(Answers), [], {"policy": CallStats()}
     ids = dict(zip(requests["index"].to_list(), requests["id"].to_list(), strict=True))
     # an answer that is not complete text (cut off, empty, refused) is neither chosen nor rejected: DPO would
     # teach the model to stop in mid-sentence, or to prefer that over another answer
@@ -118,7 +132,8 @@ def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings
     candidates = [{"prompt_id": ids[a["index"]], "prompt": a["prompt"], "sample": a["sample"], "text": a["text"],
                    "score": None} for a, r in zip(answers.iter_rows(named=True), why, strict=True) if r is not None]
     answers = answers.filter(pl.Series([r is None for r in why], dtype=pl.Boolean))
-    outcomes, judge_stats = judge_answers(answers, judge, settings, "dpo_pairs judge")
+    outcomes, judge_stats = (judge_answers(answers, judge, settings, "dpo_pairs judge") if answers.height
+                             else ([], CallStats().as_metrics()))
     unrated = []
     for a, o in zip(answers.iter_rows(named=True), outcomes, strict=True):
         score = None
@@ -135,10 +150,11 @@ def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings
     write_checked(pairs, Pairs, output)
     for f in unanswered:
         f["instruction_id"] = ids[int(f["instruction_id"].rsplit("/", 1)[1])]
-    failure_rows = unanswered + incomplete + unrated + no_pair
+    failure_rows = over_ceiling + unanswered + incomplete + unrated + no_pair
     write_failures(failure_rows, failures)
     scores = [c["score"] for c in candidates if c["score"] is not None]
-    result = {"prompts": requests.height, "samples": len(candidates), "unanswered": len(unanswered),
+    result = {"prompts": requests.height + len(over_ceiling), "over_ceiling": len(over_ceiling),
+              "samples": len(candidates), "unanswered": len(unanswered),
               "incomplete": len(incomplete), "unrated": len(unrated), "pairs": pairs.height,
               "failures": reason_counts(failure_rows),
               "max_tokens": {"min": int(answers["max_tokens"].min()), "max": int(answers["max_tokens"].max())}

@@ -31,7 +31,7 @@ class SFTSettings:
     """The ``sft`` section."""
 
     train: TrainSettings = field(default_factory=lambda: TrainSettings(
-        learning_rate=5e-5, num_train_epochs=2.0, gradient_accumulation_steps=2, max_length=3072))
+        learning_rate=5e-5, num_train_epochs=1.0, gradient_accumulation_steps=2, max_length=6144))
     loss_averaging: Literal["token", "sequence"] = "token"
     packing: bool = False          # pack several examples per sequence (BFD); needs padding_free attention
     padding_free: bool = False     # no pad tokens in a batch (flash-attention kernels on GPU)
