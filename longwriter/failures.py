@@ -45,7 +45,8 @@ class Reason(StrEnum):
                "the text stopped on the token limit in mid-sentence (after its continuations and retries)")
     INCOMPLETE = "incomplete", "drop", "an answer lacks some of its planned sections"
     COLLAPSED = "collapsed", "drop", "the plan had more sections than max_sections"
-    TOO_SHORT = "too_short", "drop", "the answer has fewer words than min_words_ratio of its plan"
+    TOO_SHORT = ("too_short", "drop",
+                 "the answer has fewer words than min_words_ratio of its plan, or than postprocess.min_words")
     REPETITIVE = "repetitive", "drop", "the answer repeats its n-grams beyond max_repetition"
     NO_USER_TURN = "no_user_turn", "drop", "a pool conversation without a user turn"
     DUPLICATE_POINT = ("duplicate_point", "drop",

@@ -54,7 +54,7 @@ TINY_PARAMS = {
     "write": {"mode": "sequential", "max_continuations": 1, "generator": EMBEDDED,
               "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 400, "seed": 0}},
     # keep every written answer: training needs at least one long sample
-    "postprocess": {"min_words_ratio": 0.0, "max_repetition": 1.0},
+    "postprocess": {"min_words_ratio": 0.0, "max_repetition": 1.0, "min_words": None},
     "export": {"shard_rows": 1},
     "segments": {"parts": 4, "n": 2, "min_words": 20},
     "nll": {"min_tokens": 16, "window": 256, "max_texts": 2, "positions": [8, 16]},

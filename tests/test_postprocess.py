@@ -74,7 +74,7 @@ def test_build_samples_keeps_and_drops_with_reasons():
     }
     budgets = {"good": [100, 100], "short": [100, 100], "loop": [100, 100], "partial": [100, 100],
                "many": [50, 50, 50]}
-    samples, dropped, extra = build_samples(*frames(texts, budgets), PostprocessConfig(max_sections=2))
+    samples, dropped, extra = build_samples(*frames(texts, budgets), PostprocessConfig(max_sections=2, min_words=None))
     validate(samples, LongSamples, "out")
     assert samples["id"].to_list() == ["good"]
     msgs = samples["messages"][0].to_list()
@@ -97,7 +97,7 @@ def test_incomplete_paragraphs_drop_their_sample_with_the_reason():
     }
     budgets = {k: [100, 100] for k in texts}
     finish = {"cut": "length"}
-    samples, dropped, _ = build_samples(*frames(texts, budgets, finish), PostprocessConfig())
+    samples, dropped, _ = build_samples(*frames(texts, budgets, finish), PostprocessConfig(min_words=None))
     assert samples["id"].to_list() == ["good"]
     reasons = {d["instruction_id"]: (d["reason"], d["section"]) for d in dropped}
     assert reasons == {"cut": ("cut_off", 2), "refused": ("refusal", 1), "zh_refused": ("refusal", 2),
@@ -106,7 +106,7 @@ def test_incomplete_paragraphs_drop_their_sample_with_the_reason():
 
 def test_a_length_finish_that_ends_a_sentence_is_complete():
     samples, dropped, _ = build_samples(*frames({"a": [prose(0), prose(1)]}, {"a": [100, 100]}, {"a": "length"}),
-                                        PostprocessConfig())
+                                        PostprocessConfig(min_words=None))
     assert samples.height == 1 and not dropped
 
 
@@ -115,8 +115,15 @@ def test_only_lines_at_a_sections_start_are_removed_and_they_are_counted():
     middle = "The report lists a word count: 300 per chapter, as the editors asked."
     text = f"Sure, here is paragraph 2:\n\nWord count: 120\n{body}\n{middle}\n{prose(4)}"
     samples, dropped, extra = build_samples(*frames({"a": [prose(0), text]}, {"a": [100, 100]}),
-                                            PostprocessConfig())
+                                            PostprocessConfig(min_words=None))
     assert not dropped
     answer = samples["messages"][0].to_list()[1]["content"]
     assert middle in answer and "Sure, here is" not in answer and "Word count: 120" not in answer
     assert samples["lines_removed"][0] == 2 and extra["lines_removed"] == 2
+
+
+def test_a_sample_under_min_words_is_dropped_as_too_short():
+    texts = {"a": ["Word " * 40 + "end.", "Word " * 40 + "end."]}
+    samples, dropped, _ = build_samples(*frames(texts, {"a": [40, 40]}), PostprocessConfig(min_words=100))
+    assert samples.height == 0
+    assert [(d["reason"], d["error"]) for d in dropped] == [("too_short", "82 words < min_words 100")]

@@ -38,6 +38,8 @@ from longwriter.wordcount import count_words
 class PostprocessConfig:
     # an answer below this fraction of its planned words is too short
     min_words_ratio: float = 0.5
+    # and one below this many words (None: no floor): a long-output sample is long
+    min_words: int | None = 1000
     # more sections than this: the plan collapsed into too many steps
     max_sections: int = 40
     # share of repeated n-grams above which an answer counts as degenerate
@@ -152,6 +154,8 @@ def build_samples(instructions: pl.DataFrame, plans: pl.DataFrame, sections: pl.
             reason = (Reason.COLLAPSED, f"{len(texts)} sections > max_sections {cfg.max_sections}")
         elif words < cfg.min_words_ratio * planned_words:
             reason = (Reason.TOO_SHORT, f"{words} words < {cfg.min_words_ratio} x {planned_words} planned")
+        elif cfg.min_words is not None and words < cfg.min_words:
+            reason = (Reason.TOO_SHORT, f"{words} words < min_words {cfg.min_words}")
         elif (rep := repetition(answer, cfg.repetition_n)) > cfg.max_repetition:
             reason = (Reason.REPETITIVE, f"{rep:.2f} of {cfg.repetition_n}-grams repeated > {cfg.max_repetition}")
         if reason is not None:
