@@ -29,7 +29,8 @@ def main(params_file: str, instructions: str, model: str, output: str, failures:
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
     r = run_dpo_pairs(cfg, judge, settings, instructions, model, output, failures, metrics, timings=timings)
-    click.echo(f"dpo_pairs: {r['pairs']} pairs from {r['prompts']} prompts x {cfg.samples} samples, "
+    click.echo(f"dpo_pairs: {r['pairs']} pairs from {r['samples']} samples of {r['prompts'] - r['over_ceiling']} "
+               f"prompts ({r['over_ceiling']} asking more words than the ceiling holds tokens, not sampled), "
                f"mean margin {r['margin_mean']}")
 
 
