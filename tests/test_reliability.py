@@ -184,7 +184,7 @@ def test_api_key_never_leaves_the_environment(fake_server, tmp_path, tokenizer):
             "select": {"pools": ["data/pool/instructions.jsonl"], "min_estimated_words": 100, "selector": gen},
             "plan": {"generator": gen, "min_words": 20, "max_words": 400},
             "write": {"generator": gen, "max_continuations": 0},
-            "postprocess": {"max_repetition": 1.0, "min_words_ratio": 0.0},
+            "postprocess": {"max_repetition": 1.0, "min_words_ratio": 0.0, "min_words": None},
             "export": {"shard_rows": 10000},  # DVC counts an empty section as missing
             "segments": {"min_words": 20},
             "nll": {"min_tokens": 16, "window": 256, "max_texts": 2},
