@@ -2,8 +2,8 @@
 SFT data? (GLM-4-9B trained on sets capped at 500 / 1,000 / 2,000 words reached about 600 / 900 / 1,800 words.)
 
 \b
-    python bench/length_transfer.py              # the laptop recipe, three conditions (not yet timed: 60-90 minutes
-                                                 # on 2 cores expected)
+    python bench/length_transfer.py              # the laptop recipe, three conditions (42 minutes on 2 cores,
+                                                 # bench/results/length_transfer.json: seconds)
     python bench/length_transfer.py --dry-run    # the commands; the recipe applied and checked, the experiments
                                                  # queued and removed again, nothing trained (~30 s)
     python bench/length_transfer.py --keep /tmp/lt            # keep the clone (its DVC experiments, caches)
