@@ -172,7 +172,7 @@ def test_mix_tiny_input_keeps_one_validation_row(ratio: float | None) -> None:
 
 
 def test_mix_no_validation() -> None:
-    train, val = mix_frames(_long_frame(1), _general_frame(3), MixConfig(validation_fraction=0.0))
+    train, val = mix_frames(_long_frame(1), _general_frame(3), MixConfig(general_per_long=4.0, validation_fraction=0.0))
     assert val.height == 0 and train.height == 4
     validate(val, Chat, "validation")
 
