@@ -117,13 +117,6 @@ def apply_recipe(params_path: Path, recipe_path: Path) -> tuple[dict[str, Any], 
     return merged, new_keys(base, overlay)
 
 
-def write_overlay(repo: Path, overlay: dict[str, Any]) -> Path:
-    """``overlay`` as a recipe file in the clone's .git (never committed)."""
-    path = repo / ".git" / "length-transfer-overlay.yaml"
-    path.write_text(yaml.safe_dump(overlay), encoding="utf-8")
-    return path
-
-
 def conditions(params: dict[str, Any], max_words: str | None) -> list[int]:
     """``--max-words`` (comma-separated), else M/4, M/2, M from the recipe's mix.max_output_words."""
     if max_words:
@@ -464,8 +457,8 @@ def main(recipe: str, max_words: str | None, model: str, source: Path, keep: Pat
         params, added = apply_recipe(repo / "params.yaml", recipe_path)
         # one response cache for the baseline and every experiment (each runs in a workspace of its own under
         # .dvc/tmp/exps): the reference models' answers are paid once; llm.cache_dir is no stage's dependency
-        shared_cache = {"llm": {"cache_dir": str(repo / ".llm-cache")}}
-        params, _ = apply_recipe(repo / "params.yaml", write_overlay(repo, shared_cache))
+        params = deep_merge(params, {"llm": {"cache_dir": str(repo / ".llm-cache")}})
+        (repo / "params.yaml").write_text(dump_params(params), encoding="utf-8")
         if added:
             click.echo(f"the recipe adds keys params.yaml lacks: {', '.join(added)}", err=True)
         values = conditions(params, max_words)
