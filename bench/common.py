@@ -181,7 +181,7 @@ def write_workload(directory: Path, n: int, *, min_sections: int, max_sections: 
 
 
 def section_max_tokens(budget: int, tokens_per_word: float, cap: int) -> int:
-    """The write stage's per-call max_tokens (longwriter.agentwrite.write._sampling_for)."""
+    """The write stage's per-call max_tokens (longwriter.agentwrite.write.sampling_for)."""
     return min(cap, math.ceil(budget * tokens_per_word) + 64)
 
 

@@ -28,9 +28,14 @@ def main(params_file: str, output: str, failures: str, metrics: str, timings: st
     eval_cfg = build(EvalConfig, section(params, "eval", params_file), f"{params_file}:eval")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
     result = run_longbench_answers(cfg, eval_cfg, settings, output, failures, metrics, timings=timings)
-    for name, m in result.items():
-        click.echo(f"longbench_answer {name}: {m['answers']} answers, mean {m['mean_words']} words, "
+    for model in eval_cfg.models:
+        m = result[model.name]
+        click.echo(f"longbench_answer {model.name}: {m['answers']} answers, mean {m['mean_words']} words, "
                    f"{m['failed']} failed")
+    asked = result["requests"]
+    if asked["left_out_by_per_lang"]:
+        click.echo(f"longbench_answer: {asked['asked']} of the file's {asked['in_file']} requests asked "
+                   f"(longbench.per_lang)")
 
 
 if __name__ == "__main__":

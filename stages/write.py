@@ -10,7 +10,6 @@ longwriter/agentwrite/estimate.py) and writes it as JSON to --estimate-json, or 
 """
 
 import json
-from pathlib import Path
 
 import click
 
@@ -18,6 +17,7 @@ from longwriter.agentwrite import estimate as cost
 from longwriter.agentwrite.write import WriteConfig, run_write
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
+from longwriter.files import write_json
 from longwriter.llm import ClientSettings
 
 
@@ -50,7 +50,7 @@ def main(params_file: str, instructions: str, plans: str, output: str | None, fa
                                      min_cached_tokens=estimate_cache_min, cached_step_tokens=estimate_cache_step)
         text = json.dumps(result, indent=1, ensure_ascii=False) + "\n"
         if estimate_json:
-            Path(estimate_json).write_text(text, encoding="utf-8")
+            write_json(result, estimate_json)
             click.echo(cost.summary(result))
         else:
             click.echo(cost.summary(result), err=True)

@@ -13,7 +13,7 @@ import pytest
 from longwriter.benchmark import read_benchmark
 from longwriter.errors import InputError
 from longwriter.eval.compare import compare_metrics, outcome
-from longwriter.eval.longbench import longbench_metrics, score_row, unanswered_rows
+from longwriter.eval.longbench import LongBenchConfig, asked_requests, longbench_metrics, score_row, unanswered_rows
 from longwriter.eval.ruler import ruler_metrics
 from longwriter.generation import fit_max_tokens
 from longwriter.judge import DIMENSIONS, Rating, RatingOutcome
@@ -75,6 +75,23 @@ def test_project_longbench_files() -> None:
     pairs = set(zip(bench["bucket"], bench["lang"], strict=True))
     assert pairs == {(b, lang) for b in ("0-500", "500-2k", "2k-4k", "4k-20k") for lang in ("zh", "en")}
     assert bench["bucket"].to_list() == [bucket_of(n) for n in bench["required"]]
+
+
+def test_longbench_per_lang_asks_the_first_of_each_language_in_file_order() -> None:
+    bench = read_benchmark(ROOT / "data" / "eval" / "longbench.jsonl")
+    asked = asked_requests(bench, LongBenchConfig().per_lang)
+    assert asked.height == 8 and asked["lang"].value_counts().sort("lang")["count"].to_list() == [4, 4]
+    for lang in ("en", "zh"):
+        mine = bench.filter(pl.col("lang") == lang)["index"].to_list()
+        assert asked.filter(pl.col("lang") == lang)["index"].to_list() == mine[:4]
+    assert asked_requests(bench, None).equals(bench)
+    assert asked_requests(bench, 100).equals(bench)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "4"])
+def test_longbench_per_lang_refuses_non_positive_integers(bad: Any) -> None:
+    with pytest.raises(ValueError, match="per_lang"):
+        LongBenchConfig(per_lang=bad)
 
 
 def test_project_ruler_file() -> None:

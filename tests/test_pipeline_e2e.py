@@ -175,6 +175,7 @@ def test_evaluation_stages_write_tables_metrics_and_plots(repo):
     assert [r[name]["llm"]["sent_calls"] for name in ("a", "b", "c")] == [4, 4, 0 if unchanged else 4]
     scores = validate(pl.read_parquet(repo / "data/eval/longbench_scores.parquet"), Scores, "scores")
     assert scores.height == 6
+    assert metrics(repo, "longbench_answer")["requests"] == {"in_file": 2, "asked": 2, "left_out_by_per_lang": 0}
     lb = metrics(repo, "longbench")
     for name in ("a", "b", "c"):
         m = lb[name]

@@ -219,6 +219,20 @@ def test_general_keeps_complete_answers_only(fake_server, tmp_path):
     assert failures["reason"].to_list() == ["cut_off"] and failures["attempts"].to_list() == [2]
 
 
+def test_general_answers_the_first_max_prompts_and_counts_the_rest(fake_server, tmp_path):
+    from longwriter.train.general import GeneralConfig, run_general
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(f'{{"id": "g{i}", "prompt": "Say {i}."}}\n' for i in range(3)))
+    with fake_server() as srv:
+        cfg = GeneralConfig(prompts=str(prompts), generator=fake_spec(srv), max_prompts=2)
+        m = run_general(cfg, fast_settings(tmp_path), tmp_path / "chat.parquet", tmp_path / "f.parquet",
+                        tmp_path / "m.json")
+        asked = len(srv.log)
+    assert (m["prompts"], m["left_out_by_max_prompts"], asked) == (2, 1, 2)
+    assert sorted(pl.read_parquet(tmp_path / "chat.parquet")["id"]) == ["g0", "g1"]
+
+
 def test_compare_records_requests_one_model_did_not_answer(fake_server, tmp_path):
     from longwriter.eval.compare import CompareConfig, run_compare
     from longwriter.generation import answer_row

@@ -48,9 +48,9 @@ from typing import Any, Literal
 
 from longwriter.agentwrite.write import (
     WriteConfig,
-    _sampling_for,
     instruction_order,
     read_inputs,
+    sampling_for,
     section_messages,
 )
 
@@ -141,7 +141,7 @@ def estimate_mode(prompts: dict[str, str], langs: dict[str, str], plans: dict[st
             cached += _round_cached(shared, p_tokens, min_cached_tokens, cached_step_tokens)
             prompt_tokens += p_tokens
             calls += 1
-            max_tokens = _sampling_for(budget, mcfg).max_tokens
+            max_tokens = sampling_for(budget, mcfg).max_tokens
             completion += min(_tokens(budget, tokens_per_word), max_tokens)
             if n == 1:
                 previous_first = text

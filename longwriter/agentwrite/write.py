@@ -164,7 +164,7 @@ async def _write_once(llm: LLMClient, instruction: str, plan: list[tuple[str, in
     """One write of a paragraph, with continuation calls while it falls short (``attempt`` picks the seed)."""
     budget = plan[n - 1][1]
     messages = section_messages(instruction, plan, n, written, cfg)
-    sampling = _sampling_for(budget, cfg)
+    sampling = sampling_for(budget, cfg)
     reply = await llm.complete(messages, sampling, sample=attempt)
     out = Written(reply.text.strip(), reply.prompt_tokens, reply.completion_tokens, reply.latency_s,
                   reply.finish_reason)
@@ -173,7 +173,7 @@ async def _write_once(llm: LLMClient, instruction: str, plan: list[tuple[str, in
         remaining = max(budget - count_words(out.text), budget // 4, 20)
         follow = [*messages, {"role": "assistant", "content": out.text},
                   {"role": "user", "content": render_prompt("write_continue", words=remaining)}]
-        reply = await llm.complete(follow, _sampling_for(remaining, cfg), sample=attempt)
+        reply = await llm.complete(follow, sampling_for(remaining, cfg), sample=attempt)
         out.continuations += 1
         out.prompt_tokens += reply.prompt_tokens
         out.completion_tokens += reply.completion_tokens
@@ -197,7 +197,8 @@ def _trim_cut_off(out: Written, budget: int, cfg: WriteConfig) -> None:
         out.text, out.trimmed = kept, True
 
 
-def _sampling_for(words: int, cfg: WriteConfig) -> Sampling:
+def sampling_for(words: int, cfg: WriteConfig) -> Sampling:
+    """The sampling of a call writing ``words`` words: max_tokens at most words x tokens_per_word + 64."""
     s = cfg.sampling
     return dataclasses.replace(s, max_tokens=min(s.max_tokens, math.ceil(words * cfg.tokens_per_word) + 64))
 

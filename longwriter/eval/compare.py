@@ -37,7 +37,7 @@ class CompareConfig:
     bootstrap: int = 200
     seed: int = 0
     # requests compared: a sample of this many (seeded), the same for every pair; null: all of them
-    requests: int | None = 8
+    requests: int | None = 4
 
     def __post_init__(self) -> None:
         for pair in self.pairs:

@@ -36,13 +36,29 @@ class LongBenchConfig:
     # a file of the benchmark's English requests (the public release's English half): its prompts count as en,
     # the others as zh; None: by each request's lang field, else by its script (benchmark.read_benchmark)
     en_file: str | None = None
+    # requests asked per language: the first N of each in file order, so a sample keeps the file's language
+    # balance and the same requests from run to run; None: all. The others are counted, never asked
+    per_lang: int | None = 4
+
+    def __post_init__(self) -> None:
+        if self.per_lang is not None and (isinstance(self.per_lang, bool) or not isinstance(self.per_lang, int)
+                                          or self.per_lang < 1):
+            raise ValueError(f"per_lang must be a positive integer or null (all), got {self.per_lang!r}")
+
+
+def asked_requests(bench: pl.DataFrame, per_lang: int | None) -> pl.DataFrame:
+    """The first ``per_lang`` requests of each language, in file order (None: all)."""
+    if per_lang is None:
+        return bench
+    return bench.filter(pl.int_range(pl.len()).over("lang") < per_lang)
 
 
 def run_longbench_answers(cfg: LongBenchConfig, eval_cfg: EvalConfig, settings: ClientSettings,
                           output: str | Path, failures: str | Path, metrics: str | Path,
                           timings: str | Path | None = None) -> dict[str, Any]:
-    """Every listed model answers every request once."""
-    bench = read_benchmark(cfg.input, en_file=cfg.en_file)
+    """Every listed model answers every request asked (``cfg.per_lang``) once."""
+    in_file = read_benchmark(cfg.input, en_file=cfg.en_file)
+    bench = asked_requests(in_file, cfg.per_lang)
     answers, failed, stats = generate_answers(bench, eval_cfg.models, eval_cfg.sampling, settings,
                                               "longbench_answer", cap=eval_cfg.length_cap)
     write_checked(answers, Answers, output)
@@ -58,6 +74,9 @@ def run_longbench_answers(cfg: LongBenchConfig, eval_cfg: EvalConfig, settings: 
             **answer_metrics(mine),
             "llm": stats[model.name].as_metrics(),
         }
+    # not a model: what of the file was asked, so a sample is never read as the whole benchmark
+    result["requests"] = {"in_file": in_file.height, "asked": bench.height,
+                          "left_out_by_per_lang": in_file.height - bench.height}
     write_metrics(result, metrics, timings)
     return result
 

@@ -28,10 +28,16 @@ class GeneralConfig:
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.95, max_tokens=512))
     # answers until one is complete text (longwriter.completeness); then the prompt is dropped and recorded
     max_attempts: int = 2
+    # prompts answered: the first N of the file (None: all). mix takes general_per_long x the long samples, so
+    # answering more than that and a few spares pays for answers it leaves out; the others are counted
+    max_prompts: int | None = 12
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if self.max_prompts is not None and (isinstance(self.max_prompts, bool)
+                                             or not isinstance(self.max_prompts, int) or self.max_prompts < 1):
+            raise ValueError(f"max_prompts must be a positive integer or null (all), got {self.max_prompts!r}")
 
 
 async def answer(llm: LLMClient, prompt_id: str, prompt: str, cfg: GeneralConfig) -> dict[str, Any]:
@@ -56,6 +62,8 @@ def run_general(cfg: GeneralConfig, settings: ClientSettings, output: str | Path
                 metrics: str | Path, timings: str | Path | None = None) -> dict[str, Any]:
     pool = validate(read_table(cfg.prompts, columns=["id", "prompt"]), Pool, cfg.prompts)
     rows = list(pool.iter_rows(named=True))
+    in_file = len(rows)
+    rows = rows[:cfg.max_prompts]
 
     async def work(llm: LLMClient) -> list[dict[str, Any]]:
         return await run_each(rows, lambda row: answer(llm, row["id"], row["prompt"], cfg),
@@ -66,7 +74,7 @@ def run_general(cfg: GeneralConfig, settings: ClientSettings, output: str | Path
     write_checked(chat, Chat, output)
     failed = [r for r in results if "error" in r]
     write_failures(failed, failures)
-    result = {"prompts": len(rows), "examples": chat.height, "failed": len(failed),
-              "failures": reason_counts(failed), "llm": stats.as_metrics()}
+    result = {"prompts": len(rows), "left_out_by_max_prompts": in_file - len(rows), "examples": chat.height,
+              "failed": len(failed), "failures": reason_counts(failed), "llm": stats.as_metrics()}
     write_metrics(result, metrics, timings)
     return result
