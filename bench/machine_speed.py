@@ -1,0 +1,69 @@
+"""Machine speed: this machine against the one that recorded a past default run, on identical work.
+
+    python bench/machine_speed.py [--commit 689c9a8]
+
+A wall time measured on one session's machine is not comparable with one measured on another: the 2-core
+machines lent to sessions differ. This reruns one stage of a past default run, ``general`` (the embedded
+llama.cpp model answering the general prompts), at that run's commit, with its params and an empty response
+cache, and times it here. The work is identical when the completion tokens match the past run's metrics (the
+seeded sampling makes them match); the script refuses a ratio otherwise. ``ratio`` = seconds here / seconds
+there: above 1, this machine is slower at that work.
+
+Results go to bench/results/machine_speed.json: ``commit``, ``stage``, ``seconds_there`` (from that commit's
+bench/results/default_run.json), ``seconds_here``, ``completion_tokens`` and ``ratio``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import yaml
+from common import ROOT, save_result
+
+
+def _show(commit: str, path: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], check=True, capture_output=True,
+                          text=True).stdout
+
+
+@click.command(help=__doc__)
+@click.option("--commit", default="689c9a8", show_default=True,
+              help="A commit whose bench/results/default_run.json holds the stage's time on its machine.")
+def main(commit: str) -> None:
+    past = json.loads(_show(commit, "bench/results/default_run.json"))
+    there = past["stages"]["general"]["seconds"]
+    tokens_there = past["metrics"]["general"]["llm"]["completion_tokens"]
+    with tempfile.TemporaryDirectory(prefix="machine-speed-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True,
+                       capture_output=True)
+        try:
+            params = yaml.safe_load((tree / "params.yaml").read_text(encoding="utf-8"))
+            params["llm"]["cache_dir"] = str(Path(tmp) / "cache")  # empty: every call is paid
+            (Path(tmp) / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+            out = Path(tmp) / "out"
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "stages.general", "--params", str(Path(tmp) / "params.yaml"),
+                            "--output", str(out / "general.parquet"), "--failures", str(out / "failures.parquet"),
+                            "--metrics", str(out / "general.json")], cwd=tree, check=True)
+            here = time.perf_counter() - started
+            tokens_here = json.loads((out / "general.json").read_text())["llm"]["completion_tokens"]
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+    if tokens_here != tokens_there:
+        raise click.ClickException(f"not the same work: {tokens_here} completion tokens here, {tokens_there} there")
+    result = {"commit": commit, "stage": "general", "seconds_there": there, "seconds_here": round(here, 1),
+              "completion_tokens": tokens_here, "ratio": round(here / there, 2)}
+    save_result("machine_speed", result)
+    click.echo(f"general at {commit}: {result['seconds_here']} s here, {there} s on the machine of its default run "
+               f"({tokens_here} completion tokens both): ratio {result['ratio']}")
+
+
+if __name__ == "__main__":
+    main()
