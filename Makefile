@@ -27,7 +27,7 @@ WITH_BIN = PATH="$(PY_BIN):$$PATH"
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_LLAMAFILE=OFF
 
 # torch first, pinned: an unpinned `torch` requirement pulls a multi-GB CUDA build. 2.13.0 is a CPU build here;
-# on a GPU node install requirements/gpu.txt instead (docs/scale.md).
+# on a GPU node `make install-gpu` installs the GPU lock's CUDA build instead (docs/scale.md).
 TORCH ?= torch==2.13.0
 
 # Every other dependency, pinned with hashes (`make lock` writes it from pyproject.toml's ranges).
@@ -37,7 +37,17 @@ LOCK := requirements/cpu.lock
 LOCK_TORCH_SOURCE ?= $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 LOCK_PLATFORM := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
-.PHONY: install run test lint lock
+# The GPU lock (`make install-gpu`, docs/scale.md): the CPU lock's pins and torch's version (a CUDA build), plus
+# vLLM (in the range TRL's `vllm` extra declares) and DeepSpeed, with hashes. `make lock` compiles it constrained
+# to every pin of $(LOCK) except these, which vLLM forces lower (tests/test_gpu_lock.py allows exactly these):
+# fastapi (every vLLM from 0.23 caps fastapi[standard] below 0.137) and numpy (vLLM >= 0.27 needs
+# mistral-common >= 1.11.6, which caps numpy below 2.4 on Python < 3.13; vLLM < 0.27 pins torch 2.11).
+GPU_LOCK := requirements/gpu.txt
+GPU_LOCK_DIFFERS := fastapi numpy
+# what llama.cpp's GPU-node build adds to the portable flags, e.g. -DGGML_CUDA=on (needs the CUDA toolkit)
+LLAMA_GPU_CMAKE_ARGS ?=
+
+.PHONY: install install-gpu run test lint lock
 
 $(MAKE_VENV):
 	if command -v uv >/dev/null 2>&1; then uv venv --seed --python $(BOOTSTRAP_PYTHON) .venv; \
@@ -48,6 +58,14 @@ $(MAKE_VENV):
 install: | $(MAKE_VENV)
 	$(PY) -m pip install $(TORCH)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --no-cache-dir --no-deps --require-hashes -r $(LOCK)
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+
+# A CUDA node: the GPU lock (CUDA torch included) in place of torch + the CPU lock, llama.cpp with the same portable
+# flags (a -march=native build crashes on AVX-512 Xeons, above)
+install-gpu: | $(MAKE_VENV)
+	CMAKE_ARGS="$(strip $(LLAMA_CMAKE_ARGS) $(LLAMA_GPU_CMAKE_ARGS))" $(PY) -m pip install --no-cache-dir --no-deps \
+	  --require-hashes -r $(GPU_LOCK)
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
 
@@ -67,5 +85,8 @@ lock:
 	$(PY) -m uv pip compile pyproject.toml --extra dev --generate-hashes $(LOCK_PLATFORM) \
 	  --constraint requirements/torch-cpu.txt $(LOCK_TORCH_SOURCE) --no-emit-package torch --no-emit-package pip \
 	  --output-file $(LOCK)
-	$(PY) -m uv pip compile pyproject.toml requirements/gpu.in $(LOCK_PLATFORM) --no-emit-package pip \
-	  --output-file requirements/gpu.txt
+	{ sed -n 's/^\([a-z0-9][a-z0-9._-]*==[^ ]*\) \\$$/\1/p' $(LOCK) | grep -v $(foreach p,$(GPU_LOCK_DIFFERS),-e '^$(p)=='); \
+	  sed -n 's/^\(torch==[^+]*\).*/\1/p' requirements/torch-cpu.txt; } > requirements/cpu-pins.tmp
+	$(PY) -m uv pip compile pyproject.toml requirements/gpu.in --constraint requirements/cpu-pins.tmp --generate-hashes \
+	  $(LOCK_PLATFORM) --no-emit-package pip --custom-compile-command 'make lock' --output-file $(GPU_LOCK)
+	rm requirements/cpu-pins.tmp

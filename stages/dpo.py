@@ -5,6 +5,7 @@ import click
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
 from longwriter.train.dpo import DPOSettings, run_dpo
+from longwriter.train.trainer import base_trust_remote_code
 
 
 @click.command(help=__doc__)
@@ -22,7 +23,10 @@ def main(params_file: str, model: str, pairs: str, output: str, metrics: str, ti
          failures: str) -> None:
     params = read_params(params_file)
     cfg = build(DPOSettings, section(params, "dpo", params_file), f"{params_file}:dpo")
-    r = run_dpo(cfg, model, pairs, output, metrics, plot_csv, failures, timings=timings)
+    # the training loaders honour the base model's trust_remote_code (custom-code models such as GLM-4)
+    trust = base_trust_remote_code(section(params, "base", params_file), f"{params_file}:base")
+    r = run_dpo(cfg, model, pairs, output, metrics, plot_csv, failures, timings=timings,
+                trust_remote_code=trust)
     click.echo(f"dpo: {r['pairs']} pairs, {r['steps']} steps, loss {r.get('loss_first')} -> {r.get('loss_last')}, "
                f"reward accuracy {r.get('reward_accuracy_last')}")
 

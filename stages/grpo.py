@@ -14,6 +14,7 @@ from longwriter.errors import stage_entry
 from longwriter.judge import JudgeConfig
 from longwriter.llm import ClientSettings
 from longwriter.train.grpo import GRPOSettings, run_grpo
+from longwriter.train.trainer import base_trust_remote_code
 
 
 @click.command(help=__doc__)
@@ -34,8 +35,10 @@ def main(params_file: str, model: str | None, instructions: str, plans: str, out
     cfg = build(GRPOSettings, section(params, "grpo", params_file), f"{params_file}:grpo")
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
+    # the training loaders honour the base model's trust_remote_code (custom-code models such as GLM-4)
+    trust = base_trust_remote_code(section(params, "base", params_file), f"{params_file}:base")
     r = run_grpo(cfg, judge, settings, model or f"models/{cfg.start}", instructions, plans, output, metrics,
-                 plot_csv, failures, timings=timings)
+                 plot_csv, failures, timings=timings, trust_remote_code=trust)
     first, last = r["first"], r["last"]
     click.echo(f"grpo: {r['prompts']} prompts ({sum(r['left_out'].values())} left out), {r['steps']} steps; reward "
                f"{first.get('reward')} -> {last.get('reward')} (length {first.get('length')} -> {last.get('length')}, "

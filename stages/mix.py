@@ -8,6 +8,7 @@ import click
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
 from longwriter.train.mix import MixConfig, run_mix
+from longwriter.train.trainer import base_trust_remote_code
 
 
 @click.command(help=__doc__)
@@ -21,7 +22,9 @@ from longwriter.train.mix import MixConfig, run_mix
 def main(params_file: str, tokenizer: str, output: str, metrics: str, failures: str, timings: str) -> None:
     params = read_params(params_file)
     cfg = build(MixConfig, section(params, "mix", params_file), f"{params_file}:mix")
-    result = run_mix(cfg, tokenizer, output, metrics, failures, timings=timings)
+    # the base model's tokenizer: custom-code ones (GLM-4) load with base.trust_remote_code
+    trust = base_trust_remote_code(section(params, "base", params_file), f"{params_file}:base")
+    result = run_mix(cfg, tokenizer, output, metrics, failures, timings=timings, trust_remote_code=trust)
     left_out = result["left_out"]
     if any(left_out.values()):
         click.echo(f"mix: left out over max_output_words {cfg.max_output_words}: long {left_out['long']}, "

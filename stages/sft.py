@@ -9,6 +9,7 @@ import click
 from longwriter.config import build, read_params, section
 from longwriter.errors import stage_entry
 from longwriter.train.sft import SFTSettings, run_sft
+from longwriter.train.trainer import base_trust_remote_code
 
 
 @click.command(help=__doc__)
@@ -26,7 +27,10 @@ def main(params_file: str, base: str, data: str, output: str, metrics: str, timi
          failures: str) -> None:
     params = read_params(params_file)
     cfg = build(SFTSettings, section(params, "sft", params_file), f"{params_file}:sft")
-    r = run_sft(cfg, base, data, output, metrics, plot_csv, failures, timings=timings)
+    # the training loaders honour the base model's trust_remote_code (custom-code models such as GLM-4)
+    trust = base_trust_remote_code(section(params, "base", params_file), f"{params_file}:base")
+    r = run_sft(cfg, base, data, output, metrics, plot_csv, failures, timings=timings,
+                trust_remote_code=trust)
     click.echo(f"sft: {r['steps']} steps, train loss {r['train_loss_first']} -> {r['train_loss_last']}, "
                f"validation loss {r['validation_loss_first']} -> {r['validation_loss_last']}, "
                f"{r['tokens_per_s']} tokens/s")

@@ -35,8 +35,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # one unit of work (its module-scoped fixtures are built once), handed out in the order of the items below: the
 # end-to-end module first (the longest chain: its tiny `dvc repro`, then the checks and workflows on it), the
 # modules with the longest tests next, the many short ones last, to even out the workers' finishing times.
-FIRST_MODULES = ("test_pipeline_e2e.py", "test_reliability.py", "test_grpo.py", "test_local_model.py",
-                 "test_embedded.py", "test_training.py")
+FIRST_MODULES = ("test_pipeline_e2e.py", "test_reliability.py", "test_multiprocess_training.py", "test_grpo.py",
+                 "test_local_model.py", "test_embedded.py", "test_training.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -318,8 +318,8 @@ def test_run_with_llm_batches_caches_and_skips_the_model(
     generate = TransformersChat._generate
 
     def wide_init(self: TransformersChat, path: Any, n_threads: int | None = None, max_batch: int = 16,
-                  gather_s: float = 0.05) -> None:
-        init(self, path, n_threads, max_batch, gather_s=0.5)  # a wide window: the test is about concurrency
+                  gather_s: float = 0.05, **kwargs: Any) -> None:
+        init(self, path, n_threads, max_batch, gather_s=0.5, **kwargs)  # a wide window: the test is about concurrency
         created.append(self)
 
     def recording(self: TransformersChat, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:

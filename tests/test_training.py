@@ -312,8 +312,9 @@ def test_the_trainer_loss_is_the_hand_computed_one(averaging: str, base_dir: Pat
     processes = 8
     monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda self: processes))
     # in training, transformers passes the target-token count of the whole accumulated batch on every process
+    # (token); the SFT trainer passes its sequence count (sequence: 3 a micro-batch here)
     model.train()
-    global_count = torch.tensor(count * 2 * processes)
+    global_count = torch.tensor((count if averaging == "token" else 3) * 2 * processes)
     train_loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=global_count).item()
     model.eval()
     with torch.no_grad():
@@ -323,15 +324,15 @@ def test_the_trainer_loss_is_the_hand_computed_one(averaging: str, base_dir: Pat
         assert train_loss == pytest.approx(token_mean * count / (count * 2 * processes) * processes, rel=1e-4)
         assert eval_loss == pytest.approx(token_mean, rel=1e-4)
     else:
-        # per-sequence mean, halved for the 2 accumulated micro-batches, not multiplied by the processes
+        # the per-sequence means summed over the global sequence count, times the processes: the micro-batch's
+        # per-sequence mean, halved for the 2 accumulated micro-batches
         assert train_loss == pytest.approx(sequence_mean / 2, rel=1e-4)
         assert eval_loss == pytest.approx(sequence_mean, rel=1e-4)  # an evaluation batch is not accumulated
 
 
-@pytest.mark.parametrize("layout", ["packing", "padding_free"])
-def test_sequence_averaging_refuses_rows_that_hold_several_sequences(layout: str) -> None:
-    with pytest.raises(ValueError, match=f"sequence' needs {layout} off"):
-        SFTSettings(loss_averaging="sequence", **{layout: True})
+def test_sequence_averaging_accepts_packed_rows() -> None:
+    # the position_ids of packed rows mark the sequences (tests/test_training_recipe.py checks the weights)
+    assert SFTSettings(loss_averaging="sequence", packing=True, padding_free=True).packing
 
 
 # ----------------------------------------------------------------------------------------------- 4. SFT runs

@@ -19,7 +19,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 def training_params(generator: dict[str, Any]) -> dict[str, Any]:
     """The training stages at the smallest size that still trains: two SFT steps, two DPO steps."""
     return {
-        "base": {"model": "embedded", "dtype": "float32"},
+        "base": {"model": "embedded", "dtype": "float32", "trust_remote_code": False},
         "general": {"prompts": "data/general/prompts.jsonl", "generator": generator,
                     "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 256, "seed": 0}},
         "mix": {"long": "data/long_samples.parquet", "general": "data/general_chat.parquet",
@@ -36,7 +36,7 @@ def training_params(generator: dict[str, Any]) -> dict[str, Any]:
 
 
 # the base model of the pipeline tests: a tiny random Llama saved in the repo (see add_tiny_base)
-TINY_BASE = {"model": "tiny-base", "dtype": "float32"}
+TINY_BASE = {"model": "tiny-base", "dtype": "float32", "trust_remote_code": False}
 
 
 def add_tiny_base(repo: Path, tokenizer: Any) -> None:
@@ -54,7 +54,7 @@ def add_tiny_base(repo: Path, tokenizer: Any) -> None:
 
 def make_repo(repo: Path, params: dict[str, Any]) -> Path:
     """Code, dvc.yaml, plot templates and tiny inputs in a new git + DVC repo at ``repo``."""
-    for name in ("longwriter", "stages"):
+    for name in ("longwriter", "stages", "configs"):  # configs: the launcher files are the training stages' deps
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     inputs = {"tiny_pool.jsonl": "data/pool/instructions.jsonl", "tiny_ruler.jsonl": "data/eval/ruler.jsonl",

@@ -303,7 +303,10 @@ def run_plan(instructions_path: str | Path, output: str | Path, failures: str | 
     instructions = validate(read_table(instructions_path), Instructions, instructions_path)
     repairs = Repairs()
 
+    modes: list[str] = []  # the mode the endpoint resolved to (a local checkpoint's depends on whether vLLM serves it)
+
     async def work(llm: LLMClient) -> list[PlanOutcome]:
+        modes.append(llm.endpoint.structured_output)
         return await run_each(instructions.iter_rows(named=True), lambda row: plan_one(llm, row, cfg, repairs),
                               desc="plan", unit="instr")
 
@@ -328,7 +331,7 @@ def run_plan(instructions_path: str | Path, output: str | Path, failures: str | 
         "success_rate": round(len(planned) / len(outcomes), 4) if outcomes else 0.0,
         "first_try_rate": round(sum(1 for o in planned if o.attempts == 1) / len(outcomes), 4) if outcomes else 0.0,
         "attempts": dict(sorted(Counter(str(o.attempts) for o in outcomes).items())),
-        "structured_output": cfg.generator.resolved_structured_output(),
+        "structured_output": modes[0] if modes else cfg.generator.resolved_structured_output(),
         "paragraphs": {"total": sum(sizes), "min": min(sizes, default=0), "max": max(sizes, default=0),
                        "mean": round(sum(sizes) / len(sizes), 2) if sizes else 0.0},
         "planned_words": int(plans["words"].sum()) if plans.height else 0,

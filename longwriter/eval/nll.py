@@ -34,6 +34,7 @@ class NllConfig:
 
     # the reference LM: a checkpoint directory or a Hugging Face id (a long-context model on a GPU)
     model: str = "models/base"
+    trust_remote_code: bool = False   # run the model's own code (transformers' trust_remote_code), e.g. GLM-4-9B
     min_tokens: int = 256             # the paper: outputs longer than 8,192 tokens
     window: int = 2048                # tokens per scoring window (at most the model's context)
     positions: tuple[int, ...] = field(default_factory=lambda: (32, 64, 128, 256))
@@ -50,18 +51,29 @@ class NllConfig:
             raise ValueError("max_texts and positions must be positive")
 
 
+def device_and_dtype(cuda_available: bool) -> tuple[str, Any]:
+    """Where the reference LM scores and in which precision: a GPU in bf16 (a 9B model in fp32 would need 36 GB
+    for its weights alone, and bf16 is what it was trained in), else the CPU in fp32 (bf16 matmuls on a CPU are
+    slow and round more). Log-probabilities are taken in fp32 either way (``token_nll``)."""
+    import torch
+
+    return ("cuda", torch.bfloat16) if cuda_available else ("cpu", torch.float32)
+
+
 def token_nll(model: Any, ids: list[int], window: int) -> list[float]:
     """The NLL (nats) of tokens 1..len(ids)-1 given those before them, in strided windows of ``window``."""
     import torch
 
+    device = getattr(model, "device", None) or "cpu"
     stride = max(1, window // 2)
     out: list[float] = []
     start = 0
     with torch.inference_mode():
         while True:
             chunk = ids[start:start + window]
-            logits = model(torch.tensor([chunk])).logits[0].float()
-            nll = -torch.log_softmax(logits[:-1], dim=-1).gather(1, torch.tensor(chunk[1:])[:, None])[:, 0]
+            logits = model(torch.tensor([chunk], device=device)).logits[0].float()
+            targets = torch.tensor(chunk[1:], device=logits.device)[:, None]
+            nll = -torch.log_softmax(logits[:-1], dim=-1).gather(1, targets)[:, 0]
             # tokens already scored in the previous window (the overlap) are skipped
             first_new = 0 if start == 0 else window - stride - 1
             out.extend(nll[first_new:].tolist())
@@ -130,8 +142,10 @@ def run_nll(cfg: NllConfig, samples_path: str | Path, answers_path: str | Path, 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).eval()
+    device, dtype = device_and_dtype(torch.cuda.is_available())
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+                                                 ).to(device).eval()
     window = min(cfg.window, getattr(model.config, "max_position_embeddings", None) or cfg.window)
     cfg = dataclasses.replace(cfg, window=window)
     sets, rows = {}, []

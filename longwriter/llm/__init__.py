@@ -35,7 +35,6 @@ def _api_key(spec: ModelSpec) -> str:
 @contextlib.contextmanager
 def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoint]:
     """Make ``spec`` reachable for the duration of the block (the embedded server starts on first need)."""
-    mode = spec.resolved_structured_output()
     if spec.provider == "embedded":
         identity = spec.cache_identity(embedded_identity(spec))
         with contextlib.ExitStack() as running:
@@ -43,7 +42,8 @@ def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoin
                 return running.enter_context(
                     embedded_server(spec, settings.cache_path, settings.server_start_timeout_s))
             # started lazily by the client: a stage whose calls are all cached never starts a server
-            yield Endpoint(None, spec.model or DEFAULT_ALIAS, identity, mode, start=start)
+            yield Endpoint(None, spec.model or DEFAULT_ALIAS, identity, spec.resolved_structured_output(),
+                           start=start)
     elif spec.provider == "local":
         from longwriter.llm.local import (
             checkpoint_identity,
@@ -55,18 +55,26 @@ def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoin
 
         path = local_model_path(spec)
         alias = spec.model or "local"
+        vllm = use_vllm()  # decided once: the identity and the structured output mode depend on the backend
+        identity = f"local:{checkpoint_identity(str(path))}"
+        if vllm and spec.vllm_max_model_length is not None:
+            # the served context decides which requests vLLM refuses (spec.py); the GPU count and memory share
+            # change no answer and stay out of the identity
+            identity += f":max_model_length-{spec.vllm_max_model_length}"
         with contextlib.ExitStack() as running:
             def start_local() -> str:
-                if use_vllm():
-                    return running.enter_context(vllm_server(path, alias, settings.cache_path,
+                if vllm:
+                    return running.enter_context(vllm_server(path, alias, spec, settings.cache_path,
                                                              settings.server_start_timeout_s))
-                return running.enter_context(transformers_server(path, spec.n_threads, spec.max_batch))
-            yield Endpoint(None, alias, spec.cache_identity(f"local:{checkpoint_identity(str(path))}"), mode,
+                return running.enter_context(transformers_server(path, spec.n_threads, spec.max_batch,
+                                                                 spec.trust_remote_code))
+            yield Endpoint(None, alias, spec.cache_identity(identity), spec.resolved_structured_output(vllm),
                            start=start_local)
     else:
         assert spec.base_url and spec.model
         base = spec.base_url.rstrip("/")
-        yield Endpoint(base, spec.model, spec.cache_identity(f"openai:{base}:{spec.model}"), mode,
+        yield Endpoint(base, spec.model, spec.cache_identity(f"openai:{base}:{spec.model}"),
+                       spec.resolved_structured_output(),
                        api_key=_api_key(spec), price_input_per_mtok=spec.price_input_per_mtok or 0.0,
                        price_output_per_mtok=spec.price_output_per_mtok or 0.0, rpm=spec.rpm, tpm=spec.tpm,
                        batch=spec.batch, batch_discount=spec.batch_discount,

@@ -9,9 +9,12 @@ client, so the response cache, retries and token accounting are the same as for 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from longwriter.errors import ConfigError, LongwriterError
 from longwriter.llm.spec import ModelSpec
@@ -77,7 +80,7 @@ class TransformersChat:
     generated together (up to ``max_batch`` rows): on 2 CPU cores a batch of 16 makes ~6x the tokens/s of one."""
 
     def __init__(self, path: str | Path, n_threads: int | None = None, max_batch: int = 16,
-                 gather_s: float = 0.05):
+                 gather_s: float = 0.05, trust_remote_code: bool = False):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -86,9 +89,10 @@ class TransformersChat:
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=trust_remote_code
+                                                          ).to(self.device).eval()
         eos = self.model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.max_batch, self.gather_s = max_batch, gather_s
@@ -281,9 +285,10 @@ def _handler(chat: TransformersChat) -> type[BaseHTTPRequestHandler]:
 
 
 @contextlib.contextmanager
-def transformers_server(path: str | Path, n_threads: int | None = None, max_batch: int = 16) -> Iterator[str]:
+def transformers_server(path: str | Path, n_threads: int | None = None, max_batch: int = 16,
+                        trust_remote_code: bool = False) -> Iterator[str]:
     """Serve ``path`` with transformers on 127.0.0.1 until the block ends; yields the base URL."""
-    chat = TransformersChat(path, n_threads, max_batch)
+    chat = TransformersChat(path, n_threads, max_batch, trust_remote_code=trust_remote_code)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(chat))
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, name="local-model", daemon=True)
@@ -296,28 +301,77 @@ def transformers_server(path: str | Path, n_threads: int | None = None, max_batc
         chat.close()
 
 
+def spawn_server(cmd: list[str], log: IO[bytes]) -> subprocess.Popen:
+    """Start a server child that cannot outlive this process: on Linux the kernel sends it SIGTERM when the thread
+    that started it dies, ``kill -9`` included (PR_SET_PDEATHSIG; a parent already gone by the time the child
+    asks has the child exit at once), and it leads its own process group, which ``stop_server`` signals whole, so
+    the processes it starts (vLLM's engine core and tensor-parallel workers) go with it. Its own group also keeps
+    a terminal's Ctrl-C for the stage, which then stops the server itself, in order."""
+    parent = os.getpid()
+
+    def die_with_parent() -> None:  # runs in the child between fork and exec
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl: nobody is left to signal
+            os._exit(1)
+
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=die_with_parent if sys.platform == "linux" else None)
+
+
+def stop_server(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM to ``proc``'s whole process group (``spawn_server`` made it its leader), SIGKILL to what is left
+    after ``grace_s``. The group is signalled even when the leader has exited: its children may not have."""
+    def signal_group(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+    signal_group(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+    signal_group(signal.SIGKILL)
+    proc.wait()
+
+
+def vllm_command(path: str | Path, alias: str, port: int, spec: ModelSpec) -> list[str]:
+    """The command line of vLLM's OpenAI-compatible server (``vllm serve``'s engine arguments) for ``spec``."""
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path),
+           "--served-model-name", alias, "--host", "127.0.0.1", "--port", str(port),
+           "--tensor-parallel-size", str(spec.vllm_tensor_parallel_size),
+           "--gpu-memory-utilization", str(spec.vllm_gpu_memory_utilization)]
+    if spec.vllm_max_model_length is not None:
+        cmd += ["--max-model-len", str(spec.vllm_max_model_length)]
+    if spec.trust_remote_code:
+        cmd.append("--trust-remote-code")
+    return cmd
+
+
 @contextlib.contextmanager
-def vllm_server(path: str | Path, alias: str, log_dir: str | Path, start_timeout_s: float) -> Iterator[str]:
-    """vLLM's OpenAI-compatible server for ``path`` as a child process; yields the base URL."""
-    from longwriter.llm.server import _free_port, _ready, _stop, _tail
+def vllm_server(path: str | Path, alias: str, spec: ModelSpec, log_dir: str | Path,
+                start_timeout_s: float) -> Iterator[str]:
+    """vLLM's OpenAI-compatible server for ``path`` as a child process (``spawn_server``); yields the base URL."""
+    from longwriter.llm.server import _free_port, _ready, _tail
 
     port = _free_port()
     log_path = Path(log_dir) / "vllm-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path),
-           "--served-model-name", alias, "--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = spawn_server(vllm_command(path, alias, port, spec), log)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + start_timeout_s
         while not _ready(base_url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise LongwriterError(f"vLLM server for {path} did not start; log {log_path}:\n{_tail(log_path)}")
+            if proc.poll() is not None:
+                raise LongwriterError(f"vLLM server for {path} exited with code {proc.returncode} before "
+                                      f"answering; its log ({log_path}) ends with:\n{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise LongwriterError(f"vLLM server for {path} did not answer within {start_timeout_s:.0f} s "
+                                      f"(llm.server_start_timeout_s); its log ({log_path}) ends with:\n"
+                                      f"{_tail(log_path)}")
             time.sleep(1.0)
         yield base_url
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
 def local_model_path(spec: ModelSpec) -> Path:

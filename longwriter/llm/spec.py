@@ -37,6 +37,21 @@ class ModelSpec:
     # are generated as one batch (the stage keeps that many in flight for this model)
     path: str | None = None
     max_batch: int = 16
+    # local only: run the checkpoint's own modelling code (transformers' and vLLM's trust_remote_code), for an
+    # architecture transformers lacks (e.g. THUDM/glm-4-9b). Not part of the response cache's identity: that code
+    # is a file of the checkpoint directory, whose hash is
+    trust_remote_code: bool = False
+    # local only, when vLLM serves the checkpoint (vLLM installed and a GPU present), vLLM's own settings: the GPUs
+    # the model is split over (--tensor-parallel-size), the context it is served with in tokens (--max-model-len;
+    # null: the model config's, 131,072 for Llama-3.1, whose KV cache may not fit one GPU) and the share of each
+    # GPU's memory it takes (--gpu-memory-utilization). The context length is part of the response cache's
+    # identity (vLLM refuses a request whose prompt and max_tokens do not fit, so it decides which requests are
+    # answered; long generations also cap max_tokens to fit it); the GPU count and the memory share are not: they
+    # change speed and how many requests run at once, not the request or the weights that answer it (a replay is
+    # what the same weights answered to the same request, as when the batch around a request changes)
+    vllm_tensor_parallel_size: int = 1
+    vllm_max_model_length: int | None = None
+    vllm_gpu_memory_utilization: float = 0.9
     # openai only: the endpoint's context length in tokens, when known; long generations cap max_tokens to fit
     context_window: int | None = None
     # any string naming the weights behind the name (a checkpoint hash, a date): part of the response cache's
@@ -82,6 +97,20 @@ class ModelSpec:
             raise ValueError("penalty_last_n must be >= 0")
         if self.n_ctx < 256:
             raise ValueError("n_ctx must be at least 256")
+        if isinstance(self.vllm_tensor_parallel_size, bool) or not isinstance(self.vllm_tensor_parallel_size, int) \
+                or self.vllm_tensor_parallel_size < 1:
+            raise ValueError(f"vllm_tensor_parallel_size must be a positive integer, got "
+                             f"{self.vllm_tensor_parallel_size!r}")
+        if self.vllm_max_model_length is not None and (isinstance(self.vllm_max_model_length, bool)
+                                                       or not isinstance(self.vllm_max_model_length, int)
+                                                       or self.vllm_max_model_length < 256):
+            raise ValueError(f"vllm_max_model_length must be null or an integer >= 256, got "
+                             f"{self.vllm_max_model_length!r}")
+        if isinstance(self.vllm_gpu_memory_utilization, bool) \
+                or not isinstance(self.vllm_gpu_memory_utilization, int | float) \
+                or not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(f"vllm_gpu_memory_utilization must be a fraction within (0, 1], got "
+                             f"{self.vllm_gpu_memory_utilization!r}")
 
     def cache_identity(self, identity: str) -> str:
         """``identity`` (what the backend says the model is) with the spec's revision, when it has one."""
@@ -89,13 +118,23 @@ class ModelSpec:
 
     def context_tokens(self) -> int | None:
         """The backend's context length in tokens, or None when unknown."""
-        return self.n_ctx if self.provider == "embedded" else self.context_window
+        if self.provider == "embedded":
+            return self.n_ctx
+        if self.provider == "local" and self.vllm_max_model_length is not None:
+            # the context vLLM serves (the transformers server has no limit of its own but the model's: capping
+            # there too keeps a request the same whichever backend serves it)
+            return min(self.vllm_max_model_length, self.context_window or self.vllm_max_model_length)
+        return self.context_window
 
-    def resolved_structured_output(self) -> Literal["json_schema", "json_object", "none"]:
+    def resolved_structured_output(self, vllm: bool = False) -> Literal["json_schema", "json_object", "none"]:
+        """How a JSON schema is sent; ``vllm``: a ``local`` checkpoint is served by vLLM (``local.use_vllm()``)."""
         if self.structured_output != "auto":
             return self.structured_output
-        # transformers has no constrained decoding: local models get the schema in words and are parsed leniently
-        return {"embedded": "json_object", "openai": "json_schema", "local": "none"}[self.provider]
+        if self.provider == "local":
+            # vLLM's OpenAI server enforces response_format json_schema (guided decoding); transformers has no
+            # constrained decoding: there local models get the schema in words and are parsed leniently
+            return "json_schema" if vllm else "none"
+        return {"embedded": "json_object", "openai": "json_schema"}[self.provider]
 
 
 @dataclass(frozen=True)
@@ -137,7 +176,12 @@ class ClientSettings:
     max_retries: int = 5
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
-    server_start_timeout_s: float = 180.0
+    # how long a server started for a stage (the embedded llama.cpp one, vLLM for a local checkpoint) may take to
+    # answer before the stage gives up. A cold vLLM start of a 9B checkpoint reads ~18 GB of weights (minutes from
+    # a network disk), compiles the model with torch.compile and captures CUDA graphs: several minutes, more with
+    # tensor parallelism, which the former 180 s could cut short. A server that exits is reported at once whatever
+    # this is, so a long wait costs only when a server hangs
+    server_start_timeout_s: float = 900.0
     # a stage sends no new request once its paid calls cost this much (US dollars, from the model specs'
     # prices); calls in flight still land, so it can be passed by at most max_concurrency calls
     max_cost_usd: float | None = None

@@ -39,8 +39,9 @@ from longwriter.generation import LengthCap
 from longwriter.judge import JudgeConfig, read_prompt_template
 from longwriter.llm import ClientSettings, ResponseCache, open_endpoint
 from longwriter.schemas import Instructions, Plans, validate
-from longwriter.train.rewards import JudgeReward, length_reward, repetition_reward
-from longwriter.train.trainer import TrainSettings, publish
+from longwriter.train.checkpoint import discard_checkpoints, resume_checkpoint, run_fingerprint
+from longwriter.train.rewards import JudgeReward, gather_judge, length_reward, repetition_reward
+from longwriter.train.trainer import TrainSettings, load_model, load_tokenizer, publish
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,11 @@ class GRPOSettings:
     repetition_n: int = 4              # n-gram length of the repetition penalty (postprocess's)
     weights: RewardWeights = field(default_factory=RewardWeights)
     use_vllm: bool = False             # GPU: vLLM generation (colocated)
-    vllm_gpu_memory_utilization: float = 0.3
+    vllm_gpu_memory_utilization: float = 0.3   # the share of each GPU's memory vLLM takes beside training
+    # the context vLLM is built for, in tokens: at least the longest prompt plus max_completion_length. None: TRL
+    # takes the model config's (131,072 for Llama-3.1), whose KV cache does not fit beside training on 80 GB
+    vllm_max_model_length: int | None = None
+    vllm_tensor_parallel_size: int = 1  # GPUs each vLLM engine is split over (it must divide the number of processes)
 
     def __post_init__(self) -> None:
         # (TRL checks that a step's completions, over all processes, make whole groups)
@@ -82,6 +87,21 @@ class GRPOSettings:
             raise ValueError("num_generations must be >= 2: a group of one has no mean to beat")
         if not 0 <= self.overlong_buffer < self.max_completion_length:
             raise ValueError("overlong_buffer must be within [0, max_completion_length)")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError("vllm_gpu_memory_utilization must be within (0, 1]")
+        if self.vllm_max_model_length is not None and self.vllm_max_model_length <= self.max_completion_length:
+            raise ValueError(f"vllm_max_model_length ({self.vllm_max_model_length}) must exceed "
+                             f"max_completion_length ({self.max_completion_length}): the prompt needs room too")
+        if self.vllm_tensor_parallel_size < 1:
+            raise ValueError("vllm_tensor_parallel_size must be >= 1")
+
+    def vllm_kwargs(self) -> dict[str, Any]:
+        """TRL GRPOConfig's vLLM arguments: generation colocated on the training GPUs (TRL reads the others only
+        with use_vllm)."""
+        return {"use_vllm": self.use_vllm, "vllm_mode": "colocate",
+                "vllm_gpu_memory_utilization": self.vllm_gpu_memory_utilization,
+                "vllm_max_model_length": self.vllm_max_model_length,
+                "vllm_tensor_parallel_size": self.vllm_tensor_parallel_size}
 
 
 def rl_prompts(cfg: GRPOSettings, instructions_path: str | Path, plans_path: str | Path,
@@ -155,11 +175,12 @@ def _float(value: Any) -> float | None:
 
 def run_grpo(cfg: GRPOSettings, judge: JudgeConfig, settings: ClientSettings, model_dir: str | Path,
              instructions_path: str | Path, plans_path: str | Path, output_dir: str | Path, metrics: str | Path,
-             plot_csv: str | Path, failures: str | Path, timings: str | Path | None = None) -> dict[str, Any]:
+             plot_csv: str | Path, failures: str | Path, timings: str | Path | None = None,
+             trust_remote_code: bool = False) -> dict[str, Any]:
     import tempfile
 
+    from accelerate.utils import gather_object
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
     from trl.rewards import get_soft_overlong_punishment
 
@@ -168,8 +189,7 @@ def run_grpo(cfg: GRPOSettings, judge: JudgeConfig, settings: ClientSettings, mo
     if prompts.height == 0:
         raise ConfigError(f"grpo: no prompt left to train on ({len(failure_rows)} left out: "
                          f"{reason_counts(failure_rows)}); add a pool or raise max_completion_length")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
+    tokenizer = load_tokenizer(model_dir, trust_remote_code)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "required": r["required"]}
                                  for r in prompts.iter_rows(named=True)])
     template = read_prompt_template(judge.prompt_file) if judge.prompt_file is not None else None
@@ -188,32 +208,45 @@ def run_grpo(cfg: GRPOSettings, judge: JudgeConfig, settings: ClientSettings, mo
             funcs.append(quality)
             weights.append(cfg.weights.quality)
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="grpo-"))
-        kwargs = {k: v for k, v in t.trainer_kwargs(scratch).items() if k != "max_length"}
+        kwargs = {k: v for k, v in t.trainer_kwargs(t.output_dir("grpo", scratch)).items() if k != "max_length"}
         # GRPOConfig turns gradient checkpointing on by default under its old name, beside transformers' new one:
         # both follow train.gradient_checkpointing (off by default: a small model needs no memory saved)
         kwargs["gradient_checkpointing"] = t.gradient_checkpointing
+        kwargs["trust_remote_code"] = trust_remote_code  # TRL loads the reference model with it
         args = GRPOConfig(**kwargs, num_generations=cfg.num_generations,
                           max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
-                          top_p=cfg.top_p, beta=cfg.beta, reward_weights=weights, use_vllm=cfg.use_vllm,
-                          vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, disable_tqdm=None)
-        trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
+                          top_p=cfg.top_p, beta=cfg.beta, reward_weights=weights, **cfg.vllm_kwargs(),
+                          disable_tqdm=None)
+        if quality is not None:
+            quality.rank = args.process_index  # names its failures by their place in the whole batch
+        # loaded once the config exists (ZeRO-3: partitioned as it loads)
+        trainer = GRPOTrainer(model=load_model(model_dir, trust_remote_code, t.attn_implementation),
+                              reward_funcs=funcs, args=args,
+                              train_dataset=dataset,
                               processing_class=tokenizer, peft_config=t.peft_config())
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_checkpoint(trainer, run_fingerprint(
+            "grpo", cfg, [model_dir, instructions_path, plans_path, *([cfg.pool] if cfg.pool else [])], judge)))
         history = list(trainer.state.log_history)
-        publish(trainer, tokenizer, output_dir, t.lora is not None)
-    judge_failures = quality.failures if quality is not None else []
+        publish(trainer, tokenizer, output_dir, t.lora is not None, model_dir, trust_remote_code)
+        discard_checkpoints(trainer)
+    accelerator = trainer.accelerator
+    # each process rewarded its own share of the completions: its judge failures and call stats are its own
+    judge_failures, judge_stats = gather_judge(quality, gather_object)
     curve = reward_curve(history)
-    write_failures(failure_rows + judge_failures, failures)
     first, last = (curve.row(0, named=True), curve.row(-1, named=True)) if curve.height else ({}, {})
     result = {
         "start": cfg.start, "prompts": prompts.height, "left_out": reason_counts(failure_rows),
         "steps": int(curve["step"].max()) if curve.height else 0,
-        "completions": int(curve.height * t.per_device_train_batch_size * t.gradient_accumulation_steps),
+        # per optimizer step: a batch per process per accumulation step (each completion is used once)
+        "completions": trainer.state.global_step * t.per_device_train_batch_size * t.gradient_accumulation_steps
+        * accelerator.num_processes,
         "first": first, "last": last,
         "judge_failed": len(judge_failures),
-        "judge_llm": quality.stats.as_metrics() if quality else None,
+        "judge_llm": judge_stats.as_metrics() if judge_stats else None,
         "runtime_s": round(time.perf_counter() - started, 1),
     }
-    write_csv(curve, plot_csv)
-    write_metrics(result, metrics, timings)
+    if accelerator.is_main_process:  # one write, of every process's rows
+        write_failures(failure_rows + judge_failures, failures)
+        write_csv(curve, plot_csv)
+        write_metrics(result, metrics, timings)
     return result

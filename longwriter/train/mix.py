@@ -113,7 +113,7 @@ def token_lengths(tokenizer: Any, messages: list[list[dict[str, str]]]) -> list[
 
 
 def run_mix(cfg: MixConfig, tokenizer_dir: str | Path, output_dir: str | Path, metrics: str | Path,
-            failures: str | Path, timings: str | Path | None = None) -> dict[str, Any]:
+            failures: str | Path, timings: str | Path | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     long = validate(read_table(cfg.long), LongSamples, cfg.long)
@@ -132,7 +132,7 @@ def run_mix(cfg: MixConfig, tokenizer_dir: str | Path, output_dir: str | Path, m
         raise InputError(cfg.long, f"nothing to train on: {len(long_rows)} long and {len(general_rows)} general "
                                    f"samples have more than max_output_words {cfg.max_output_words} words, and "
                                    f"general_per_long {cfg.general_per_long} takes general samples per long one")
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=trust_remote_code)
     result: dict[str, Any] = {"general_per_long": cfg.general_per_long, "seed": cfg.seed,
                               "max_output_words": cfg.max_output_words,
                               "left_out": {"long": len(long_rows), "general": len(general_rows)},

@@ -63,6 +63,11 @@ class JudgeReward:
 
     ``endpoint`` must already have its URL (the stage starts the judge's server in the main thread); each call
     opens a client on TRL's loop over the shared ``cache``, so the call stats add up in ``stats``.
+
+    Under a launcher each process has its own instance and rates its own slice of every generation batch: process
+    ``rank`` holds completions ``rank * n`` to ``rank * n + n - 1`` of it (TRL's split). A failure is named by that
+    place in the whole batch (``step<call>:completion<index>``), so the ids of all processes are distinct, and the
+    same as a one-process run's; ``gather_judge`` collects every process's failures and stats.
     """
 
     endpoint: Endpoint
@@ -73,6 +78,7 @@ class JudgeReward:
     stats: CallStats = field(default_factory=CallStats)
     failures: list[dict[str, Any]] = field(default_factory=list)
     step: int = 0
+    rank: int = 0   # this process's index in the launch (the stage sets it from the trainer's arguments)
     # the name TRL logs this reward under (rewards/judge_quality/mean): an instance attribute lookup finds it
     __name__ = "judge_quality"
 
@@ -88,13 +94,27 @@ class JudgeReward:
         for k, outcome in enumerate(outcomes):
             if outcome.rating is None:
                 self.failures.append(failure_row("grpo", outcome.reason, outcome.error,
-                                                 instruction_id=f"step{self.step}:completion{k}",
+                                                 instruction_id=f"step{self.step}:completion"
+                                                                f"{self.rank * len(completions) + k}",
                                                  attempts=outcome.attempts))
                 rewards.append(None)
                 continue
             q = quality_score({d: dimension_score([outcome.rating.scores[d]]) for d in DIMENSIONS})
             rewards.append(None if q is None else q / 100.0)
         return rewards
+
+
+def gather_judge(reward: JudgeReward | None, gather_object: Callable[[list[Any]], list[Any]]
+                 ) -> tuple[list[dict[str, Any]], CallStats | None]:
+    """Every process's judge failures and summed call stats, on every process. ``gather_object`` is accelerate's
+    (``accelerate.utils.gather_object``: a collective, so every process of the launch calls this)."""
+    if reward is None:
+        return [], None
+    failures = gather_object(list(reward.failures))
+    total = CallStats()
+    for stats in gather_object([reward.stats]):
+        _add(total, stats)
+    return failures, total
 
 
 def _add(total: CallStats, more: CallStats) -> None:
