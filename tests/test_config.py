@@ -115,6 +115,16 @@ def test_wrong_types_rejected(data, key: str) -> None:
     assert config_error(data).startswith(key + ":")
 
 
+@pytest.mark.parametrize(("data", "key"), [
+    ({"per_lang": -1}, "per_lang"), ({"per_lang": 0}, "per_lang"), ({"max_required_words": 0}, "max_required_words"),
+    ({"min_prompt_chars": 50, "max_prompt_chars": 10}, "min_prompt_chars"), ({"max_attempts": 0}, "max_attempts"),
+    ({"pools": []}, "pools"),
+])
+def test_select_values_out_of_range_are_refused_naming_the_key(data, key: str) -> None:
+    msg = config_error(data)
+    assert msg.startswith("params.yaml:select") and key in msg, msg
+
+
 def test_literal_violation() -> None:
     msg = config_error({"selector": {"provider": "azure"}})
     assert msg.startswith("params.yaml:select.selector.provider:")

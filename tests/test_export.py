@@ -33,7 +33,8 @@ def _samples(path: Path, n: int = 5) -> Path:
 
 PARAMS = {
     "select": {"selector": {"provider": "embedded"}},
-    "plan": {"generator": {"provider": "openai", "base_url": "https://api.example.com/v1", "model": "gpt-x",
+    "plan": {"generator": {"provider": "openai", "base_url": "https://bot:s3cret@llm.internal.example.com/v1",
+                           "model": "gpt-x",
                            "api_key_env": "EXPORT_TEST_KEY", "revision": "2026-11"}},
     "write": {"mode": "parallel"},
 }
@@ -59,7 +60,8 @@ def test_the_export_loads_with_datasets_and_its_card_says_what_and_whence(tmp_pa
     # words 10, 1,510, 1,410, 4,510, 2,810
     assert metrics["length_histogram"] == {"0-1,000": 1, "1,000-2,000": 2, "2,000-5,000": 2, "5,000-10,000": 0,
                                            "10,000-20,000": 0, "20,000+": 0}
-    assert "| planner | gpt-x (https://api.example.com/v1), revision 2026-11 |" in text
+    assert "| planner | gpt-x (an OpenAI-compatible API), revision 2026-11 |" in text
+    assert "s3cret" not in text and "internal" not in text  # an endpoint URL can carry a host name, credentials
     assert "smollm2-135m-instruct (llama.cpp)" in text and "parallel mode" in text
     assert f"hash `{recipe_hash(PARAMS)}`" in text and git_revision(ROOT).split("+")[0] in text
     assert "sk-very-secret-value" not in text and "EXPORT_TEST_KEY" not in text

@@ -75,8 +75,11 @@ def test_a_set_s_curves_leave_short_texts_out(tokenizer):
     scored = set_curves(model, tokenizer, [long_text, "Too short."],
                         NllConfig(min_tokens=40, window=32, positions=(8, 16, 9999)))
     m = scored["metrics"]
-    assert (m["texts"], m["short"]) == (1, 1)
+    assert (m["texts"], m["short"], m["left_out_by_max_texts"]) == (1, 1, 0)
     n = len(tokenizer(long_text, add_special_tokens=False)["input_ids"])
+    capped = set_curves(model, tokenizer, [long_text, long_text + " More.", "Too short."],
+                        NllConfig(min_tokens=40, window=32, positions=(8,), max_texts=1))["metrics"]
+    assert (capped["texts"], capped["short"], capped["left_out_by_max_texts"]) == (1, 1, 1)
     assert m["original"]["tokens"] == len(scored["curves"]["original"]) == n - 1
     assert set(m["original"]["nll_at"]) == {"8", "16"}  # 9999 is past the curve
     assert m["original"]["nll_at"]["8"] == pytest.approx(scored["curves"]["original"][7], abs=1e-4)

@@ -45,7 +45,8 @@ class ExportConfig:
 
 
 def describe_model(spec: ModelSpec) -> str:
-    """A model spec as the card names it: what the model is, never how it is reached with a key."""
+    """A model spec as the card names it: what the model is, never how it is reached: no key, and no endpoint URL,
+    which can name an internal host or carry credentials (``https://user:token@host/v1``)."""
     if spec.provider == "embedded":
         from longwriter.llm.server import DEFAULT_ALIAS
 
@@ -53,7 +54,7 @@ def describe_model(spec: ModelSpec) -> str:
         return f"{name} (llama.cpp)"
     if spec.provider == "local":
         return f"local checkpoint {spec.path}"
-    text = f"{spec.model} ({spec.base_url})"
+    text = f"{spec.model} (an OpenAI-compatible API)"
     return text + (f", revision {spec.revision}" if spec.revision else "")
 
 

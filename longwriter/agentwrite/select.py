@@ -41,6 +41,20 @@ class SelectConfig:
     selector: ModelSpec = field(default_factory=ModelSpec)
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, top_p=1.0, max_tokens=96))
 
+    def __post_init__(self) -> None:
+        # a bad value must stop the stage before it overwrites data/selected.parquet (per_lang -1 selected nothing)
+        if self.per_lang is not None and self.per_lang < 1:
+            raise ValueError(f"per_lang must be a positive integer or null (all accepted), got {self.per_lang}")
+        if self.max_required_words is not None and self.max_required_words < 1:
+            raise ValueError(f"max_required_words must be a positive integer or null, got {self.max_required_words}")
+        if not 0 <= self.min_prompt_chars <= self.max_prompt_chars:
+            raise ValueError(f"need 0 <= min_prompt_chars <= max_prompt_chars, got {self.min_prompt_chars} and "
+                             f"{self.max_prompt_chars}")
+        if self.min_estimated_words < 0 or self.max_attempts < 1:
+            raise ValueError("min_estimated_words must be >= 0 and max_attempts >= 1")
+        if not self.pools:
+            raise ValueError("pools must name at least one file")
+
 
 def prefilter(pool: pl.DataFrame, cfg: SelectConfig) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Normalise, deduplicate, detect language, filter by length. Returns the candidates and step counts.

@@ -118,8 +118,11 @@ def _mean_curve(curves: list[list[float]]) -> list[float]:
 def set_curves(model: Any, tokenizer: Any, texts: list[str], cfg: NllConfig) -> dict[str, Any]:
     """One text set's mean cumulative-NLL curves (original and shuffled) and its metrics."""
     encoded = [(t, tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    long = sorted((e for e in encoded if len(e[1]) >= cfg.min_tokens), key=lambda e: -len(e[1]))[:cfg.max_texts]
-    result: dict[str, Any] = {"texts": len(long), "short": sum(1 for e in encoded if len(e[1]) < cfg.min_tokens)}
+    eligible = sorted((e for e in encoded if len(e[1]) >= cfg.min_tokens), key=lambda e: -len(e[1]))
+    long = eligible[:cfg.max_texts]
+    # every text is counted once: scored, too short, or long enough but past max_texts (the shortest go)
+    result: dict[str, Any] = {"texts": len(long), "short": len(encoded) - len(eligible),
+                              "left_out_by_max_texts": len(eligible) - len(long)}
     curves: dict[str, list[float]] = {}
     for kind in ("original", "shuffled"):
         per_text = []
