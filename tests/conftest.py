@@ -94,3 +94,13 @@ def tiny_llama(tok):
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_llama`` saved as a checkpoint directory, as the base stage saves one: once per test module."""
+    from longwriter.train.checkpoint import save_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny") / "base"
+    save_checkpoint(tiny_llama(tokenizer), tokenizer, out)
+    return out

@@ -64,13 +64,6 @@ def _weights(directory: Path) -> dict[str, Any]:
     return load_file(str(directory / "model.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def base_dir(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("loading") / "base"
-    save_checkpoint(tiny_llama(tokenizer), tokenizer, out)
-    return out
-
-
 # --------------------------------------------------------------------------------------- loading: trust_remote_code
 
 

@@ -107,15 +107,6 @@ def _load(directory: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def base_dir(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from longwriter.train.checkpoint import save_checkpoint
-
-    out = tmp_path_factory.mktemp("tiny") / "base"
-    save_checkpoint(tiny_llama(tokenizer), tokenizer, out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def mix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mix")
     write_checked(_chat_frame(SFT_CONVERSATIONS * 2, "train"), Chat, out / "train.parquet")

@@ -63,15 +63,6 @@ def _frame(conversations: list[list[dict[str, str]]], prefix: str) -> pl.DataFra
 
 
 @pytest.fixture(scope="module")
-def base_dir(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from longwriter.train.checkpoint import save_checkpoint
-
-    out = tmp_path_factory.mktemp("tiny") / "base"
-    save_checkpoint(tiny_llama(tokenizer), tokenizer, out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def mix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mix")
     write_checked(_frame(SINGLE * 2 + [TWO_TURNS], "train"), Chat, out / "train.parquet")
