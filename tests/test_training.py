@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 import pytest
 from conftest import tiny_llama
+from tiny_repo import chat_frame
 
 from longwriter.files import split_metrics
 from longwriter.schemas import MESSAGES, Chat, LongSamples, Pairs, empty, validate, write_checked
@@ -71,12 +72,6 @@ def _count(df: pl.DataFrame, source: str) -> int:
     return df.filter(pl.col("source") == source).height
 
 
-def _chat_frame(conversations: list[list[dict[str, str]]], prefix: str) -> pl.DataFrame:
-    return pl.DataFrame({"id": [f"{prefix}-{i}" for i in range(len(conversations))],
-                         "source": ["long"] * len(conversations), "messages": conversations},
-                        schema_overrides={"messages": MESSAGES})
-
-
 SFT_CONVERSATIONS = [
     [{"role": "user", "content": "Write one line about the sea."},
      {"role": "assistant", "content": "The sea is wide and blue and it sings to the shore every night."}],
@@ -109,8 +104,8 @@ def _load(directory: Path) -> Any:
 @pytest.fixture(scope="module")
 def mix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mix")
-    write_checked(_chat_frame(SFT_CONVERSATIONS * 2, "train"), Chat, out / "train.parquet")
-    write_checked(_chat_frame(SFT_CONVERSATIONS[:2], "val"), Chat, out / "validation.parquet")
+    write_checked(chat_frame(SFT_CONVERSATIONS * 2, "train"), Chat, out / "train.parquet")
+    write_checked(chat_frame(SFT_CONVERSATIONS[:2], "val"), Chat, out / "validation.parquet")
     return out
 
 
@@ -175,7 +170,7 @@ def test_mix_split_loads_with_datasets(tmp_path: Path) -> None:
     from datasets import load_dataset
 
     path = tmp_path / "train.parquet"
-    write_checked(_chat_frame(SFT_CONVERSATIONS, "t"), Chat, path)
+    write_checked(chat_frame(SFT_CONVERSATIONS, "t"), Chat, path)
     ds = load_dataset("parquet", data_files=str(path), cache_dir=str(tmp_path / "hf-cache"))["train"]
     assert len(ds) == len(SFT_CONVERSATIONS)
     assert "messages" in ds.column_names
@@ -201,7 +196,7 @@ def test_prompt_completion_takes_the_last_assistant_turn() -> None:
 
 def test_load_split_rejects_conversation_without_final_answer(tmp_path: Path) -> None:
     path = tmp_path / "bad.parquet"
-    write_checked(_chat_frame([SFT_CONVERSATIONS[0], SFT_CONVERSATIONS[1][:1]], "b"), Chat, path)
+    write_checked(chat_frame([SFT_CONVERSATIONS[0], SFT_CONVERSATIONS[1][:1]], "b"), Chat, path)
     with pytest.raises(ValueError, match="assistant"):
         load_split(path)
 
@@ -536,8 +531,8 @@ def test_sft_examples_over_max_length_are_dropped_or_truncated_and_counted(actio
     long = [{"role": "user", "content": "Write a long line."},
             {"role": "assistant", "content": "wave after wave " * 200 + "the end."}]
     mix = tmp_path / "mix"
-    write_checked(_chat_frame([*SFT_CONVERSATIONS, long], "train"), Chat, mix / "train.parquet")
-    write_checked(_chat_frame(SFT_CONVERSATIONS[:1], "val"), Chat, mix / "validation.parquet")
+    write_checked(chat_frame([*SFT_CONVERSATIONS, long], "train"), Chat, mix / "train.parquet")
+    write_checked(chat_frame(SFT_CONVERSATIONS[:1], "val"), Chat, mix / "validation.parquet")
     cfg = _sft_settings(max_steps=1)
     cfg = SFTSettings(train=dataclasses.replace(cfg.train, over_max_length=action), eval_steps=None)
     result = run_sft(cfg, base_dir, mix, tmp_path / "out", tmp_path / "m.json", tmp_path / "c.csv",

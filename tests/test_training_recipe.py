@@ -17,8 +17,9 @@ import polars as pl
 import pytest
 import yaml
 from conftest import tiny_llama
+from tiny_repo import chat_frame
 
-from longwriter.schemas import MESSAGES, Chat, write_checked
+from longwriter.schemas import Chat, write_checked
 from longwriter.train import sft as sft_module
 from longwriter.train.checkpoint import run_fingerprint
 from longwriter.train.sft import (
@@ -56,17 +57,11 @@ TWO_TURNS = [{"role": "user", "content": "Name a colour."},
              {"role": "assistant", "content": "Blue is the colour of the deep and quiet sea."}]
 
 
-def _frame(conversations: list[list[dict[str, str]]], prefix: str) -> pl.DataFrame:
-    return pl.DataFrame({"id": [f"{prefix}-{i}" for i in range(len(conversations))],
-                         "source": ["long"] * len(conversations), "messages": conversations},
-                        schema_overrides={"messages": MESSAGES})
-
-
 @pytest.fixture(scope="module")
 def mix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mix")
-    write_checked(_frame(SINGLE * 2 + [TWO_TURNS], "train"), Chat, out / "train.parquet")
-    write_checked(_frame(SINGLE[:2], "val"), Chat, out / "validation.parquet")
+    write_checked(chat_frame(SINGLE * 2 + [TWO_TURNS], "train"), Chat, out / "train.parquet")
+    write_checked(chat_frame(SINGLE[:2], "val"), Chat, out / "validation.parquet")
     return out
 
 
@@ -225,8 +220,8 @@ def test_every_assistant_turn_is_a_target(tokenizer: Any, base_dir: Path, tmp_pa
 
     # through the trainer: the labels are the input ids on those tokens, -100 elsewhere
     cfg = dataclasses.replace(_recipe(), packing=False, padding_free=False)
-    trainer = sft_trainer(cfg, tiny_llama(tokenizer), tokenizer, chat_dataset(_frame([TWO_TURNS], "t")),
-                          chat_dataset(_frame([], "v")), str(tmp_path))
+    trainer = sft_trainer(cfg, tiny_llama(tokenizer), tokenizer, chat_dataset(chat_frame([TWO_TURNS], "t")),
+                          chat_dataset(chat_frame([], "v")), str(tmp_path))
     labels = trainer.train_dataset[0]["labels"]
     assert labels == [i if m else -100 for i, m in zip(ids, mask, strict=True)]
 
@@ -236,14 +231,14 @@ def test_single_turn_tokens_and_targets_are_trls(tokenizer: Any, mix_dir: Path, 
     (what sft trained on before), so the loss and the token counts are unchanged."""
     from trl import SFTConfig, SFTTrainer
 
-    data = chat_dataset(_frame(SINGLE, "s"))
+    data = chat_dataset(chat_frame(SINGLE, "s"))
     args = SFTConfig(output_dir=str(tmp_path / "trl"), completion_only_loss=True, max_length=256, report_to=[],
                      save_strategy="no", use_cpu=True)
     theirs = SFTTrainer(model=tiny_llama(tokenizer), args=args, train_dataset=data, processing_class=tokenizer)
     cfg = dataclasses.replace(_recipe(), packing=False, padding_free=False)
     for turns in ("all", "last"):
         ours = sft_trainer(dataclasses.replace(cfg, assistant_turns=turns), tiny_llama(tokenizer), tokenizer, data,
-                           chat_dataset(_frame([], "v")), str(tmp_path / turns))
+                           chat_dataset(chat_frame([], "v")), str(tmp_path / turns))
         assert len(ours.train_dataset) == len(theirs.train_dataset) == len(SINGLE)
         for a, b in zip(ours.train_dataset, theirs.train_dataset, strict=True):
             assert a["input_ids"] == b["input_ids"] and a["labels"] == b["labels"]

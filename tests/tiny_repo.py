@@ -74,3 +74,14 @@ def make_repo(repo: Path, params: dict[str, Any]) -> Path:
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
     shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots", dirs_exist_ok=True)
     return repo
+
+
+def chat_frame(conversations: list[list[dict[str, str]]], prefix: str) -> Any:
+    """A ``Chat`` table (mix's output) of ``conversations``, ids ``<prefix>-<i>``, every row a long sample."""
+    import polars as pl
+
+    from longwriter.schemas import MESSAGES
+
+    return pl.DataFrame({"id": [f"{prefix}-{i}" for i in range(len(conversations))],
+                         "source": ["long"] * len(conversations), "messages": conversations},
+                        schema_overrides={"messages": MESSAGES})
