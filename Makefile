@@ -72,6 +72,7 @@ install-gpu: | $(MAKE_VENV)
 run: install
 	$(WITH_BIN) $(PY) -m dvc repro
 	$(WITH_BIN) $(PY) -m longwriter.report
+	$(WITH_BIN) $(PY) -m longwriter.conservation
 
 test: install
 	$(WITH_BIN) $(PY) -m pytest

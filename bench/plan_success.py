@@ -40,7 +40,7 @@ from longwriter.llm import ClientSettings, LLMClient, ModelSpec, run_with_llm
 @click.option("--cache-dir", default=".llm-cache", show_default=True)
 @click.option("--out", default="bench/results/plan_success.json", show_default=True)
 def main(n: int, pool: str, cache_dir: str, out: str) -> None:
-    cands, _ = prefilter(load_pools([pool]), SelectConfig())
+    cands, _, _ = prefilter(load_pools([pool]), SelectConfig())
     cands = cands.filter(pl.col("required_words").is_null() | (pl.col("required_words") >= 800)).sort("id").head(n)
     rows = cands.to_dicts()
     results = {}

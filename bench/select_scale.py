@@ -231,7 +231,7 @@ def rss(field):
                 return int(line.split()[1]) / 1024
 started = time.perf_counter()
 base = rss("VmRSS")
-cands, counts = prefilter(load_pools([sys.argv[1]]), SelectConfig())
+cands, counts, _ = prefilter(load_pools([sys.argv[1]]), SelectConfig())
 seconds = time.perf_counter() - started
 print(json.dumps({"seconds": seconds, "peak_rss_mib": rss("VmHWM"), "baseline_rss_mib": base,
                   "candidates": cands.height, "counts": counts, "threads": pl.thread_pool_size()}))

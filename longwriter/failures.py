@@ -61,9 +61,21 @@ class Reason(StrEnum):
     OVER_CEILING = ("over_ceiling", "drop",
                     "a preference prompt asking more words than the token ceiling holds tokens: every answer would be "
                     "cut, so none is sampled")
-    UNANSWERED = "unanswered", "drop", "a request one of the compared models did not answer"
+    UNANSWERED = "unanswered", "drop", "a request one or both of the compared models did not answer"
     NO_REQUIRED_LENGTH = ("no_required_length", "drop",
-                          "an RL prompt that states no length and has no plan: no length to reward")
+                          "a prompt (RL or preference) that states no length and has no plan or estimate: no length "
+                          "to reward or to score")
+    # select's filters, before the selector sees a prompt
+    DUPLICATE = "duplicate", "drop", "a pool prompt equal to an earlier one (after normalising)"
+    OTHER_LANGUAGE = "other_language", "drop", "a prompt in neither of the pipeline's languages (en, zh)"
+    PROMPT_LENGTH = ("prompt_length", "drop",
+                     "a prompt with fewer characters than min_prompt_chars or more than max_prompt_chars")
+    OVER_REQUIRED_WORDS = ("over_required_words", "drop",
+                           "a prompt that states a longer length than select.max_required_words")
+    NOT_LONG = "not_long", "drop", "the selector judged that the prompt needs no long answer"
+    LEFT_OUT = ("left_out", "drop",
+                "left out by a size param, named in the row's error (select's per_lang quota, general.max_prompts, "
+                "mix's general_per_long ratio, longbench.per_lang, nll.max_texts)")
 
 
 ERROR_REASONS = frozenset(r for r in Reason if r.kind == "error")
@@ -101,11 +113,23 @@ def failures_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=empty(Failures).schema)
 
 
-def write_failures(rows: list[dict[str, Any]], path: str | Path) -> None:
-    """Write a stage's ``Failures`` table (possibly empty)."""
-    write_checked(failures_frame(rows), Failures, path)
+def failures_of(stage: str, reason: Reason, ids: pl.Series, error: str | pl.Series) -> pl.DataFrame:
+    """One ``Failures`` row per id in ``ids``, all for ``reason``: the rows of a filter over a whole table (a pool of
+    a million prompts), built as one frame rather than a dict per row. ``error`` is one text or one per id."""
+    n = len(ids)
+    errors = error.cast(pl.Utf8) if isinstance(error, pl.Series) else pl.Series([error] * n, dtype=pl.Utf8)
+    return pl.DataFrame({"stage": [stage] * n, "instruction_id": ids.cast(pl.Utf8), "section": [None] * n,
+                         "attempts": [0] * n, "reason": [Reason(reason).value] * n, "error": errors},
+                        schema=empty(Failures).schema)
 
 
-def reason_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+def write_failures(rows: list[dict[str, Any]] | pl.DataFrame, path: str | Path) -> None:
+    """Write a stage's ``Failures`` table (possibly empty), from row dicts or a frame."""
+    write_checked(rows if isinstance(rows, pl.DataFrame) else failures_frame(rows), Failures, path)
+
+
+def reason_counts(rows: list[dict[str, Any]] | pl.DataFrame) -> dict[str, int]:
     """Failure rows per reason, for a stage's metrics."""
+    if isinstance(rows, pl.DataFrame):
+        return {str(r): int(n) for r, n in sorted(rows["reason"].value_counts().iter_rows())}
     return dict(sorted(Counter(str(r["reason"]) for r in rows).items()))

@@ -317,3 +317,48 @@ def _input_error(path, model, err, cases, rows, body) -> InputError:
     if check == "not_nullable":
         return InputError(path, f"missing value{more}", row=row, column=column)
     return InputError(path, f"value {str(value)[:60]!r} fails check {check}{more}", row=row, column=column)
+
+
+class SegmentParts(pa.DataFrameModel):
+    """The ``segments`` stage's measures: one row per measured text (``set``: agentwrite or a model; ``text_id``:
+    the sample's id or the request's index) per part; ``quality`` is null where the judge did not rate the part."""
+
+    set: str = pa.Field(str_length={"min_value": 1})
+    text_id: str = pa.Field(str_length={"min_value": 1})
+    part: int = pa.Field(ge=1)
+    words: int = pa.Field(ge=0)
+    distinct_n: float = pa.Field(ge=0, le=1)
+    repeats_earlier: float = pa.Field(ge=0, le=1)
+    quality: float = pa.Field(nullable=True, ge=0, le=100)
+
+    class Config:
+        strict = True
+        unique = ["set", "text_id", "part"]
+
+
+class NllTexts(pa.DataFrameModel):
+    """The ``nll`` stage's scored texts: per text its tokens and its mean NLL (nats per token, the last value of its
+    cumulative curve), as written and with its paragraphs shuffled."""
+
+    set: str = pa.Field(str_length={"min_value": 1})
+    text_id: str = pa.Field(str_length={"min_value": 1})
+    tokens: int = pa.Field(ge=1)
+    nll_mean: float = pa.Field(ge=0)
+    nll_mean_shuffled: float = pa.Field(ge=0)
+
+    class Config:
+        strict = True
+        unique = ["set", "text_id"]
+
+
+class RLPrompts(pa.DataFrameModel):
+    """The prompts grpo trained on, with the length its reward asks for (the rest of its inputs are failures
+    rows: no length, over max_completion_length, left out by max_prompts)."""
+
+    id: str = pa.Field(unique=True)
+    prompt: str
+    lang: str
+    required: int = pa.Field(ge=1)
+
+    class Config:
+        strict = True

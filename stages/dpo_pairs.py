@@ -1,7 +1,9 @@
 """dpo_pairs: preference pairs from the SFT model (params: dpo_pairs, judge, llm).
 
 For each selected long-writing instruction: sample answers from models/sft, score each with the judge
-(S = (S_l + S_q) / 2), take the best as chosen and a random other as rejected.
+(S = (S_l + S_q) / 2), take the best as chosen and a random other as rejected (dpo_pairs.rejected:
+random_other, the paper's, any other answer, a draw that ties the best giving no pair; random_lower, only
+answers scoring lower). An instruction with neither a required nor an estimated length is not sampled.
 """
 
 import click
@@ -29,8 +31,10 @@ def main(params_file: str, instructions: str, model: str, output: str, failures:
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
     r = run_dpo_pairs(cfg, judge, settings, instructions, model, output, failures, metrics, timings=timings)
-    click.echo(f"dpo_pairs: {r['pairs']} pairs from {r['samples']} samples of {r['prompts'] - r['over_ceiling']} "
-               f"prompts ({r['over_ceiling']} asking more words than the ceiling holds tokens, not sampled), "
+    sampled = r["prompts"] - r["over_ceiling"] - r["no_required_length"]
+    click.echo(f"dpo_pairs: {r['pairs']} pairs from {r['samples']} samples of {sampled} prompts "
+               f"({r['over_ceiling']} asking more words than the ceiling holds tokens and {r['no_required_length']} "
+               f"with no required or estimated length, not sampled; rejected: {cfg.rejected}), "
                f"mean margin {r['margin_mean']}")
 
 

@@ -28,9 +28,10 @@ from longwriter.train.trainer import base_trust_remote_code
 @click.option("--plot-csv", required=True, help="Reward curves (DVC plots).")
 @click.option("--failures", required=True,
               help="Prompts left out and completions the judge could not rate.")
+@click.option("--prompts-output", required=True, help="The prompts trained on, with their required lengths.")
 @stage_entry
 def main(params_file: str, model: str | None, instructions: str, plans: str, output: str, metrics: str, timings: str,
-         plot_csv: str, failures: str) -> None:
+         plot_csv: str, failures: str, prompts_output: str) -> None:
     params = read_params(params_file)
     cfg = build(GRPOSettings, section(params, "grpo", params_file), f"{params_file}:grpo")
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
@@ -38,11 +39,12 @@ def main(params_file: str, model: str | None, instructions: str, plans: str, out
     # the training loaders honour the base model's trust_remote_code (custom-code models such as GLM-4)
     trust = base_trust_remote_code(section(params, "base", params_file), f"{params_file}:base")
     r = run_grpo(cfg, judge, settings, model or f"models/{cfg.start}", instructions, plans, output, metrics,
-                 plot_csv, failures, timings=timings, trust_remote_code=trust)
+                 plot_csv, failures, timings=timings, trust_remote_code=trust, prompts_output=prompts_output)
     first, last = r["first"], r["last"]
     click.echo(f"grpo: {r['prompts']} prompts ({sum(r['left_out'].values())} left out), {r['steps']} steps; reward "
                f"{first.get('reward')} -> {last.get('reward')} (length {first.get('length')} -> {last.get('length')}, "
-               f"quality {first.get('quality')} -> {last.get('quality')}); {r['judge_failed']} judge failures")
+               f"quality {first.get('quality')} -> {last.get('quality')}); {r['judge_failed']} judge failures, "
+               f"{r['masked_completions']} completions masked")
 
 
 if __name__ == "__main__":

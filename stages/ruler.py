@@ -5,8 +5,10 @@ with max_tokens capped so as not to change the ruler's decision (ratio reach x a
 tokens_per_word and cap_margin; ruler.max_tokens is the ceiling). Writes the answers table, per-model metrics
 (mean words per length and max output length, on the words produced and on the words before a loop, each
 flagged censored when it is only a lower bound; degenerate and truncated shares; answers capped below the
-decision-lossless cap) and the required-vs-produced curve as CSV (for `dvc plots show`) and PNG. Warns when a
-request's limit (the ceiling or the context) was below its decision-lossless cap.
+decision-lossless cap) and the required-vs-produced curve as CSV (for `dvc plots show`) and PNG. A failed request
+(no answer) counts 0 words in the means, the curve and the max output length, as LongBench-Write counts it;
+the answered-only figures are beside them (*_answered). Warns when a request's limit (the ceiling or the
+context) was below its decision-lossless cap.
 """
 
 import click
@@ -38,7 +40,9 @@ def main(params_file: str, output: str, failures: str, metrics: str, timings: st
         m = result[model.name]
         click.echo(f"ruler {model.name}: max output length {shown_max(m)} words "
                    f"({shown_max(m, effective=True)} before loops), mean words per length "
-                   f"{m.get('mean_words', {})}, {m['failed']} failed")
+                   f"{m.get('mean_words', {})}, {m['failed']} failed"
+                   + (f" (counted as 0 words; answered only: max output length {shown_max(m, answered=True)}, "
+                      f"mean words per length {m.get('mean_words_answered', {})})" if m["failed"] else ""))
         if m.get("capped_below_decision"):
             uncertain = m.get("decision_uncertain") or []
             click.echo(f"warning: ruler {model.name}: {m['capped_below_decision']} of {m['answers']} answers had a "

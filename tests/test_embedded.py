@@ -190,6 +190,6 @@ def test_lazy_grammar_sampling_keeps_sampled_replies_in_the_schema(in_process_ll
 def test_the_penalty_window_is_part_of_the_embedded_identity():
     """A write with penalties over 1,024 tokens is another model's answer than one over 64: never replayed."""
     assert embedded_identity(ModelSpec()) == embedded_identity(ModelSpec(penalty_last_n=64))
-    assert embedded_identity(ModelSpec(penalty_last_n=1024)).endswith(":penalty_last_n-1024")
+    assert embedded_identity(ModelSpec(penalty_last_n=1024)).endswith(":penalty_last_n-1024:kv-exact")
     with pytest.raises(ValueError):
         ModelSpec(penalty_last_n=-1)

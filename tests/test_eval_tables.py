@@ -313,8 +313,9 @@ def test_an_unanswered_request_scores_zero_in_the_headline_s_l(tmp_path: Path) -
     """A model that errors on the long prompts must not score higher than one that answers them badly."""
     bench = pl.DataFrame({"index": [0, 1], "prompt": ["Write 100 words.", "写五千字。"], "type": [None, None],
                           "required": [100, 5000], "lang": ["en", "zh"], "bucket": ["0-500", "4k-20k"]})
-    failures = pl.DataFrame({"stage": ["longbench_answer"], "instruction_id": ["m/1"], "section": [None],
-                             "attempts": [3], "error": ["context length exceeded"]})
+    failures = pl.DataFrame({"stage": ["longbench_answer"] * 2, "instruction_id": ["m/1", "m/2"],
+                             "section": [None, None], "attempts": [3, 0], "reason": ["llm_error", "left_out"],
+                             "error": ["context length exceeded", "past longbench.per_lang 1 for en"]})
     rows = [score_row(_answer("m", 0, "en", "0-500", 100, 100), _rated(*[5] * 6)),
             *unanswered_rows(bench, failures, "f.parquet")]
     scores = validate(pl.DataFrame(rows, schema=empty(Scores).schema), Scores, "scores")
@@ -325,6 +326,8 @@ def test_an_unanswered_request_scores_zero_in_the_headline_s_l(tmp_path: Path) -
     assert m["buckets"]["4k-20k"] == {"S": None, "S_l": 0.0, "S_q": None, "S_l_answered": None,
                                       "S_l_effective": 0.0, "requests": 1, "answers": 0, "judged": 0}
     assert m["lang"]["zh"]["S_l"] == 0.0
+    # m/2 was never asked (longbench.per_lang): no score row, though its index is not in the file either
+    assert scores.height == 2
     with pytest.raises(InputError, match=r"f.parquet: row 1, column 'instruction_id'"):
         unanswered_rows(bench, failures.with_columns(pl.lit("m/7").alias("instruction_id")), "f.parquet")
 

@@ -45,7 +45,8 @@ def test_an_activated_venv_is_used(tmp_path: Path) -> None:
     lines = _dry_run("run", env={"VIRTUAL_ENV": str(tmp_path / "env")})
     py = f"{tmp_path}/env/bin/python"
     assert lines[0] == f"{py} -m pip install torch==2.13.0"  # no venv made
-    assert f"{py} -m dvc repro" in lines[-2] and f"{py} -m longwriter.report" in lines[-1]
+    assert f"{py} -m dvc repro" in lines[-3] and f"{py} -m longwriter.report" in lines[-2]
+    assert f"{py} -m longwriter.conservation" in lines[-1]
 
 
 def test_python_given_wins_and_its_bin_goes_first_on_path(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import io
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -135,6 +136,31 @@ def test_repro_produces_valid_tables_and_metrics(repo, tmp_path):
     assert exported["id"] == samples["id"].to_list() and metrics(repo, "export")["shards"] == samples.height
 
 
+def test_every_row_is_accounted_for_and_a_lost_row_is_found(repo, tmp_path):
+    from longwriter.conservation import check, render
+
+    flows = check(repo)
+    assert {f.stage for f in flows} >= {"select", "plan", "write", "postprocess", "general", "mix", "dpo_pairs",
+                                        "grpo", "ruler", "longbench_answer", "longbench", "compare", "segments",
+                                        "nll"}
+    assert all(f.ok for f in flows), render(flows)
+    assert all(f.inputs for f in flows if f.stage not in ("dpo_pairs",)), render(flows)
+    # the same run with one failures row lost and one output row also given a failures row: both are found
+    copy = tmp_path / "run"
+    shutil.copytree(repo / "data", copy / "data")
+    shutil.copy(repo / "dvc.yaml", copy / "dvc.yaml")
+    shutil.copy(repo / "params.yaml", copy / "params.yaml")
+    select = pl.read_parquet(copy / "data/failures/select.parquet")
+    lost = select.filter(pl.col("section").is_null())["instruction_id"][0]
+    chosen = pl.read_parquet(copy / "data/selected.parquet")["id"][0]
+    twice = select.head(1).with_columns(pl.lit(chosen).alias("instruction_id"))
+    pl.concat([select.filter(pl.col("instruction_id") != lost), twice]).write_parquet(
+        copy / "data/failures/select.parquet")
+    flow = next(f for f in check(copy) if f.stage == "select")
+    assert flow.neither == {lost} and flow.both == {chosen} and not flow.ok
+    assert "FAILED" in flow.line() and lost in flow.line()
+
+
 def test_training_stages_train_real_checkpoints(repo):
     from transformers import AutoModelForCausalLM
 
@@ -151,7 +177,8 @@ def test_training_stages_train_real_checkpoints(repo):
     assert sft["steps"] == 2 and sft["train_loss_first"] > 0 and sft["train_tokens"] > 0
     pairs = validate(pl.read_parquet(repo / "data/dpo_pairs.parquet"), Pairs, "pairs")
     dp = metrics(repo, "dpo_pairs")
-    assert dp["pairs"] == pairs.height and dp["samples"] == 2 * (dp["prompts"] - dp["over_ceiling"])
+    assert dp["pairs"] == pairs.height
+    assert dp["samples"] == 2 * (dp["prompts"] - dp["over_ceiling"] - dp["no_required_length"])
     dpo = metrics(repo, "dpo")
     assert dpo["trained"] == (pairs.height > 0)
     for name in ("base", "sft", "dpo"):
@@ -165,7 +192,8 @@ def test_evaluation_stages_write_tables_metrics_and_plots(repo):
     assert ruler.height == 12 and set(ruler["model"]) == {"a", "b", "c"}  # 4 requests x 3 models
     r = metrics(repo, "ruler")
     for name in ("a", "b", "c"):
-        assert r[name]["answers"] == 4 and r[name]["failed"] == 0
+        assert r[name]["answers"] == 4 and r[name]["failed"] == 0 and r[name]["requests"] == 4
+        assert r[name]["mean_words_answered"] == r[name]["mean_words"]  # nothing failed: the same means
         assert set(r[name]["mean_words"]) == {"100", "300"}
         assert r[name]["max_output_length"] in (0, 100, 300)
         assert r[name]["llm"]["calls"] == 4
@@ -195,6 +223,7 @@ def test_evaluation_stages_write_tables_metrics_and_plots(repo):
     comparisons = validate(pl.read_parquet(repo / "data/eval/compare.parquet"), Comparisons, "compare")
     assert comparisons.height == 2
     assert set(metrics(repo, "compare")["a_vs_b"]) >= {"win_rate", "tie_rate", "loss_rate", "judged"}
+    assert metrics(repo, "compare")["left_out_by_requests"] == 0  # 2 requests, compare.requests 4
     for name in ("ruler.csv", "ruler.png", "longbench.csv", "longbench.png"):
         assert (repo / "plots" / name).stat().st_size > 0
     assert (repo / "plots" / "ruler.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

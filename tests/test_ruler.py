@@ -24,6 +24,7 @@ from longwriter.eval.ruler import (
     answers_per_length,
     decision_cap,
     decision_ratio,
+    failed_requests,
     ruler_metrics,
     run_ruler,
     select_requests,
@@ -168,6 +169,83 @@ def test_a_cut_at_reach_n_l_words_never_changes_the_max_output_length() -> None:
     assert ruler_metrics(_answers(short), (100,), reach)["m"]["max_output_length"] == 0
 
 
+def _failed(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame([{"model": r.get("model", "m"), "required": r["required"], "lang": r.get("lang", "en")}
+                         for r in rows], schema={"model": pl.Utf8, "required": pl.Int64, "lang": pl.Utf8})
+
+
+def test_a_cut_never_changes_the_max_output_length_with_failed_requests_counted_as_0() -> None:
+    """The same property with some requests failed: they count 0 words in the headline mean (over all n asked)
+    and are left out of the answered-only one (over k <= n); a cut at reach x n x L changes neither maximum."""
+    rng = random.Random(1)
+    lengths = (100, 300, 1000)
+    for trial in range(300):
+        n, reach = rng.randint(1, 8), rng.choice((0.5, 0.8, 1.0))
+        rows, lost = [], []
+        for length in lengths:
+            for _ in range(n):
+                if rng.random() < 0.3:
+                    lost.append({"required": length})
+                    continue
+                words = rng.choice((0, rng.randint(0, length), rng.randint(length, 12 * length),
+                                    int(reach * length) + rng.randint(-2, 2)))
+                rows.append({"required": length, "words": max(words, 0)})
+        keys = ("max_output_length", "max_output_length_answered")
+        uncut = ruler_metrics(_answers(rows, check=False), lengths, reach, failed=_failed(lost))["m"]
+        cut = [{**r, "words": min(r["words"], math.ceil(reach * n * r["required"]))} for r in rows]
+        after = ruler_metrics(_answers(cut, check=False), lengths, reach, failed=_failed(lost))["m"]
+        assert [after[k] for k in keys] == [uncut[k] for k in keys], (trial, n, reach)
+        assert uncut["requests"] == n * len(lengths) and uncut["failed"] == len(lost)
+
+
+def test_a_failed_request_counts_0_words_with_the_answered_only_figures_beside() -> None:
+    # a: one of its two 300-word requests failed; the other answered 300 words. b: its one 1000 request failed
+    rows = [{"model": "a", "required": 100, "words": 100}, {"model": "a", "required": 100, "words": 90},
+            {"model": "a", "required": 300, "words": 300, "effective": 200, "lang": "zh"},
+            {"model": "b", "required": 100, "words": 100}, {"model": "b", "required": 300, "words": 300}]
+    lost = [{"model": "a", "required": 300}, {"model": "b", "required": 1000, "lang": "zh"},
+            {"model": "c", "required": 100}]
+    m = ruler_metrics(_answers(rows), (100, 300, 1000), 0.8, failed=_failed(lost))
+    a, b, c = m["a"], m["b"], m["c"]
+    # a: 300 is at 150 words over both requests (failed = 0): missed, so 100 is its limit, not censored
+    assert a["mean_words"] == {"100": 95.0, "300": 150.0} and a["mean_effective_words"] == {"100": 95.0, "300": 100.0}
+    assert (a["max_output_length"], a["max_output_length_censored"]) == (100, False)
+    assert (a["max_output_length_effective"], a["max_output_length_effective_censored"]) == (100, False)
+    # answered only: 300 reached by its one answer, the longest it has answers for: at least 300
+    assert a["mean_words_answered"] == {"100": 95.0, "300": 300.0}
+    assert a["mean_effective_words_answered"] == {"100": 95.0, "300": 200.0}
+    assert (a["max_output_length_answered"], a["max_output_length_answered_censored"]) == (300, True)
+    assert (a["max_output_length_effective_answered"], a["max_output_length_effective_answered_censored"]) == (
+        100, False)
+    assert (shown_max(a), shown_max(a, answered=True)) == ("100", "≥ 300")
+    assert (a["requests"], a["answers"], a["failed"]) == (4, 3, 1)
+    assert a["counts_by_length"] == {"100": {"requests": 2, "answered": 2, "failed": 0},
+                                     "300": {"requests": 2, "answered": 1, "failed": 1}}
+    assert a["mean_words_by_lang"] == {"en": 63.3, "zh": 300.0}  # en: 100, 90 and a failed 0
+    assert a["mean_words_by_lang_answered"] == {"en": 95.0, "zh": 300.0}
+    # b failed the longest length asked: 1000 counts 0, so 300 is no longer censored (it was measured above it)
+    assert b["mean_words"] == {"100": 100.0, "300": 300.0, "1000": 0.0}
+    assert (b["max_output_length"], b["max_output_length_censored"]) == (300, False)
+    assert (b["max_output_length_answered"], b["max_output_length_answered_censored"]) == (300, True)
+    assert b["counts_by_length"]["1000"] == {"requests": 1, "answered": 0, "failed": 1}
+    # c answered nothing: it is measured all the same, at 0
+    assert (c["requests"], c["answers"], c["failed"], c["mean_words"], c["max_output_length"]) == (
+        1, 0, 1, {"100": 0.0}, 0)
+    assert c["mean_words_answered"] == {} and c["truncated_share"] is None
+    # without failures the headline and answered-only figures are the same
+    plain = ruler_metrics(_answers(rows), (100, 300, 1000), 0.8)["a"]
+    assert plain["mean_words"] == plain["mean_words_answered"] == {"100": 95.0, "300": 300.0}
+    assert plain["max_output_length"] == plain["max_output_length_answered"] == 300 and plain["failed"] == 0
+
+
+def test_failed_requests_reads_the_failures_rows() -> None:
+    bench = _bench([(100, "en"), (300, "zh")])
+    rows = [{"instruction_id": "m/1", "section": 0}, {"instruction_id": "org/x/0", "section": 0}]
+    assert failed_requests(bench, rows).to_dicts() == [{"model": "m", "required": 300, "lang": "zh"},
+                                                       {"model": "org/x", "required": 100, "lang": "en"}]
+    assert failed_requests(bench, []).height == 0
+
+
 def test_answers_capped_below_the_decision_cap_are_counted_and_may_leave_a_lower_bound() -> None:
     cap = LengthCap(0.8, {"en": 2.5, "zh": 3.0}, 64)  # n = 1: 100 en -> 264 tokens, 300 en -> 664
     rows = [{"required": 100, "words": 120, "max_tokens": 264},                     # lossless
@@ -261,6 +339,32 @@ def test_run_ruler_caps_each_request_for_the_decision(fake_server, tmp_path: Pat
     assert curve.columns == ["model", "required", "produced", "effective"]
     assert curve["required"].to_list() == [100, 300] and curve["produced"].to_list() == [120.0, 120.0]
     assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_ruler_counts_a_model_s_failed_requests_as_0_words(fake_server, tmp_path: Path) -> None:
+    bench = _bench_file(tmp_path / "bench.jsonl")
+    out = [tmp_path / v for v in ("r.parquet", "f.parquet", "r.json", "r.csv", "r.png")]
+    with fake_server(words=120) as ok, fake_server(faults={"500": 1.0}) as bad:
+        models = (EvalModel("ok", ModelSpec(provider="openai", base_url=ok.base_url, model="fake-model")),
+                  EvalModel("bad", ModelSpec(provider="openai", base_url=bad.base_url, model="fake-model")))
+        settings = ClientSettings(cache_dir=str(tmp_path / "cache"), max_retries=0, backoff_base_s=0.01,
+                                  backoff_max_s=0.02)
+        result = run_ruler(RulerConfig(input=str(bench), lengths=(100, 300)), EvalConfig(models=models), settings,
+                           *out)
+    bad_m = result["bad"]
+    assert (bad_m["requests"], bad_m["answers"], bad_m["failed"]) == (2, 0, 2)
+    assert bad_m["mean_words"] == {"100": 0.0, "300": 0.0} and bad_m["mean_words_answered"] == {}
+    assert (bad_m["max_output_length"], bad_m["max_output_length_censored"]) == (0, False)
+    assert result["ok"]["failed"] == 0 and result["ok"]["mean_words"] == result["ok"]["mean_words_answered"]
+    failures = pl.read_parquet(out[1])
+    assert sorted(failures.filter(pl.col("reason") != "left_out")["instruction_id"]) == ["bad/0", "bad/2"]
+    # the file's other requests (the second of each length) are left_out rows, one per model
+    left = failures.filter(pl.col("reason") == "left_out")
+    assert sorted(left["instruction_id"]) == ["bad/1", "bad/3", "ok/1", "ok/3"]
+    assert set(left["error"]) == {"past ruler.per_length 1 for length 100", "past ruler.per_length 1 for length 300"}
+    # the curve is the headline's: the failed model's points are at 0 words
+    curve = pl.read_csv(out[3]).filter(pl.col("model") == "bad")
+    assert curve["required"].to_list() == [100, 300] and curve["produced"].to_list() == [0.0, 0.0]
 
 
 def test_the_stage_says_at_least_and_warns_below_the_decision_cap(fake_server, tmp_path: Path) -> None:

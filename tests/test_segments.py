@@ -15,7 +15,7 @@ from longwriter.eval.segments import SegmentsConfig, part_measures, run_segments
 from longwriter.generation import answer_row
 from longwriter.judge import JudgeConfig
 from longwriter.llm import ClientSettings, ModelSpec
-from longwriter.schemas import Answers, LongSamples, empty, validate
+from longwriter.schemas import Answers, LongSamples, SegmentParts, empty, validate
 from longwriter.scoring import bucket_of
 from longwriter.wordcount import cut_by_units, word_units
 
@@ -58,6 +58,16 @@ def test_segments_config_errors(data, match):
         build(SegmentsConfig, data, "params.yaml:segments")
 
 
+def _accounted_once(keys: set[str], table: pl.DataFrame, failures: pl.DataFrame) -> None:
+    """Every text (``set/text_id``) is rows of the output table or one whole-text failures row: never both, never
+    neither, nothing else."""
+    out = {f"{s}/{t}" for s, t in table.select("set", "text_id").iter_rows()}
+    whole = failures.filter(pl.col("section").is_null())["instruction_id"].to_list()
+    assert len(whole) == len(set(whole))
+    assert not out & set(whole) and out | set(whole) == keys
+    assert set(failures["instruction_id"]) <= keys
+
+
 def _distinct_words(n: int) -> str:
     """``n`` different letter-only words (digits are no word units)."""
     words = ("".join(p) for p in itertools.product(string.ascii_lowercase, repeat=3))
@@ -81,7 +91,8 @@ def test_the_stage_measures_each_text_set_and_leaves_short_answers_out(tmp_path)
             answer_row("sft", request, 0, fresh, "stop", 1024, 5, 300, 1.0)]
     validate(pl.DataFrame(rows, schema=empty(Answers).schema), Answers, "a").write_parquet(tmp_path / "a.parquet")
     result = run_segments(SegmentsConfig(parts=4, n=2, min_words=50), tmp_path / "samples.parquet",
-                          tmp_path / "a.parquet", tmp_path / "m.json", tmp_path / "curve.csv", tmp_path / "f.parquet")
+                          tmp_path / "a.parquet", tmp_path / "parts.parquet", tmp_path / "m.json",
+                          tmp_path / "curve.csv", tmp_path / "f.parquet")
     sets = result["sets"]
     assert list(sets) == ["agentwrite", "base", "sft"]
     assert sets["base"]["answers"] == 1 and sets["base"]["short"] == 1
@@ -91,7 +102,23 @@ def test_the_stage_measures_each_text_set_and_leaves_short_answers_out(tmp_path)
     assert json.loads((tmp_path / "m.json").read_text()) == result
     curve = pl.read_csv(tmp_path / "curve.csv")
     assert curve.columns == ["model", "part", "words", "distinct_n", "repeats_earlier", "quality"]
-    assert curve["quality"].is_null().all() and pl.read_parquet(tmp_path / "f.parquet").height == 0
+    assert curve["quality"].is_null().all()
+    # the short answer (base, request 1) is one failures row; every other text is a row per part
+    failures = pl.read_parquet(tmp_path / "f.parquet")
+    assert failures.select("stage", "instruction_id", "section", "reason").rows() == [
+        ("segments", "base/1", None, "too_short")]
+    assert "2 words" in failures["error"][0] and "min_words (50)" in failures["error"][0]
+    assert result["failures"] == {"too_short": 1}
+    parts = validate(pl.read_parquet(tmp_path / "parts.parquet"), SegmentParts, "parts")
+    assert parts.columns == ["set", "text_id", "part", "words", "distinct_n", "repeats_earlier", "quality"]
+    assert parts.select("set", "text_id").unique(maintain_order=True).rows() == [
+        ("agentwrite", "s1"), ("base", "0"), ("sft", "0")]
+    assert parts.filter(pl.col("set") == "base")["part"].to_list() == [1, 2, 3, 4]
+    assert parts.filter(pl.col("set") == "base")["repeats_earlier"][-1] == 1.0 and parts["quality"].is_null().all()
+    # one text per set measured: the table's parts are the curve's means
+    measures = ["part", "words", "distinct_n", "repeats_earlier"]
+    assert parts.select("set", *measures).rows() == curve.select("model", *measures).rows()
+    _accounted_once({"agentwrite/s1", "base/0", "base/1", "sft/0"}, parts, failures)
     assert curve.filter(pl.col("model") == "base")["part"].to_list() == [1, 2, 3, 4]
     # distinct text repeats nothing anywhere
     assert sets["sft"]["first"]["repeats_earlier"] == sets["sft"]["last"]["repeats_earlier"] == 0.0
@@ -120,8 +147,8 @@ def test_the_judge_rates_each_part_given_the_text_before_it(fake_server, tmp_pat
         judge = JudgeConfig(model=ModelSpec(provider="openai", base_url=srv.base_url, model="judge"))
         settings = ClientSettings(cache_dir=str(tmp_path / "cache"), max_retries=0)
         result = run_segments(SegmentsConfig(parts=4, n=2, min_words=50, judge=True, judge_answers=2),
-                              tmp_path / "samples.parquet", tmp_path / "a.parquet", tmp_path / "m.json",
-                              tmp_path / "curve.csv", tmp_path / "f.parquet", judge, settings)
+                              tmp_path / "samples.parquet", tmp_path / "a.parquet", tmp_path / "parts.parquet",
+                              tmp_path / "m.json", tmp_path / "curve.csv", tmp_path / "f.parquet", judge, settings)
         prompts = [b["messages"][1]["content"] for b in srv.bodies]
     assert len(prompts) == 8 and result["judge_failed"] == 1 and result["judge_llm"]["failed_calls"] == 1
     # the first part is shown as the beginning, later parts after the text before them
@@ -129,6 +156,17 @@ def test_the_judge_rates_each_part_given_the_text_before_it(fake_server, tmp_pat
     assert len(firsts) == 2 and all("<text-before-" in p for p in prompts if p not in firsts)
     failures = pl.read_parquet(tmp_path / "f.parquet")
     assert failures.height == 1 and failures["reason"][0] == "llm_error" and failures["section"][0] in (1, 2, 3, 4)
+    # the failed part is a note about a text that is still measured: its row stays, without quality
+    failed = (failures["instruction_id"][0], failures["section"][0])
+    assert failed[0] in ("agentwrite/s0", "agentwrite/s1")
+    parts = pl.read_parquet(tmp_path / "parts.parquet")
+    assert parts.height == 12
+    rated = parts.filter(pl.col("quality").is_not_null())
+    assert rated.height == 7 and set(rated["text_id"]) == {"s0", "s1"}
+    assert parts.filter(pl.col("text_id") == "s2")["quality"].is_null().all()  # past judge_answers
+    assert (parts.filter((pl.col("set") + "/" + pl.col("text_id") == failed[0]) & (pl.col("part") == failed[1]))
+            ["quality"].to_list() == [None])
+    _accounted_once({"agentwrite/s0", "agentwrite/s1", "agentwrite/s2"}, parts, failures)
     m = result["sets"]["agentwrite"]
     assert m["judged_answers"] == 2 and m["answers"] == 3
     curve = pl.read_csv(tmp_path / "curve.csv")

@@ -13,7 +13,14 @@ import polars as pl
 import pytest
 from wildchat import conversation, write_shard
 
-from longwriter.agentwrite.dedup import _BLANKS, _plain_classes, first_distinct, first_of_each_key, normalised_prompts
+from longwriter.agentwrite.dedup import (
+    _BLANKS,
+    _plain_classes,
+    first_distinct,
+    first_of_each_key,
+    normalised_prompts,
+    unique_ids,
+)
 from longwriter.agentwrite.pool import _certainly_valid, load_pools
 from longwriter.agentwrite.select import SelectConfig, prefilter
 from longwriter.agentwrite.selector import choose
@@ -60,7 +67,7 @@ def test_prefilter_dedups_case_and_whitespace(tmp_path):
         {"id": "g", "prompt": "Write a 9000-word novella about a lighthouse."},  # over max_required_words
     ]
     pool.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
-    cands, counts = prefilter(load_pools([str(pool)]), SelectConfig(min_prompt_chars=5, max_required_words=5000))
+    cands, counts, _ = prefilter(load_pools([str(pool)]), SelectConfig(min_prompt_chars=5, max_required_words=5000))
     assert counts == {"read": 7, "after_dedup": 5, "by_lang": {"en": 3, "other": 1, "zh": 1}, "after_lang": 4,
                       "after_length": 3, "after_required_words": 2}
     assert cands.sort("id").select("id", "lang", "required_words", "source").to_dicts() == [
@@ -98,7 +105,7 @@ def test_a_wildchat_shard_is_a_pool_of_first_user_turns(tmp_path):
     write_shard(tmp_path / "wildchat" / "train-00001-of-00002.parquet", [("h4", conversation("Write a guide."))])
     df = load_pools([str(tmp_path / "wildchat")])
     assert df["id"].to_list() == ["h1", "h2", "h4"] and set(df["source"]) == {"wildchat"}
-    cands, counts = prefilter(df, SelectConfig(min_prompt_chars=5, max_required_words=None))
+    cands, counts, _ = prefilter(df, SelectConfig(min_prompt_chars=5, max_required_words=None))
     assert counts["read"] == 3 and dict(zip(cands["id"], cands["required_words"], strict=True)) == {
         "h1": 3000, "h2": 5000, "h4": None}
 
@@ -124,7 +131,7 @@ def test_chat_pools_with_messages_and_pools_without_prompts(tmp_path):
 
 def test_default_pool_is_valid():
     df = load_pools([str(ROOT / "data/pool/instructions.jsonl")])
-    cands, counts = prefilter(df, SelectConfig())
+    cands, counts, _ = prefilter(df, SelectConfig())
     assert counts["read"] >= 140 and counts["after_dedup"] < counts["read"]
     assert set(cands["lang"]) == {"zh", "en"}
 
@@ -207,13 +214,13 @@ def _reference_language(col: str = "prompt") -> pl.Expr:
 def _reference_prefilter(pool: pl.DataFrame, cfg: SelectConfig) -> tuple[pl.DataFrame, dict]:
     """prefilter as first written: one Polars expression per step over every row."""
     counts: dict = {"read": pool.height}
-    df = pool.with_columns(pl.col("prompt").str.normalize("NFKC").str.strip_chars())
-    df = df.with_columns(pl.col("prompt").str.to_lowercase().str.replace_all(r"\s+", " ").alias("_key"))
-    df = df.unique(subset="_key", keep="first", maintain_order=True)
-    df = df.with_columns(
+    df = pool.with_columns(
         pl.when(pl.col("id").is_duplicated() & (pl.int_range(pl.len()).over("id") > 0))
         .then(pl.col("id") + "-" + pl.int_range(pl.len()).over("id").cast(pl.Utf8))
         .otherwise(pl.col("id")).alias("id"))
+    df = df.with_columns(pl.col("prompt").str.normalize("NFKC").str.strip_chars())
+    df = df.with_columns(pl.col("prompt").str.to_lowercase().str.replace_all(r"\s+", " ").alias("_key"))
+    df = df.unique(subset="_key", keep="first", maintain_order=True)
     counts["after_dedup"] = df.height
     df = df.with_columns(_reference_language("prompt").alias("lang"), pl.col("prompt").str.len_chars().alias("_chars"))
     counts["by_lang"] = {lang: int(n) for lang, n in df.group_by("lang").len().sort("lang").iter_rows()}
@@ -258,10 +265,19 @@ def test_prefilter_agrees_with_reference(seed):
         "required_words": [rng.choice([None, None, None, 1500]) for _ in prompts],
     }, schema_overrides={"required_words": pl.Int64})
     cfg = SelectConfig(min_prompt_chars=5, max_prompt_chars=60, max_required_words=5000)
-    got, counts = prefilter(pool, cfg)
+    got, counts, dropped = prefilter(pool, cfg)
     want, want_counts = _reference_prefilter(pool, cfg)
     assert counts == want_counts
     assert got.equals(want)
+    # every pool row is a candidate or one failures row, never both, never neither
+    ids = unique_ids(pool["id"])
+    assert ids.n_unique() == pool.height and dropped["instruction_id"].n_unique() == dropped.height
+    assert set(got["id"]).isdisjoint(dropped["instruction_id"])
+    assert set(got["id"]) | set(dropped["instruction_id"]) == set(ids)
+    by_reason = dict(dropped["reason"].value_counts().iter_rows())
+    assert by_reason["duplicate"] == counts["read"] - counts["after_dedup"]
+    assert by_reason["other_language"] == counts["after_dedup"] - counts["after_lang"]
+    assert by_reason["prompt_length"] == counts["after_lang"] - counts["after_length"]
     assert counts["after_dedup"] < counts["read"] and counts["after_length"] < counts["after_lang"]
 
 
@@ -270,7 +286,7 @@ def test_ids_reused_across_pools_are_rekeyed(tmp_path):
     a.write_text('{"id": "x", "prompt": "Write a long story about a fox."}\n'
                  '{"id": "y", "prompt": "Write a long story about a bear."}\n', encoding="utf-8")
     b.write_text('{"id": "x", "prompt": "Write a long story about a wolf."}\n', encoding="utf-8")
-    cands, _ = prefilter(load_pools([str(a), str(b)]), SelectConfig())
+    cands, _, _ = prefilter(load_pools([str(a), str(b)]), SelectConfig())
     assert cands["id"].to_list() == ["x", "y", "x-1"]
     assert cands["source"].to_list() == ["a", "a", "b"]
 
@@ -403,3 +419,20 @@ def test_required_words_on_the_default_pool_and_edge_series():
     extra = pl.Series(["约1.5万字的报告", "A 3k words report", "写一篇两千字的散文", "no numbers here", "2,000-word"])
     for series in (pl.concat([prompts, extra]), pl.Series(["no length"]), pl.Series([], dtype=pl.Utf8)):
         assert required_words(series).to_list() == [required_words_in(p) for p in series.to_list()]
+
+
+def test_every_candidate_not_chosen_gets_one_row_with_its_reason():
+    from longwriter.agentwrite.select import verdict_failures
+    from longwriter.agentwrite.selector import Verdict
+    cands = pl.DataFrame({"id": ["a", "b", "c", "d", "e", "f"], "lang": ["en"] * 6,
+                          "required_words": [None, None, 800, None, None, None]},
+                         schema_overrides={"required_words": pl.Int64})
+    verdicts = [Verdict("a", True, 2000, 1), Verdict("b", False, 0, 1), Verdict("c", True, 3000, 1),
+                Verdict("d", None, None, 3, "bad JSON", reason="unusable_output"), Verdict("e", True, 5000, 1)]
+    rows = verdict_failures(cands, {"a"}, verdicts, SelectConfig(per_lang=1))
+    got = {r["instruction_id"]: (r["reason"], r["error"]) for r in rows}
+    assert len(rows) == len(got) == 5 and "a" not in got
+    assert got["b"][0] == "not_long" and got["d"][0] == "unusable_output"
+    assert got["c"] == ("not_long", "800 words (stated) < min_estimated_words 1200")  # stated length rules
+    assert got["e"][0] == "left_out" and "accepted after select.per_lang 1" in got["e"][1]
+    assert got["f"][0] == "left_out" and got["f"][1].startswith("not judged")

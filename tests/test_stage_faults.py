@@ -259,6 +259,61 @@ def test_compare_records_requests_one_model_did_not_answer(fake_server, tmp_path
     assert pl.read_csv(tmp_path / "elo.csv")["model"].to_list() == ["a", "b"]
 
 
+def test_compare_records_requests_neither_model_answered_once(fake_server, tmp_path):
+    """Every (pair, request asked) ends as one verdicts row or one unanswered row, never both, never neither: also
+    a request neither of the pair answered (another model did, or, read from the answering stage's failures, no
+    model did)."""
+    from longwriter.eval.compare import CompareConfig, run_compare
+    from longwriter.failures import Reason, failure_row, write_failures
+    from longwriter.generation import answer_row
+    from longwriter.judge import JudgeConfig
+    from longwriter.schemas import Answers, empty, write_checked
+
+    def row(model: str, index: int) -> dict:
+        request = {"index": index, "prompt": f"Write {index}.", "type": None, "lang": "en", "required": 100,
+                   "bucket": "0-500"}
+        return answer_row(model, request, 0, f"Answer {index} of {model}.", "stop", 512, 5, 5, 0.1)
+
+    # 0: all answered; 1: only c (neither a nor b); 2: no model; 3: only a; d answered nothing at all
+    answered = [("a", 0), ("b", 0), ("c", 0), ("c", 1), ("a", 3)]
+    write_checked(pl.DataFrame([row(m, i) for m, i in answered], schema=empty(Answers).schema), Answers,
+                  tmp_path / "answers.parquet")
+    asked = [(m, i) for m in "abcd" for i in range(4)]
+    # the answering stage's failures: the requests asked that got no answer, and request 4, never asked
+    write_failures([failure_row("longbench_answer", Reason.LLM_ERROR, "HTTP 500", instruction_id=f"{m}/{i}")
+                    for m, i in asked if (m, i) not in answered]
+                   + [failure_row("longbench_answer", Reason.LEFT_OUT, "past longbench.per_lang 4 for en",
+                                  instruction_id=f"{m}/4") for m in "abcd"], tmp_path / "answer_failures.parquet")
+    pairs = (("a", "b"), ("c", "a"), ("d", "c"))
+    with fake_server() as srv:
+        m = run_compare(CompareConfig(pairs=pairs, requests=None), JudgeConfig(model=fake_spec(srv)),
+                        fast_settings(tmp_path), tmp_path / "answers.parquet", tmp_path / "c.parquet",
+                        tmp_path / "f.parquet", tmp_path / "m.json",
+                        answer_failures=tmp_path / "answer_failures.parquet")
+    table = pl.read_parquet(tmp_path / "c.parquet")
+    failures = pl.read_parquet(tmp_path / "f.parquet")
+    unanswered = failures.filter(pl.col("reason") == "unanswered")
+    judged = {f"{a}_vs_{b}/{i}" for a, b, i in table.select("model_a", "model_b", "index").iter_rows()}
+    assert unanswered["instruction_id"].is_unique().all() and table.height == len(judged)
+    assert not judged & set(unanswered["instruction_id"])
+    assert judged | set(unanswered["instruction_id"]) == {f"{a}_vs_{b}/{i}" for a, b in pairs for i in range(4)}
+    assert judged == {"a_vs_b/0", "c_vs_a/0"}  # the requests both of the pair answered
+    errors = dict(unanswered.select("instruction_id", "error").iter_rows())
+    assert errors["a_vs_b/1"] == errors["a_vs_b/2"] == "no answer from a, b"
+    assert errors["a_vs_b/3"] == "no answer from b" and errors["d_vs_c/1"] == "no answer from d"
+    assert errors["d_vs_c/2"] == "no answer from d, c"
+    assert (m["a_vs_b"]["unanswered"], m["c_vs_a"]["unanswered"], m["d_vs_c"]["unanswered"]) == (3, 3, 4)
+    assert m["a_vs_b"]["judged"] + m["a_vs_b"]["failed"] == 1 and m["requests"] == 4
+    assert m["failures"]["unanswered"] == 10
+    # without the answering stage's failures, the request no model answered is not known to the stage (nor is d)
+    with fake_server() as srv:
+        m = run_compare(CompareConfig(pairs=(("a", "b"),), requests=None), JudgeConfig(model=fake_spec(srv)),
+                        fast_settings(tmp_path), tmp_path / "answers.parquet", tmp_path / "c.parquet",
+                        tmp_path / "f.parquet", tmp_path / "m.json")
+    assert sorted(pl.read_parquet(tmp_path / "f.parquet")["instruction_id"]) == ["a_vs_b/1", "a_vs_b/3"]
+    assert m["a_vs_b"]["unanswered"] == 2 and m["requests"] == 3
+
+
 def test_compare_judges_the_same_seeded_sample_of_requests_for_every_pair(fake_server, tmp_path):
     from longwriter.eval.compare import CompareConfig, run_compare
     from longwriter.generation import answer_row
@@ -282,6 +337,11 @@ def test_compare_judges_the_same_seeded_sample_of_requests_for_every_pair(fake_s
     by_pair = {pair: sorted(table.filter(pl.col("model_a") == pair[0])["index"]) for pair in cfg.pairs}
     assert by_pair[("a", "b")] == by_pair[("c", "b")] and len(by_pair[("a", "b")]) == 3
     assert m["requests"] == 3 and calls == 2 * 3 * 2  # two pairs, three requests, both orders
+    # the other three of each pair are accounted for: left out by compare.requests, one row each
+    left_out = pl.read_parquet(tmp_path / "f.parquet").filter(pl.col("reason") == "left_out")
+    assert sorted(left_out["instruction_id"]) == sorted(f"{a}_vs_{b}/{i}" for a, b in cfg.pairs for i in range(6)
+                                                        if i not in by_pair[("a", "b")])
+    assert m["left_out_by_requests"] == 3 and m["failures"]["left_out"] == 6
     with pytest.raises(ValueError, match="requests"):
         CompareConfig(requests=0)
 

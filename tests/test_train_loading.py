@@ -190,7 +190,8 @@ def test_the_stages_pass_base_trust_remote_code(stage: str, tmp_path: Path, monk
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"base": {"model": "some/model", "trust_remote_code": True}}))
     paths = {"mix": ["--tokenizer", "b"], "sft": ["--base", "b", "--data", "d"],
-             "dpo": ["--model", "m", "--pairs", "p"], "grpo": ["--instructions", "i", "--plans", "p"]}[stage]
+             "dpo": ["--model", "m", "--pairs", "p"],
+             "grpo": ["--instructions", "i", "--plans", "p", "--prompts-output", "q"]}[stage]
     plot = [] if stage == "mix" else ["--plot-csv", "c"]
     result = CliRunner().invoke(module.main, ["--params", str(params), *paths, "--output", "o", "--metrics", "m",
                                               "--timings", "t", *plot, "--failures", "f"])

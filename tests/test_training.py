@@ -416,12 +416,13 @@ def _candidates(prompt_id: str, scores: list[float | None], order: list[int] | N
 
 
 def test_build_pairs_chosen_and_rejected() -> None:
+    # random_lower (the option): a tie for the best still gives a pair, against an answer scoring lower
     cands = (_candidates("a", [40.0, 90.0, 70.0, 10.0], order=[3, 1, 0, 2])
              + _candidates("tie", [80.0, 95.0, 95.0, 20.0], order=[2, 3, 1, 0])
              + _candidates("unrated", [None, 60.0, None, 50.0])
              + _candidates("one", [None, 99.0, None])
              + _candidates("none", [None, None]))
-    pairs = {p["prompt_id"]: p for p in build_pairs(cands, seed=0)}
+    pairs = {p["prompt_id"]: p for p in build_pairs(cands, seed=0, rejected="random_lower")}
     assert set(pairs) == {"a", "tie", "unrated"}
     assert pairs["a"]["chosen_sample"] == 1 and pairs["a"]["chosen"] == "a/1" and pairs["a"]["chosen_score"] == 90
     assert pairs["tie"]["chosen_sample"] == 1
@@ -433,33 +434,76 @@ def test_build_pairs_chosen_and_rejected() -> None:
         assert p["rejected_score"] == scores[p["rejected_sample"]]
         assert p["rejected"] == f"{pid}/{p['rejected_sample']}"
         assert p["prompt"] == f"prompt {pid}"
-        assert p["margin"] == p["chosen_score"] - p["rejected_score"] >= 0
+        assert p["margin"] == p["chosen_score"] - p["rejected_score"] > 0
     # a table the Pairs schema accepts
     validate(pl.DataFrame(list(pairs.values()), schema=empty(Pairs).schema), Pairs, "pairs")
 
 
-def test_build_pairs_is_seeded_and_independent_of_other_prompts() -> None:
+@pytest.mark.parametrize("rule", ["random_other", "random_lower"])
+def test_build_pairs_is_seeded_and_independent_of_other_prompts(rule: str) -> None:
     rng = random.Random(7)
     cands = [c for i in range(60) for c in _candidates(f"p{i:02d}", [rng.uniform(0, 100) for _ in range(4)])]
-    first = build_pairs(cands, seed=0)
+    first = build_pairs(cands, seed=0, rejected=rule)
     assert len(first) == 60
-    assert build_pairs(cands, seed=0) == first
-    assert build_pairs(list(reversed(cands)), seed=0) == first
-    assert build_pairs(cands, seed=1) != first
+    assert build_pairs(cands, seed=0, rejected=rule) == first
+    assert build_pairs(list(reversed(cands)), seed=0, rejected=rule) == first
+    assert build_pairs(cands, seed=1, rejected=rule) != first
     # a prompt's pair does not depend on which other prompts are in the run
-    alone = build_pairs([c for c in cands if c["prompt_id"] == "p07"], seed=0)
+    alone = build_pairs([c for c in cands if c["prompt_id"] == "p07"], seed=0, rejected=rule)
     assert alone == [p for p in first if p["prompt_id"] == "p07"]
-    subset = build_pairs([c for c in cands if c["prompt_id"] < "p30"], seed=0)
+    subset = build_pairs([c for c in cands if c["prompt_id"] < "p30"], seed=0, rejected=rule)
     assert subset == [p for p in first if p["prompt_id"] < "p30"]
 
 
-def test_build_pairs_rejected_is_random_among_the_others() -> None:
+@pytest.mark.parametrize("rule", ["random_other", "random_lower"])
+def test_build_pairs_rejected_is_random_among_the_others(rule: str) -> None:
     # sample 0 is always the best: every other sample should be drawn as rejected for some prompt
     cands = [c for i in range(60) for c in _candidates(f"p{i}", [90.0, 50.0, 40.0, 30.0])]
-    pairs = build_pairs(cands, seed=0)
+    pairs = build_pairs(cands, seed=0, rejected=rule)
     assert {p["chosen_sample"] for p in pairs} == {0}
     counts = {s: sum(p["rejected_sample"] == s for p in pairs) for s in (1, 2, 3)}
     assert all(n >= 5 for n in counts.values()), counts
+
+
+def test_build_pairs_default_draws_any_other_answer_ties_included() -> None:
+    """The paper's rule (the default): rejected is a random one of the other three, equal scores included; a draw
+    that scores the same as the best gives no pair but a zero_margin row. Over seeds each other sample is drawn."""
+    assert build_pairs(_candidates("x", [90.0, 50.0]), seed=0) == build_pairs(
+        _candidates("x", [90.0, 50.0]), seed=0, rejected="random_other")
+    cands = _candidates("p", [90.0, 90.0, 50.0, 40.0])  # samples 0 and 1 tie for the best: 0 is chosen
+    drawn: dict[int, int] = {}
+    for seed in range(60):
+        dropped: list[dict] = []
+        pairs = build_pairs(cands, seed=seed, dropped=dropped)
+        assert len(pairs) + len(dropped) == 1
+        if pairs:
+            assert pairs[0]["chosen_sample"] == 0 and pairs[0]["rejected_sample"] in (2, 3)
+            assert pairs[0]["margin"] > 0
+            drawn[pairs[0]["rejected_sample"]] = drawn.get(pairs[0]["rejected_sample"], 0) + 1
+        else:
+            (row,) = dropped
+            assert (row["instruction_id"], row["reason"]) == ("p", "zero_margin")
+            assert "sample 1" in row["error"] and "sample 0" in row["error"]
+            drawn[1] = drawn.get(1, 0) + 1
+    assert set(drawn) == {1, 2, 3} and all(n >= 8 for n in drawn.values()), drawn
+    # the option keeps the rule before: only answers scoring lower, so the tie never costs the pair
+    lower = [build_pairs(cands, seed=seed, rejected="random_lower") for seed in range(60)]
+    assert all(len(p) == 1 and p[0]["rejected_sample"] in (2, 3) for p in lower)
+    assert {p[0]["rejected_sample"] for p in lower} == {2, 3}
+
+
+def test_the_rejected_rule_is_checked() -> None:
+    from longwriter.config import ConfigError, build
+    from longwriter.train.pairs import PairsConfig
+
+    assert PairsConfig().rejected == "random_other"
+    assert build(PairsConfig, {"rejected": "random_lower"}, "p:dpo_pairs").rejected == "random_lower"
+    with pytest.raises(ValueError, match="rejected"):
+        PairsConfig(rejected="worst")
+    with pytest.raises(ConfigError, match=r"dpo_pairs\.rejected"):
+        build(PairsConfig, {"rejected": "worst"}, "p:dpo_pairs")
+    with pytest.raises(ValueError, match="rejected"):
+        build_pairs(_candidates("x", [90.0, 50.0]), seed=0, rejected="worst")
 
 
 # ----------------------------------------------------------------------------------------------- 6. DPO runs
@@ -515,13 +559,24 @@ def test_dpo_without_pairs_publishes_the_input_model(base_dir: Path, tmp_path: P
     assert pl.read_csv(tmp_path / "curve.csv").height == 0
 
 
-def test_build_pairs_records_prompts_without_a_pair() -> None:
+@pytest.mark.parametrize("rule", ["random_other", "random_lower"])
+def test_build_pairs_records_prompts_without_a_pair(rule: str) -> None:
     cands = (_candidates("flat", [70.0, 70.0, 70.0]) + _candidates("one", [None, 99.0])
-             + _candidates("ok", [10.0, 70.0, 70.0]))
+             + _candidates("ok", [70.0, 70.0, 10.0]))
     dropped: list[dict] = []
-    pairs = build_pairs(cands, seed=0, dropped=dropped)
-    assert [p["prompt_id"] for p in pairs] == ["ok"] and pairs[0]["margin"] == 60.0
-    assert {(d["instruction_id"], d["reason"]) for d in dropped} == {("flat", "zero_margin"), ("one", "too_few_rated")}
+    pairs = build_pairs(cands, seed=0, dropped=dropped, rejected=rule)
+    rows = {(d["instruction_id"], d["reason"]) for d in dropped}
+    assert {("flat", "zero_margin"), ("one", "too_few_rated")} <= rows
+    # each prompt once: a pair or a row ("ok": random_lower always pairs sample 0 with sample 2; random_other may
+    # draw the tied sample 1, a zero_margin row)
+    assert sorted([p["prompt_id"] for p in pairs] + [d["instruction_id"] for d in dropped]) == ["flat", "ok", "one"]
+    if rule == "random_lower":
+        assert [p["prompt_id"] for p in pairs] == ["ok"] and pairs[0]["margin"] == 60.0
+    # a sampled prompt with no candidate at all (every sample unanswered: only per-sample rows) gets a row too
+    dropped = []
+    assert build_pairs(cands, seed=0, dropped=dropped, rejected=rule, prompt_ids=["silent", "one"]) == pairs
+    assert ("silent", "too_few_rated") in {(d["instruction_id"], d["reason"]) for d in dropped}
+    assert sum(d["instruction_id"] == "one" for d in dropped) == 1
 
 
 
@@ -574,3 +629,30 @@ def test_dpo_pairs_samples_no_prompt_whose_ask_exceeds_the_token_ceiling(tmp_pat
                       tmp_path / "m.json")
     assert m["pairs"] == 0 and m["over_ceiling"] == 1 and m["generation_llm"]["calls"] == 0
     assert pl.read_parquet(tmp_path / "f.parquet")["reason"].to_list() == ["over_ceiling"]
+
+
+def test_dpo_pairs_records_an_instruction_without_a_length(tmp_path: Path) -> None:
+    """Neither a required nor an estimated length: nothing to score an answer's length against. The prompt is not
+    sampled and gets a no_required_length row, so every prompt of the input ends as a pair or a failures row."""
+    from longwriter.judge import JudgeConfig
+    from longwriter.llm import ClientSettings
+    from longwriter.train.pairs import PairsConfig, length_requests, run_dpo_pairs
+
+    pl.DataFrame({"id": ["none", "zero", "big"], "prompt": ["Write a story.", "Write a poem.", "写一篇1500字的文章"],
+                  "lang": ["en", "en", "zh"], "source": ["t"] * 3, "required_words": [None, None, 1500],
+                  "estimated_words": [None, 0, None]},
+                 schema_overrides={"required_words": pl.Int64, "estimated_words": pl.Int64},
+                 ).write_parquet(tmp_path / "in.parquet")
+    kept, rows = length_requests(pl.read_parquet(tmp_path / "in.parquet"))
+    assert kept["id"].to_list() == ["big"] and kept["required"].to_list() == [1500]
+    assert [(r["instruction_id"], r["reason"]) for r in rows] == [("none", "no_required_length"),
+                                                                   ("zero", "no_required_length")]
+    m = run_dpo_pairs(PairsConfig(), JudgeConfig(), ClientSettings(cache_dir=str(tmp_path / "c")),
+                      tmp_path / "in.parquet", tmp_path / "no-model", tmp_path / "p.parquet", tmp_path / "f.parquet",
+                      tmp_path / "m.json")
+    assert m["prompts"] == 3 and m["no_required_length"] == 2 and m["over_ceiling"] == 1
+    assert m["samples"] == 0 and m["generation_llm"]["calls"] == 0
+    assert m["failures"] == {"no_required_length": 2, "over_ceiling": 1}
+    failures = pl.read_parquet(tmp_path / "f.parquet")
+    assert sorted(zip(failures["instruction_id"], failures["reason"], strict=True)) == [
+        ("big", "over_ceiling"), ("none", "no_required_length"), ("zero", "no_required_length")]

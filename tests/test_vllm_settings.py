@@ -281,7 +281,7 @@ def test_nll_passes_trust_remote_code_and_its_dtype(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model)
     with pytest.raises(_Loaded):
         run_nll(NllConfig(model="THUDM/glm-4-9b", trust_remote_code=True), tmp_path / "s", tmp_path / "a",
-                tmp_path / "m.json", tmp_path / "p.csv")
+                tmp_path / "n.parquet", tmp_path / "m.json", tmp_path / "p.csv", tmp_path / "f.parquet")
     assert calls["tokenizer"] == {"name": "THUDM/glm-4-9b", "trust_remote_code": True}
     assert calls["model"] == {"name": "THUDM/glm-4-9b", "trust_remote_code": True,
                               "dtype": device_and_dtype(torch.cuda.is_available())[1]}

@@ -12,8 +12,9 @@ rated in ``longbench``, with the same prompt. Over the answers both rated:
 
 A warning goes to the stage's output (and ``warning`` in its metrics) when a dimension's Spearman is below
 ``min_spearman`` or undefined. With the defaults the reference is the embedded judge itself, asked again at
-temperature 1.0 with another seed: the figures are then the judge's agreement with itself (test-retest), an upper
-bound on its agreement with any other judge, not a comparison with a stronger one.
+temperature 1.0 with another seed: the figures are then the judge's agreement with itself (test-retest), i.e. how
+much its ratings change when it is asked again with sampling, its noise; they say nothing about its agreement with
+any other judge, and are not a comparison with a stronger one.
 """
 
 from __future__ import annotations

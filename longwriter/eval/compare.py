@@ -5,6 +5,9 @@ Per request, model a scores 1 for a verdict in its favour, 0.5 for a tie, 0 agai
 orders above 0.5 is a win, 0.5 a tie, below a loss. Across every model the pairs name, each verdict is also a
 game for an Elo rating (a Bradley-Terry fit with bootstrap intervals, ``longwriter.eval.elo``), reported with
 the judge's position bias.
+
+Every (pair, request asked) ends as one row: a verdicts row, or a failures row (``left_out`` by
+``compare.requests``'s sample, or ``unanswered``: one or both of the pair did not answer it).
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from typing import Any
 
 import polars as pl
 
-from longwriter.errors import ConfigError
+from longwriter.errors import ConfigError, InputError
 from longwriter.eval.elo import elo_ratings
-from longwriter.failures import Reason, failure_row, reason_counts, write_failures
+from longwriter.failures import Failures, Reason, failure_row, reason_counts, write_failures
 from longwriter.files import read_table, write_csv, write_metrics
 from longwriter.judge import JudgeConfig, failure_reason, verdict
 from longwriter.llm import ClientSettings, LLMClient, run_with_llm
@@ -73,27 +76,51 @@ def compare_metrics(table: pl.DataFrame, pairs: tuple[tuple[str, str], ...]) -> 
     return out
 
 
+def unanswered_requests(path: str | Path) -> set[tuple[str, int]]:
+    """(model, index) of every request asked that got no answer, from the answering stage's failures table (ids
+    ``model/index``; its ``left_out`` rows, requests never asked, are not among them)."""
+    out = set()
+    for row, failure in enumerate(validate(read_table(path), Failures, path).iter_rows(named=True), start=1):
+        if failure["reason"] == Reason.LEFT_OUT:
+            continue
+        model, _, index = failure["instruction_id"].rpartition("/")
+        if not model or not index.isdigit():
+            raise InputError(path, f"{failure['instruction_id']!r} is no model/index id", row=row,
+                             column="instruction_id")
+        out.add((model, int(index)))
+    return out
+
+
 def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings, answers_path: str | Path,
                 output: str | Path, failures: str | Path, metrics: str | Path,
-                elo_plot: str | Path | None = None, timings: str | Path | None = None) -> dict[str, Any]:
-    answers = validate(read_table(answers_path), Answers, answers_path).filter(pl.col("sample") == 0)
-    present = set(answers["model"].unique().to_list())
+                elo_plot: str | Path | None = None, timings: str | Path | None = None,
+                answer_failures: str | Path | None = None) -> dict[str, Any]:
+    """The whole stage. The requests are every request asked: those in the answers table (any model, any sample)
+    and, with ``answer_failures`` (the answering stage's failures table), those no model answered. Each (pair,
+    request) ends as exactly one row: a ``left_out`` failures row when ``compare.requests`` samples it out, else
+    a verdicts row when both models answered it (a failed judgement adds a failures row to it), else an
+    ``unanswered`` failures row (one or both of the pair did not answer)."""
+    full = validate(read_table(answers_path), Answers, answers_path)
+    failed = unanswered_requests(answer_failures) if answer_failures is not None else set()
+    present = set(full["model"].unique().to_list()) | {m for (m, _) in failed}
     for pair in cfg.pairs:
         unknown = [m for m in pair if m not in present]
         if unknown:
             raise ConfigError(f"compare.pairs names model(s) {unknown} with no answers in {answers_path}")
-    by_key = {(r["model"], r["index"]): r for r in answers.iter_rows(named=True)}
-    indices = sorted({i for (_, i) in by_key})
-    if cfg.requests is not None and cfg.requests < len(indices):
-        chosen = set(random.Random(cfg.seed).sample(indices, cfg.requests))
-        by_key = {k: r for k, r in by_key.items() if k[1] in chosen}
-    jobs = [(a, b, i) for a, b in cfg.pairs for (m, i) in sorted(by_key) if m == a and (b, i) in by_key]
-    # a request one of the two models did not answer cannot be compared: recorded, not skipped in silence
+    by_key = {(r["model"], r["index"]): r for r in full.filter(pl.col("sample") == 0).iter_rows(named=True)}
+    asked = sorted(set(full["index"].to_list()) | {i for (_, i) in failed})
+    indices = asked
+    if cfg.requests is not None and cfg.requests < len(asked):
+        indices = sorted(random.Random(cfg.seed).sample(asked, cfg.requests))
+    left_out = [failure_row("compare", Reason.LEFT_OUT, f"not in the sample of compare.requests {cfg.requests}",
+                            instruction_id=f"{a}_vs_{b}/{i}")
+                for a, b in cfg.pairs for i in sorted(set(asked) - set(indices))]
+    jobs = [(a, b, i) for a, b in cfg.pairs for i in indices if (a, i) in by_key and (b, i) in by_key]
+    # a request one or both of the two models did not answer cannot be compared: recorded, not skipped in silence
     unanswered = [failure_row("compare", Reason.UNANSWERED,
                               f"no answer from {', '.join(m for m in (a, b) if (m, i) not in by_key)}",
                               instruction_id=f"{a}_vs_{b}/{i}")
-                  for a, b in cfg.pairs for i in sorted({i for (m, i) in by_key if m in (a, b)})
-                  if (a, i) not in by_key or (b, i) not in by_key]
+                  for a, b in cfg.pairs for i in indices if (a, i) not in by_key or (b, i) not in by_key]
 
     async def work(llm: LLMClient) -> list[dict[str, Any]]:
         async def one(job: tuple[str, str, int]) -> dict[str, Any]:
@@ -114,14 +141,15 @@ def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings
     failure_rows = unanswered + [
         failure_row("compare", failure_reason(r["error"]), r["error"],
                     instruction_id=f"{r['model_a']}_vs_{r['model_b']}/{r['index']}", attempts=r["attempts"])
-        for r in rows if r["outcome"] is None]
+        for r in rows if r["outcome"] is None] + left_out
     write_failures(failure_rows, failures)
     result = compare_metrics(table, cfg.pairs)
     for a, b in cfg.pairs:
         result[f"{a}_vs_{b}"]["unanswered"] = sum(1 for f in unanswered
                                                   if f["instruction_id"].startswith(f"{a}_vs_{b}/"))
     result["failures"] = reason_counts(failure_rows)
-    result["requests"] = len({i for (_, i) in by_key})
+    result["requests"] = len(indices)
+    result["left_out_by_requests"] = len(asked) - len(indices)
     models = list(dict.fromkeys(m for pair in cfg.pairs for m in pair))
     result["elo"] = elo_ratings(table, models, cfg.bootstrap, cfg.seed)
     if elo_plot is not None:

@@ -20,7 +20,7 @@ from longwriter.benchmark import read_benchmark
 from longwriter.errors import InputError
 from longwriter.eval.answers import EvalConfig, answer_metrics
 from longwriter.eval.plots import length_png
-from longwriter.failures import Failures, failure_row, write_failures
+from longwriter.failures import Failures, Reason, failure_row, write_failures
 from longwriter.files import read_table, write_csv, write_metrics
 from longwriter.generation import generate_answers
 from longwriter.judge import DIMENSIONS, JudgeConfig, RatingOutcome, judge_answers
@@ -62,7 +62,12 @@ def run_longbench_answers(cfg: LongBenchConfig, eval_cfg: EvalConfig, settings: 
     answers, failed, stats = generate_answers(bench, eval_cfg.models, eval_cfg.sampling, settings,
                                               "longbench_answer", cap=eval_cfg.length_cap)
     write_checked(answers, Answers, output)
-    write_failures(failed, failures)
+    asked = set(bench["index"].to_list())
+    left_out = [failure_row("longbench_answer", Reason.LEFT_OUT, f"past longbench.per_lang {cfg.per_lang} for {lang}",
+                            instruction_id=f"{model.name}/{index}")
+                for model in eval_cfg.models for index, lang in in_file.select("index", "lang").iter_rows()
+                if index not in asked]
+    write_failures(failed + left_out, failures)
     result: dict[str, Any] = {}
     for model in eval_cfg.models:
         mine = answers.filter(pl.col("model") == model.name)
@@ -146,10 +151,13 @@ def score_row(answer: dict[str, Any], outcome: RatingOutcome) -> dict[str, Any]:
 
 def unanswered_rows(benchmark: pl.DataFrame, unanswered: pl.DataFrame, path: str | Path) -> list[dict[str, Any]]:
     """A ``Scores`` row for every request in the answering stage's failures (``model/index`` ids, read from
-    ``path``)."""
+    ``path``), except its ``left_out`` rows: a request ``longbench.per_lang`` left out was never asked, so it is
+    neither unanswered nor scored."""
     requests = {r["index"]: r for r in benchmark.iter_rows(named=True)}
     rows = []
     for row, failure in enumerate(unanswered.iter_rows(named=True), start=1):
+        if failure["reason"] == Reason.LEFT_OUT:
+            continue
         model, _, index = failure["instruction_id"].rpartition("/")
         if not index.isdigit() or int(index) not in requests:
             raise InputError(path, f"{failure['instruction_id']!r} is no request of the benchmark file (answers "

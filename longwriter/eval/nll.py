@@ -12,6 +12,10 @@ the overlap, so each token but those of the first window sees at least ``window 
 
 Text sets are the AgentWrite answers and each evaluated model's LongBench-Write answers; texts with fewer than
 ``min_tokens`` tokens are left out (counted), and each set's curve runs to its shortest remaining text.
+
+Every scored text is a row of the ``NllTexts`` table (``data/eval/nll.parquet``: set, text_id, tokens, and its mean
+NLL as written and shuffled); every other text is one failures row (``instruction_id`` ``set/text_id``):
+``too_short`` under ``min_tokens``, ``left_out`` past ``max_texts`` (the shortest of the long enough go).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from typing import Any
 import polars as pl
 
 from longwriter.eval.segments import text_sets
+from longwriter.failures import Reason, failure_row, reason_counts, write_failures
 from longwriter.files import write_csv, write_metrics
+from longwriter.schemas import NllTexts, empty, write_checked
 
 
 @dataclass(frozen=True)
@@ -115,33 +121,45 @@ def _mean_curve(curves: list[list[float]]) -> list[float]:
     return [sum(c[i] for c in curves) / len(curves) for i in range(length)]
 
 
-def set_curves(model: Any, tokenizer: Any, texts: list[str], cfg: NllConfig) -> dict[str, Any]:
-    """One text set's mean cumulative-NLL curves (original and shuffled) and its metrics."""
-    encoded = [(t, tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    eligible = sorted((e for e in encoded if len(e[1]) >= cfg.min_tokens), key=lambda e: -len(e[1]))
+def set_curves(model: Any, tokenizer: Any, texts: list[str], cfg: NllConfig,
+               ids: list[str] | None = None) -> dict[str, Any]:
+    """One text set's mean cumulative-NLL curves (original and shuffled) and its metrics; and per text (by its id in
+    ``ids``, else its position): ``scored`` (text_id, tokens, nll_mean, nll_mean_shuffled), ``short`` and
+    ``left_out`` (text_id, tokens)."""
+    text_ids = ids if ids is not None else [str(i) for i in range(len(texts))]
+    encoded = [(i, t, tokenizer(t, add_special_tokens=False)["input_ids"])
+               for i, t in zip(text_ids, texts, strict=True)]
+    eligible = sorted((e for e in encoded if len(e[2]) >= cfg.min_tokens), key=lambda e: -len(e[2]))
     long = eligible[:cfg.max_texts]
     # every text is counted once: scored, too short, or long enough but past max_texts (the shortest go)
     result: dict[str, Any] = {"texts": len(long), "short": len(encoded) - len(eligible),
                               "left_out_by_max_texts": len(eligible) - len(long)}
     curves: dict[str, list[float]] = {}
+    means: dict[str, list[float]] = {}
     for kind in ("original", "shuffled"):
         per_text = []
-        for i, (text, ids) in enumerate(long):
+        for i, (_, text, tokens) in enumerate(long):
             if kind == "shuffled":
-                ids = tokenizer(shuffled_paragraphs(text, cfg.seed + i), add_special_tokens=False)["input_ids"]
-            per_text.append(cumulative_mean(token_nll(model, ids, cfg.window)))
+                tokens = tokenizer(shuffled_paragraphs(text, cfg.seed + i), add_special_tokens=False)["input_ids"]
+            per_text.append(cumulative_mean(token_nll(model, tokens, cfg.window)))
         curves[kind] = _mean_curve(per_text) if per_text else []
+        means[kind] = [c[-1] for c in per_text]
         curve = curves[kind]
         result[kind] = {
             "tokens": len(curve),
             "nll_at": {str(p): round(curve[p - 1], 4) for p in cfg.positions if p <= len(curve)},
             "tail_slope_per_1k": tail_slope(curve, cfg.tail_fraction) if curve else None,
         }
-    return {"metrics": result, "curves": curves}
+    return {"metrics": result, "curves": curves,
+            "scored": [(i, len(t), m, s) for (i, _, t), m, s in zip(long, means["original"], means["shuffled"],
+                                                                     strict=True)],
+            "short": [(i, len(t)) for i, _, t in encoded if len(t) < cfg.min_tokens],
+            "left_out": [(i, len(t)) for i, _, t in eligible[cfg.max_texts:]]}
 
 
-def run_nll(cfg: NllConfig, samples_path: str | Path, answers_path: str | Path, metrics_path: str | Path,
-            plot_path: str | Path, plot_every: int = 16, timings: str | Path | None = None) -> dict[str, Any]:
+def run_nll(cfg: NllConfig, samples_path: str | Path, answers_path: str | Path, output_path: str | Path,
+            metrics_path: str | Path, plot_path: str | Path, failures_path: str | Path, plot_every: int = 16,
+            timings: str | Path | None = None) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,14 +169,27 @@ def run_nll(cfg: NllConfig, samples_path: str | Path, answers_path: str | Path, 
                                                  ).to(device).eval()
     window = min(cfg.window, getattr(model.config, "max_position_embeddings", None) or cfg.window)
     cfg = dataclasses.replace(cfg, window=window)
-    sets, rows = {}, []
-    for name, pairs in text_sets(samples_path, answers_path).items():
-        scored = set_curves(model, tokenizer, [text for _, text in pairs], cfg)
+    sets, rows, texts, failure_rows = {}, [], [], []
+    for name, set_texts in text_sets(samples_path, answers_path).items():
+        scored = set_curves(model, tokenizer, [text for _, _, text in set_texts], cfg,
+                            ids=[text_id for text_id, _, _ in set_texts])
         sets[name] = scored["metrics"]
         for kind, curve in scored["curves"].items():
             rows += [{"model": f"{name} ({kind})", "position": i + 1, "cumulative_nll": round(v, 5)}
                      for i, v in enumerate(curve) if (i + 1) % plot_every == 0 or i + 1 == len(curve)]
-    result = {"model": cfg.model, "window": window, "min_tokens": cfg.min_tokens, "sets": sets}
+        texts += [{"set": name, "text_id": i, "tokens": n, "nll_mean": m, "nll_mean_shuffled": s}
+                  for i, n, m, s in scored["scored"]]
+        failure_rows += [failure_row("nll", Reason.TOO_SHORT, f"{n} tokens, fewer than nll.min_tokens "
+                                     f"({cfg.min_tokens})", instruction_id=f"{name}/{i}")
+                         for i, n in scored["short"]]
+        failure_rows += [failure_row("nll", Reason.LEFT_OUT, f"{n} tokens: past nll.max_texts ({cfg.max_texts}), "
+                                     f"the set's {cfg.max_texts} longest texts are scored",
+                                     instruction_id=f"{name}/{i}")
+                         for i, n in scored["left_out"]]
+    result = {"model": cfg.model, "window": window, "min_tokens": cfg.min_tokens, "sets": sets,
+              "failures": reason_counts(failure_rows)}
+    write_checked(pl.DataFrame(texts, schema=empty(NllTexts).schema), NllTexts, output_path)
+    write_failures(failure_rows, failures_path)
     write_csv(pl.DataFrame(rows, schema={"model": pl.Utf8, "position": pl.Int64, "cumulative_nll": pl.Float64}),
               plot_path)
     write_metrics(result, metrics_path, timings)

@@ -15,6 +15,12 @@ into ``parts`` equal runs of the paper's word units (``longwriter.wordcount.word
 An n-gram belongs to the part it lies in entirely. Answers with fewer than ``min_words`` words are left out and
 counted (``short``): a 40-word answer cut in four says nothing about position. Per set, the means per part make
 the curve (``plots/segments.csv``); the metrics give the first and last part and the drop between them.
+
+Each text has an id (the sample's ``id`` in the AgentWrite set, the request's ``index`` in a model's), and the
+measures of every part of every measured text are the ``SegmentParts`` table (``data/eval/segments.parquet``:
+set, text_id, part, words, distinct_n, repeats_earlier, quality). A text too short to measure is a failures row
+(``too_short``, ``instruction_id`` ``set/text_id``), so every text is either rows of the table or one failures row;
+a part the judge could not rate keeps its row (quality null) and has a failures row with ``section`` its part.
 """
 
 from __future__ import annotations
@@ -26,16 +32,19 @@ from typing import Any
 
 import polars as pl
 
-from longwriter.failures import failure_row, reason_counts, write_failures
+from longwriter.failures import Reason, failure_row, reason_counts, write_failures
 from longwriter.files import read_table, write_csv, write_metrics
 from longwriter.judge import DIMENSIONS, JudgeConfig, RatingOutcome, rate_part
 from longwriter.llm import ClientSettings, LLMClient, run_with_llm
 from longwriter.llm.runner import run_each
-from longwriter.schemas import Answers, LongSamples, validate
+from longwriter.schemas import Answers, LongSamples, SegmentParts, empty, validate, write_checked
 from longwriter.scoring import dimension_score, quality_score
 from longwriter.wordcount import cut_by_units, word_units
 
 AGENTWRITE = "agentwrite"
+
+# one text of a set: (text_id, request, text); its unit key is f"{set}/{text_id}"
+Text = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -77,31 +86,56 @@ def part_measures(units: Sequence[str], parts: int, n: int) -> list[dict[str, fl
     return out
 
 
-def text_sets(samples_path: str | Path, answers_path: str | Path) -> dict[str, list[tuple[str, str]]]:
-    """The (request, answer) pairs to measure, per set: the AgentWrite answers, then each model's (first sample)."""
+def text_sets(samples_path: str | Path, answers_path: str | Path) -> dict[str, list[Text]]:
+    """The (text_id, request, answer) texts to measure, per set: the AgentWrite answers (text_id: the sample's id),
+    then each model's first sample (text_id: the request's index), by index."""
     samples = validate(read_table(samples_path), LongSamples, samples_path)
     answers = validate(read_table(answers_path), Answers, answers_path).filter(pl.col("sample") == 0)
-    sets = {AGENTWRITE: [(m[0]["content"], m[-1]["content"]) for m in samples["messages"].to_list()]}
+    sets = {AGENTWRITE: [(i, m[0]["content"], m[-1]["content"])
+                         for i, m in zip(samples["id"].to_list(), samples["messages"].to_list(), strict=True)]}
     for model in answers["model"].unique(maintain_order=True).to_list():
         rows = answers.filter(pl.col("model") == model).sort("index")
-        sets[model] = list(zip(rows["prompt"].to_list(), rows["text"].to_list(), strict=True))
+        sets[model] = [(str(i), q, t) for i, q, t in
+                       zip(rows["index"].to_list(), rows["prompt"].to_list(), rows["text"].to_list(), strict=True)]
     return sets
 
 
-# a set's rated parts: per measured answer, per part, the quality (None: the judge could not rate it)
-PartQuality = dict[str, list[list[float | None]]]
+# per set, per measured text (by text_id, in the set's order): its parts' measures (``part_measures``)
+Measured = dict[str, dict[str, list[dict[str, float | int]]]]
 
 
-def judge_parts(sets: dict[str, list[tuple[str, str]]], cfg: SegmentsConfig, judge: JudgeConfig,
+def measure_texts(sets: dict[str, list[Text]], cfg: SegmentsConfig) -> tuple[Measured, list[dict[str, Any]]]:
+    """Every text of at least ``min_words`` words, measured per part; a ``too_short`` failures row for each other."""
+    measured: Measured = {}
+    short = []
+    for name, texts in sets.items():
+        measured[name] = {}
+        for text_id, _, text in texts:
+            units = word_units(text)
+            if len(units) >= cfg.min_words:
+                measured[name][text_id] = part_measures(units, cfg.parts, cfg.n)
+            else:
+                short.append(failure_row("segments", Reason.TOO_SHORT,
+                                         f"{len(units)} words, fewer than segments.min_words ({cfg.min_words})",
+                                         instruction_id=f"{name}/{text_id}"))
+    return measured, short
+
+
+# a set's rated parts: per rated text (by text_id, in the set's order), per part, the quality (None: the judge
+# could not rate it)
+PartQuality = dict[str, dict[str, list[float | None]]]
+
+
+def judge_parts(sets: dict[str, list[Text]], measured: Measured, cfg: SegmentsConfig, judge: JudgeConfig,
                 settings: ClientSettings) -> tuple[PartQuality, list[dict[str, Any]], dict[str, Any]]:
     """The judge's quality of every part of the first ``judge_answers`` measured answers of each set; the failure
     rows of the parts it could not rate; its call stats."""
-    jobs = []  # (set, answer number among the measured, part number, request, text before, part)
-    for name, pairs in sets.items():
-        measured = [(q, t) for q, t in pairs if len(word_units(t)) >= cfg.min_words]
-        for a, (request, text) in enumerate(measured[:cfg.judge_answers]):
+    jobs = []  # (set, text_id, part number, request, text before, part)
+    for name, texts in sets.items():
+        rated = [(i, q, t) for i, q, t in texts if i in measured[name]]
+        for text_id, request, text in rated[:cfg.judge_answers]:
             pieces = cut_by_units(text, cfg.parts)
-            jobs += [(name, a, k, request, "".join(pieces[:k]), pieces[k]) for k in range(cfg.parts)]
+            jobs += [(name, text_id, k, request, "".join(pieces[:k]), pieces[k]) for k in range(cfg.parts)]
 
     async def work(llm: LLMClient) -> list[RatingOutcome]:
         return await run_each(jobs, lambda job: rate_part(llm, job[3], job[4], job[5], judge),
@@ -110,36 +144,34 @@ def judge_parts(sets: dict[str, list[tuple[str, str]]], cfg: SegmentsConfig, jud
     outcomes, stats = run_with_llm(judge.model, settings, work)
     quality: PartQuality = {}
     failures = []
-    for (name, a, k, *_), outcome in zip(jobs, outcomes, strict=True):
-        answers = quality.setdefault(name, [])
-        if a == len(answers):
-            answers.append([None] * cfg.parts)
+    for (name, text_id, k, *_), outcome in zip(jobs, outcomes, strict=True):
+        answer = quality.setdefault(name, {}).setdefault(text_id, [None] * cfg.parts)
         if outcome.rating is None:
-            failures.append(failure_row("segments", outcome.reason, outcome.error, instruction_id=f"{name}:{a}",
-                                        section=k + 1, attempts=outcome.attempts))
+            failures.append(failure_row("segments", outcome.reason, outcome.error,
+                                        instruction_id=f"{name}/{text_id}", section=k + 1,
+                                        attempts=outcome.attempts))
         else:
-            answers[a][k] = quality_score({d: dimension_score([outcome.rating.scores[d]]) for d in DIMENSIONS})
+            answer[k] = quality_score({d: dimension_score([outcome.rating.scores[d]]) for d in DIMENSIONS})
     return quality, failures, stats.as_metrics()
 
 
-def segment_metrics(sets: dict[str, list[tuple[str, str]]], cfg: SegmentsConfig,
+def segment_metrics(sets: dict[str, list[Text]], measured_texts: Measured, cfg: SegmentsConfig,
                     quality: PartQuality | None = None) -> tuple[dict[str, Any], pl.DataFrame]:
     """Per set: answers measured and left out, the mean per part, first vs last part; and the curve's rows."""
     metrics: dict[str, Any] = {}
     rows = []
-    for name, pairs in sets.items():
-        measured = [part_measures(u, cfg.parts, cfg.n) for u in (word_units(t) for _, t in pairs)
-                    if len(u) >= cfg.min_words]
+    for name, texts in sets.items():
+        measured = list(measured_texts[name].values())
         mean = [{key: round(sum(a[k][key] for a in measured) / len(measured), 4)
                  for key in ("words", "distinct_n", "repeats_earlier")} for k in range(cfg.parts)] if measured else []
-        rated = (quality or {}).get(name, [])
+        rated = list((quality or {}).get(name, {}).values())
         by_part = [[q[k] for q in rated if q[k] is not None] for k in range(cfg.parts)]
         part_quality = [round(sum(v) / len(v), 4) if v else None for v in by_part]
         for k, m in enumerate(mean):
             rows.append({"model": name, "part": k + 1, **m, "quality": part_quality[k]})
         first, last = (mean[0], mean[-1]) if mean else ({}, {})
         metrics[name] = {
-            "answers": len(measured), "short": len(pairs) - len(measured),
+            "answers": len(measured), "short": len(texts) - len(measured),
             "first": first or None, "last": last or None,
             # positive: the last part is worse than the first
             "distinct_n_drop": round(first["distinct_n"] - last["distinct_n"], 4) if mean else None,
@@ -157,19 +189,35 @@ def segment_metrics(sets: dict[str, list[tuple[str, str]]], cfg: SegmentsConfig,
     return metrics, curve
 
 
-def run_segments(cfg: SegmentsConfig, samples_path: str | Path, answers_path: str | Path, metrics_path: str | Path,
-                 plot_path: str | Path, failures_path: str | Path, judge: JudgeConfig | None = None,
-                 settings: ClientSettings | None = None, timings: str | Path | None = None) -> dict[str, Any]:
+def segment_parts(measured: Measured, quality: PartQuality | None = None) -> pl.DataFrame:
+    """The ``SegmentParts`` table: one row per measured text per part, with the judge's quality where it rated it."""
+    rows = []
+    for name, texts in measured.items():
+        rated = (quality or {}).get(name, {})
+        for text_id, parts in texts.items():
+            q = rated.get(text_id) or [None] * len(parts)
+            rows += [{"set": name, "text_id": text_id, **p, "quality": q[k]} for k, p in enumerate(parts)]
+    return pl.DataFrame(rows, schema=empty(SegmentParts).schema)
+
+
+def run_segments(cfg: SegmentsConfig, samples_path: str | Path, answers_path: str | Path, output_path: str | Path,
+                 metrics_path: str | Path, plot_path: str | Path, failures_path: str | Path,
+                 judge: JudgeConfig | None = None, settings: ClientSettings | None = None,
+                 timings: str | Path | None = None) -> dict[str, Any]:
     sets = text_sets(samples_path, answers_path)
-    quality, failure_rows, judge_llm = None, [], None
+    measured, failure_rows = measure_texts(sets, cfg)
+    quality, judge_failures, judge_llm = None, [], None
     if cfg.judge:
         if judge is None or settings is None:
             raise ValueError("segments.judge needs the judge and llm settings")
-        quality, failure_rows, judge_llm = judge_parts(sets, cfg, judge, settings)
-    metrics, curve = segment_metrics(sets, cfg, quality)
-    result = {"parts": cfg.parts, "n": cfg.n, "min_words": cfg.min_words, "judge": cfg.judge, "sets": metrics}
+        quality, judge_failures, judge_llm = judge_parts(sets, measured, cfg, judge, settings)
+    failure_rows += judge_failures
+    metrics, curve = segment_metrics(sets, measured, cfg, quality)
+    result = {"parts": cfg.parts, "n": cfg.n, "min_words": cfg.min_words, "judge": cfg.judge, "sets": metrics,
+              "failures": reason_counts(failure_rows)}
     if cfg.judge:
-        result |= {"judge_failed": len(failure_rows), "failures": reason_counts(failure_rows), "judge_llm": judge_llm}
+        result |= {"judge_failed": len(judge_failures), "judge_llm": judge_llm}
+    write_checked(segment_parts(measured, quality), SegmentParts, output_path)
     write_failures(failure_rows, failures_path)
     write_csv(curve, plot_path)
     write_metrics(result, metrics_path, timings)

@@ -61,9 +61,14 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+# the server's KV reuse (llama_server.exact_prefix): replies cached before it could depend on what the server had
+# evaluated earlier, so they are not served for the replies of the server as it is now
+SERVER_REVISION = "kv-exact"
+
+
 def embedded_identity(spec: ModelSpec) -> str:
     window = "" if spec.penalty_last_n == 64 else f":penalty_last_n-{spec.penalty_last_n}"
-    return f"embedded:gguf-{file_digest(resolve_gguf(spec))}{window}"
+    return f"embedded:gguf-{file_digest(resolve_gguf(spec))}{window}:{SERVER_REVISION}"
 
 
 def _free_port() -> int:
@@ -112,7 +117,8 @@ def embedded_server(spec: ModelSpec, log_dir: str | Path, start_timeout_s: float
         # which only prompt logprobs need (never asked here); flash attention is the faster kernel. A 1,503-token
         # judge-sized prompt with 60 tokens out: 9.2 s -> 6.3 s on 2 cores (bench/embedded_throughput.py).
         "--logits_all", "False", "--flash_attn", "True",
-        # Keep the KV state of recent calls and resume from the longest matching prefix: the server itself
+        # Keep the KV state of recent calls and resume from the longest matching prefix (its whole 512-token
+        # batches only, so that no reply depends on it: llama_server.exact_prefix): the server itself
         # reuses only the previous call's prefix, and concurrent stages interleave documents (write's
         # paragraph n shares its instruction, plan and history with paragraph n-1 of the same piece, three calls
         # back). 15 write-shaped calls: 50.7 s -> 37.0 s (bench/embedded_throughput.py).

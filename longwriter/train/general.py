@@ -63,6 +63,8 @@ def run_general(cfg: GeneralConfig, settings: ClientSettings, output: str | Path
     pool = validate(read_table(cfg.prompts, columns=["id", "prompt"]), Pool, cfg.prompts)
     rows = list(pool.iter_rows(named=True))
     in_file = len(rows)
+    left_out = [failure_row("general", Reason.LEFT_OUT, f"past general.max_prompts {cfg.max_prompts}",
+                            instruction_id=row["id"]) for row in rows[cfg.max_prompts:]] if cfg.max_prompts else []
     rows = rows[:cfg.max_prompts]
 
     async def work(llm: LLMClient) -> list[dict[str, Any]]:
@@ -73,8 +75,8 @@ def run_general(cfg: GeneralConfig, settings: ClientSettings, output: str | Path
     chat = pl.DataFrame([r for r in results if "error" not in r], schema=empty(Chat).schema).sort("id")
     write_checked(chat, Chat, output)
     failed = [r for r in results if "error" in r]
-    write_failures(failed, failures)
+    write_failures(failed + left_out, failures)
     result = {"prompts": len(rows), "left_out_by_max_prompts": in_file - len(rows), "examples": chat.height,
-              "failed": len(failed), "failures": reason_counts(failed), "llm": stats.as_metrics()}
+              "failed": len(failed), "failures": reason_counts(failed + left_out), "llm": stats.as_metrics()}
     write_metrics(result, metrics, timings)
     return result

@@ -6,6 +6,20 @@ format/repetition reward): for each prompt the policy samples ``num_generations`
 soft overlong punishment near the completion cap), and the policy moves toward the completions that beat their
 group's mean.
 
+A completion whose quality judgement failed (the judge's call failed after its retries, or its reply was unusable:
+``JudgeReward`` gives None and writes a failures row with that cause) is masked out of its group: every one of its
+rewards is set to NaN once TRL has gathered the batch (``judge_masking_trainer``), which TRL 1.16 treats as an
+unscorable completion. With r_i = sum_k w_k * reward_k(i) (``grpo.weights``) and J the judged completions of a
+group, TRL's advantage (``scale_rewards="group"``) is
+
+    A_i = (r_i - mean_{j in J} r_j) / (std_{j in J} r_j + 1e-4)   for i in J    (std: Bessel-corrected)
+    A_i = 0                                                       for a masked completion
+
+so the masked completion is neither in its group's baseline (mean and std) nor given an advantage: it moves the
+policy only through the KL term (``beta``), like any completion with advantage 0, and its tokens still count in
+the loss's token normaliser. A group with one judged completion has no std (TRL: NaN, then 0): every advantage
+of it is 0. ``masked_completions`` in the metrics counts them (one per judge failures row).
+
 Prompts: the selected instructions, each with the words it asks for (stated in the prompt, else its plan's total),
 plus ``grpo.pool`` (a JSONL in LongBench-Write's format: ``prompt``, ``length``). A prompt whose required words
 need more tokens than ``max_completion_length`` (by the evaluation's words-to-tokens bound,
@@ -21,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import threading
 import time
@@ -38,7 +53,7 @@ from longwriter.files import read_table, write_csv, write_metrics
 from longwriter.generation import LengthCap
 from longwriter.judge import JudgeConfig, read_prompt_template
 from longwriter.llm import ClientSettings, ResponseCache, open_endpoint
-from longwriter.schemas import Instructions, Plans, validate
+from longwriter.schemas import Instructions, Plans, RLPrompts, validate, write_checked
 from longwriter.train.checkpoint import discard_checkpoints, resume_checkpoint, run_fingerprint
 from longwriter.train.rewards import JudgeReward, gather_judge, length_reward, repetition_reward
 from longwriter.train.trainer import TrainSettings, load_model, load_tokenizer, publish
@@ -135,7 +150,11 @@ def rl_prompts(cfg: GRPOSettings, instructions_path: str | Path, plans_path: str
         kept.append(r)
     table = pl.DataFrame(kept, schema={"id": pl.Utf8, "prompt": pl.Utf8, "lang": pl.Utf8, "required": pl.Int64})
     if cfg.max_prompts is not None and table.height > cfg.max_prompts:
-        table = table.sample(cfg.max_prompts, seed=seed).sort("id")
+        sampled = table.sample(cfg.max_prompts, seed=seed).sort("id")
+        failures += [failure_row("grpo", Reason.LEFT_OUT, f"not in the seeded sample of grpo.max_prompts "
+                                 f"{cfg.max_prompts}", instruction_id=i)
+                     for i in table.filter(~pl.col("id").is_in(sampled["id"].implode()))["id"]]
+        table = sampled
     return table, failures
 
 
@@ -152,6 +171,41 @@ def _once(start: Callable[[], str]) -> Callable[[], str]:
                 url.append(start())
             return url[0]
     return started
+
+
+@functools.cache
+def judge_masking_trainer() -> type:
+    """TRL's ``GRPOTrainer`` with one more argument, ``judge`` (the quality reward function, or None): a completion
+    that ``judge`` rated None gets None from every reward function, so TRL masks it out of its group.
+
+    Why here, and not by the reward functions: in TRL 1.16 ``GRPOTrainer._calculate_rewards`` turns a None reward
+    into NaN, runs the sync functions (length, repetition, overlong) before the async ones (the judge), whatever
+    their order in ``reward_funcs``, and gathers every process's rows (``gather``), groups contiguous: prompt p's
+    ``num_generations`` completions are rows p*G .. p*G+G-1 (``RepeatSampler``). ``_generate_and_score_completions``
+    then sums the weighted rewards with ``nansum`` (a NaN quality beside a scored length is 0 quality, inside the
+    group's baseline), and only a row whose every reward is NaN (``unscorable_mask``) is set to NaN before the
+    group's ``torch.nanmean`` and ``nanstd`` (left out of both), its advantage made 0 by ``torch.nan_to_num``.
+    So this override of ``_calculate_rewards`` makes a failed judgement's whole row NaN after the gather (the same
+    tensor on every process), and counts the rows in ``masked_completions``."""
+    import torch
+    from trl import GRPOTrainer
+
+    class JudgeMaskingGRPOTrainer(GRPOTrainer):
+        def __init__(self, *args: Any, judge: Callable[..., Any] | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.judge_column = (None if judge is None
+                                 else next(i for i, f in enumerate(self.reward_funcs) if f is judge))
+            self.masked_completions = 0
+
+        def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
+            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            if self.judge_column is not None:
+                failed = torch.isnan(rewards[:, self.judge_column])
+                rewards[failed] = torch.nan
+                self.masked_completions += int(failed.sum())
+            return rewards
+
+    return JudgeMaskingGRPOTrainer
 
 
 def reward_curve(log_history: list[dict[str, Any]]) -> pl.DataFrame:
@@ -176,12 +230,13 @@ def _float(value: Any) -> float | None:
 def run_grpo(cfg: GRPOSettings, judge: JudgeConfig, settings: ClientSettings, model_dir: str | Path,
              instructions_path: str | Path, plans_path: str | Path, output_dir: str | Path, metrics: str | Path,
              plot_csv: str | Path, failures: str | Path, timings: str | Path | None = None,
-             trust_remote_code: bool = False) -> dict[str, Any]:
+             trust_remote_code: bool = False, prompts_output: str | Path | None = None) -> dict[str, Any]:
+    """The whole stage; ``prompts_output`` (the stage always names it) gets the prompts trained on."""
     import tempfile
 
     from accelerate.utils import gather_object
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
     from trl.rewards import get_soft_overlong_punishment
 
     t = cfg.train
@@ -220,10 +275,11 @@ def run_grpo(cfg: GRPOSettings, judge: JudgeConfig, settings: ClientSettings, mo
         if quality is not None:
             quality.rank = args.process_index  # names its failures by their place in the whole batch
         # loaded once the config exists (ZeRO-3: partitioned as it loads)
-        trainer = GRPOTrainer(model=load_model(model_dir, trust_remote_code, t.attn_implementation),
-                              reward_funcs=funcs, args=args,
-                              train_dataset=dataset,
-                              processing_class=tokenizer, peft_config=t.peft_config())
+        # a failed judgement masks its completion out of its group (judge_masking_trainer)
+        trainer = judge_masking_trainer()(model=load_model(model_dir, trust_remote_code, t.attn_implementation),
+                                          reward_funcs=funcs, args=args, judge=quality,
+                                          train_dataset=dataset,
+                                          processing_class=tokenizer, peft_config=t.peft_config())
         trainer.train(resume_from_checkpoint=resume_checkpoint(trainer, run_fingerprint(
             "grpo", cfg, [model_dir, instructions_path, plans_path, *([cfg.pool] if cfg.pool else [])], judge)))
         history = list(trainer.state.log_history)
@@ -242,10 +298,14 @@ def run_grpo(cfg: GRPOSettings, judge: JudgeConfig, settings: ClientSettings, mo
         * accelerator.num_processes,
         "first": first, "last": last,
         "judge_failed": len(judge_failures),
+        # completions masked out of their group's advantages for a failed judgement (after the gather: all of them)
+        "masked_completions": trainer.masked_completions,
         "judge_llm": judge_stats.as_metrics() if judge_stats else None,
         "runtime_s": round(time.perf_counter() - started, 1),
     }
     if accelerator.is_main_process:  # one write, of every process's rows
+        if prompts_output is not None:
+            write_checked(prompts, RLPrompts, prompts_output)
         write_failures(failure_rows + judge_failures, failures)
         write_csv(curve, plot_csv)
         write_metrics(result, metrics, timings)

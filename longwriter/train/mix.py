@@ -125,9 +125,13 @@ def run_mix(cfg: MixConfig, tokenizer_dir: str | Path, output_dir: str | Path, m
         raise InputError(cfg.general, f"ids also used by long samples: {sorted(clash)[:3]}", column="id")
     long, long_rows = cap_output_words(long, cfg.max_output_words, "long")
     general, general_rows = cap_output_words(general, cfg.max_output_words, "general")
-    rows = long_rows + general_rows
-    write_failures(rows, failures)
     train, validation = mix_frames(long, general, cfg)
+    taken = set(train["id"]) | set(validation["id"])
+    by_ratio = [failure_row("mix", Reason.LEFT_OUT, f"general sample past mix.general_per_long {cfg.general_per_long} "
+                            f"x {long.height} long samples", instruction_id=i)
+                for i in general["id"].to_list() if i not in taken]
+    rows = long_rows + general_rows + by_ratio
+    write_failures(rows, failures)
     if train.height == 0:
         raise InputError(cfg.long, f"nothing to train on: {len(long_rows)} long and {len(general_rows)} general "
                                    f"samples have more than max_output_words {cfg.max_output_words} words, and "
@@ -136,6 +140,7 @@ def run_mix(cfg: MixConfig, tokenizer_dir: str | Path, output_dir: str | Path, m
     result: dict[str, Any] = {"general_per_long": cfg.general_per_long, "seed": cfg.seed,
                               "max_output_words": cfg.max_output_words,
                               "left_out": {"long": len(long_rows), "general": len(general_rows)},
+                              "left_out_by_ratio": len(by_ratio),
                               "failures": reason_counts(rows)}
     for split, df in (("train", train), ("validation", validation)):
         write_checked(df, Chat, Path(output_dir) / f"{split}.parquet")

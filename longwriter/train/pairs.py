@@ -2,10 +2,15 @@
 
 For each long-writing instruction the SFT model writes ``samples`` answers; the judge scores each one with
 LongBench-Write's scorer, S = (S_l + S_q) / 2 (length against the instruction's required or estimated
-words, quality from the six ratings). The best answer is ``chosen``, a random other one that scores lower
-``rejected`` (seeded per prompt). Answers that are not complete text (``longwriter.completeness``: cut off at
-the token limit, empty, refused) and answers the judge could not rate take no part; a prompt with fewer than
-two such answers, or whose answers all score the same, gives no pair. Each of these is a failures row.
+words, quality from the six ratings). The best answer is ``chosen``; ``rejected`` is, as in the paper, a random
+one of the other answers (``rejected: random_other``, seeded per prompt), equal scores included: when the one
+drawn scores the same as the best, the prompt gives no pair (failures: zero_margin). ``rejected: random_lower``
+(ours, not the paper's) draws only among the answers scoring strictly lower than the best: a pair whenever one
+answer scores lower, no pair only when all score the same. Answers that are not complete text
+(``longwriter.completeness``: cut off at the token limit, empty, refused) and answers the judge could not rate
+take no part; a prompt with fewer than two such answers gives no pair, nor does an instruction with neither a
+required nor an estimated length (nothing to score length against: failures no_required_length, not sampled).
+Each of these is a failures row: every prompt of the input ends as a pair or at least one failures row.
 Sampling sizes each prompt's ``max_tokens`` from its required words, as the evaluation does, so an answer
 that may be complete is not cut by one small limit for all.
 """
@@ -13,9 +18,10 @@ that may be complete is not cut by one small limit for all.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -27,6 +33,8 @@ from longwriter.judge import DIMENSIONS, JudgeConfig, judge_answers
 from longwriter.llm import CallStats, ClientSettings, ModelSpec, Sampling
 from longwriter.schemas import Answers, Instructions, Pairs, empty, validate, write_checked
 from longwriter.scoring import bucket_of, dimension_score, length_score, overall, quality_score
+
+REJECTED_RULES = ("random_other", "random_lower")
 
 
 @dataclass(frozen=True)
@@ -41,23 +49,32 @@ class PairsConfig:
     cap_ratio: float = LOSSLESS_RATIO
     seed: int = 0
     max_batch: int = 16
+    # the rejected answer: random_other (the paper's) a random one of the other rated answers, equal scores
+    # included (a draw that ties the best gives no pair: zero_margin); random_lower one of those scoring lower only
+    rejected: Literal["random_other", "random_lower"] = "random_other"
 
     def __post_init__(self) -> None:
         if self.samples < 2:
             raise ValueError("samples must be >= 2 (a pair needs two answers)")
+        if self.rejected not in REJECTED_RULES:
+            raise ValueError(f"rejected must be one of {', '.join(REJECTED_RULES)}, not {self.rejected!r}")
         if self.cap_ratio <= 0:
             raise ValueError("cap_ratio must be > 0")
 
 
-def build_pairs(candidates: list[dict[str, Any]], seed: int,
-                dropped: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def build_pairs(candidates: list[dict[str, Any]], seed: int, dropped: list[dict[str, Any]] | None = None,
+                rejected: str = "random_other", prompt_ids: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Pairs from scored answers (dicts: prompt_id, prompt, sample, text, score or None).
 
-    Per prompt: chosen = the highest score (the lowest sample number on a tie), rejected = one of the rated
-    answers scoring lower, drawn with ``random.Random(f"{seed}:{prompt_id}")``, so a pair does not depend on
-    which other prompts are in the run. Prompts without a pair are described in ``dropped`` (failures rows).
+    Per prompt: chosen = the highest score (the lowest sample number on a tie), rejected = one of the other
+    rated answers (``random_other``, the paper's: a draw that scores the same as the best gives no pair) or of
+    those scoring lower (``random_lower``), drawn with ``random.Random(f"{seed}:{prompt_id}")`` among them in
+    sample order, so a pair does not depend on which other prompts are in the run. Prompts without a pair are
+    described in ``dropped`` (failures rows), ``prompt_ids`` without a candidate too (every sample unanswered).
     """
-    by_prompt: dict[str, list[dict[str, Any]]] = {}
+    if rejected not in REJECTED_RULES:
+        raise ValueError(f"rejected must be one of {', '.join(REJECTED_RULES)}, not {rejected!r}")
+    by_prompt: dict[str, list[dict[str, Any]]] = {p: [] for p in prompt_ids}
     for c in candidates:
         by_prompt.setdefault(c["prompt_id"], [])
         if c["score"] is not None:
@@ -70,14 +87,19 @@ def build_pairs(candidates: list[dict[str, Any]], seed: int,
             why = (Reason.TOO_FEW_RATED, f"{len(rated)} rated, complete answer(s); a pair needs 2")
         else:
             best = max(rated, key=lambda c: (c["score"], -c["sample"]))
-            others = [c for c in rated if c["score"] < best["score"]]
-            if not others:
+            others = ([c for c in rated if c is not best] if rejected == "random_other"
+                      else [c for c in rated if c["score"] < best["score"]])
+            if not others:  # random_lower only: random_other has the other rated answers (>= 1)
                 why = (Reason.ZERO_MARGIN, f"all {len(rated)} rated answers score {best['score']:.2f}")
+            else:
+                other = random.Random(f"{seed}:{prompt_id}").choice(others)
+                if other["score"] >= best["score"]:
+                    why = (Reason.ZERO_MARGIN, f"sample {other['sample']}, drawn as rejected ({rejected}), scores "
+                                               f"{other['score']:.2f}, the same as the best (sample {best['sample']})")
         if why is not None:
             if dropped is not None:
                 dropped.append(failure_row("dpo_pairs", *why, instruction_id=prompt_id))
             continue
-        other = random.Random(f"{seed}:{prompt_id}").choice(others)
         pairs.append({"prompt_id": prompt_id, "prompt": best["prompt"], "chosen": best["text"],
                       "rejected": other["text"], "chosen_sample": best["sample"], "rejected_sample": other["sample"],
                       "chosen_score": best["score"], "rejected_score": other["score"],
@@ -85,16 +107,23 @@ def build_pairs(candidates: list[dict[str, Any]], seed: int,
     return pairs
 
 
-def _requests(instructions: pl.DataFrame) -> pl.DataFrame:
-    """Instructions as benchmark requests: the length to score against is the required, else estimated one."""
-    rows = []
+def length_requests(instructions: pl.DataFrame) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Instructions as benchmark requests: the length to score against is the required, else estimated one. An
+    instruction with neither has no length to score an answer against: a failures row (no_required_length)."""
+    rows, no_length = [], []
     for i, r in enumerate(instructions.sort("id").iter_rows(named=True)):
         required = r["required_words"] or r["estimated_words"]
         if required:
             rows.append({"index": i, "id": r["id"], "prompt": r["prompt"], "type": None, "required": int(required),
                          "lang": r["lang"], "bucket": bucket_of(int(required))})
+        else:
+            no_length.append(failure_row("dpo_pairs", Reason.NO_REQUIRED_LENGTH,
+                                         f"neither a required nor an estimated length (required_words "
+                                         f"{r['required_words']}, estimated_words {r['estimated_words']}): "
+                                         "nothing to score an answer's length against, not sampled",
+                                         instruction_id=r["id"]))
     return pl.DataFrame(rows, schema={"index": pl.Int64, "id": pl.Utf8, "prompt": pl.Utf8, "type": pl.Utf8,
-                                      "required": pl.Int64, "lang": pl.Utf8, "bucket": pl.Utf8})
+                                      "required": pl.Int64, "lang": pl.Utf8, "bucket": pl.Utf8}), no_length
 
 
 def split_over_ceiling(requests: pl.DataFrame, ceiling: int) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
@@ -112,7 +141,8 @@ def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings
                   model_dir: str | Path, output: str | Path, failures: str | Path, metrics: str | Path,
                   timings: str | Path | None = None) -> dict[str, Any]:
     instructions = validate(read_table(instructions_path), Instructions, instructions_path)
-    requests, over_ceiling = split_over_ceiling(_requests(instructions), cfg.sampling.max_tokens)
+    with_length, no_length = length_requests(instructions)
+    requests, over_ceiling = split_over_ceiling(with_length, cfg.sampling.max_tokens)
     policy = EvalModel("policy", ModelSpec(provider="local", path=str(model_dir), max_batch=cfg.max_batch))
     if requests.height:
         answers, unanswered, gen_stats = generate_answers(requests.drop("id"), (policy,), cfg.sampling, settings,
@@ -146,14 +176,19 @@ def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings
         candidates.append({"prompt_id": ids[a["index"]], "prompt": a["prompt"], "sample": a["sample"],
                            "text": a["text"], "score": score})
     no_pair: list[dict[str, Any]] = []
-    pairs = pl.DataFrame(build_pairs(candidates, cfg.seed, no_pair), schema=empty(Pairs).schema)
+    # every sampled prompt: one whose samples all went unanswered gets a too_few_rated row (its unanswered rows
+    # are about single samples)
+    pairs = pl.DataFrame(build_pairs(candidates, cfg.seed, no_pair, cfg.rejected, requests["id"].to_list()),
+                         schema=empty(Pairs).schema)
     write_checked(pairs, Pairs, output)
     for f in unanswered:
         f["instruction_id"] = ids[int(f["instruction_id"].rsplit("/", 1)[1])]
-    failure_rows = over_ceiling + unanswered + incomplete + unrated + no_pair
+    failure_rows = no_length + over_ceiling + unanswered + incomplete + unrated + no_pair
     write_failures(failure_rows, failures)
     scores = [c["score"] for c in candidates if c["score"] is not None]
-    result = {"prompts": requests.height + len(over_ceiling), "over_ceiling": len(over_ceiling),
+    # prompts: every instruction of the input; no_required_length and over_ceiling ones are not sampled
+    result = {"prompts": instructions.height, "no_required_length": len(no_length),
+              "over_ceiling": len(over_ceiling),
               "samples": len(candidates), "unanswered": len(unanswered),
               "incomplete": len(incomplete), "unrated": len(unrated), "pairs": pairs.height,
               "failures": reason_counts(failure_rows),

@@ -2,15 +2,19 @@
 
 TRL calls each with ``prompts`` and ``completions`` (conversational: lists of messages), ``completion_ids`` and
 every other column of the prompt dataset as keyword arguments (here ``required``: the words the prompt asks for),
-and weighs them with ``GRPOConfig.reward_weights``. A reward of None is no reward for that completion (TRL leaves
-it out of the group's statistics): a judge that could not rate a completion gives None, never a made-up score.
+and weighs them with ``GRPOConfig.reward_weights``: a completion's reward is r = sum_k w_k * reward_k. A judge that
+could not rate a completion gives None, never a made-up score. TRL 1.16 alone would sum the others over it (its
+``nansum``: a None counts as 0, inside the group's mean), so the stage masks that completion out of its group
+(``longwriter.train.grpo.judge_masking_trainer``): all its rewards NaN (TRL's None), no part in its group's mean
+and std, and advantage 0 (the formula: ``longwriter.train.grpo``).
 
 - ``length``: LongBench-Write's length score S_l of the completion's effective words (the words before it falls
   into a loop, ``longwriter.repetition.degeneration``) against the required length, scaled to [0, 1]: 1 at the
   required length, falling linearly to 0 at a third of it or four times it (the paper's own curve).
 - ``quality``: the judge's six-dimension rating (``longwriter.judge.rate``), S_q scaled to [0, 1], asked
   through the project's client: cached (a rerun of the same completions pays nothing), concurrent, retried and
-  counted; a failed judgement is recorded (``JudgeReward.failures``) and rewards None.
+  counted; a failed judgement is recorded (``JudgeReward.failures``: a row with the cause, ``llm_error`` or
+  ``unusable_output``) and rewards None, which masks the completion out of its group (above).
 - ``repetition``: minus the share of word n-grams that repeat an earlier one (postprocess's measure,
   ``longwriter.repetition.repetition``): 0 for text that never repeats itself, towards -1 for a loop. TRL's
   soft overlong punishment (``trl.rewards.get_soft_overlong_punishment``) is added by the stage beside it.
