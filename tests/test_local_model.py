@@ -298,6 +298,141 @@ def test_greedy_is_deterministic_and_ignores_the_seed(chat: TransformersChat) ->
     assert tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True) == alone
 
 
+# ---------------------------------------------------------- 3b. every sampling option honoured or refused
+
+
+def test_stop_strings_cut_the_text_and_finish_with_stop(chat: TransformersChat) -> None:
+    """``stop``: generation ends once the text holds a stop string, and the text ends before it (OpenAI's rule),
+    finish_reason "stop"; a row with stop strings leaves the other rows of its batch as they are alone."""
+    target = _body("Tell me a story about a cat.", seed=7, temperature=0.0, max_tokens=24)
+    free = chat.complete(target)
+    text = _text(free)
+    assert free["choices"][0]["finish_reason"] == "length" and len(text) > 20
+    stop = text[len(text) // 4:len(text) // 4 + 3]
+    expected = text[:text.find(stop)]
+
+    other = _body("word word question", seed=3, temperature=0.0, max_tokens=24)
+    results = _concurrently(chat, [{**target, "stop": stop}, {**target, "stop": ["never in the text", stop]}, other])
+    for result in results[:2]:
+        assert _text(result) == expected  # type: ignore[arg-type]
+        assert result["choices"][0]["finish_reason"] == "stop"  # type: ignore[index]
+        assert result["usage"]["completion_tokens"] < 24  # type: ignore[index]  # it stopped generating, too
+    assert _text(results[2]) == _text(chat.complete(other))  # type: ignore[arg-type]
+    # a stop string that never occurs changes nothing
+    assert chat.complete({**target, "stop": ["never in the text"]}) | {"id": "", "created": 0} \
+        == free | {"id": "", "created": 0}
+
+
+def test_row_sampler_applies_openai_penalties() -> None:
+    """The arithmetic, on fixed logits: logit - frequency x count - presence x (count > 0), per row."""
+    from longwriter.llm.local import _RowSampler
+
+    scores = torch.tensor([[3.0, 2.5, 0.0, -9.0]] * 3)
+    sampler = _RowSampler(torch, [0, 0, 0], temperature=0.0, top_p=1.0,
+                          penalties=[(0.0, 0.0), (0.4, 0.0), (0.0, 0.6)])
+    picks = [sampler([0, 1, 2], scores) for _ in range(4)]
+    assert [p[0] for p in picks] == [0, 0, 0, 0]  # no penalty: greedy
+    assert [p[1] for p in picks] == [0, 0, 1, 0]  # 3.0, 2.6, 2.2 < 2.5, then 2.1 < 2.2
+    assert [p[2] for p in picks] == [0, 1, 0, 0]  # 3.0, 2.4 < 2.5, then both present: 2.4 > 1.9
+    assert sampler([1], scores[:1]) == [1]  # a row alone keeps its own counts: 3.0 - 3 x 0.4 < 2.5 - 0.4
+
+
+@pytest.mark.parametrize(("frequency", "presence"), [(2.0, 0.0), (0.0, 2.0), (-0.5, 1.0)],
+                         ids=["frequency", "presence", "both"])
+def test_penalties_are_honoured_as_openai_defines_them(chat: TransformersChat, frequency: float,
+                                                       presence: float) -> None:
+    """``frequency_penalty`` / ``presence_penalty``: greedy output under a penalty differs from none, and equals
+    transformers' greedy decoding with OpenAI's penalty over the completion's tokens as a logits processor."""
+    target = _body("Tell me a story about a cat.", seed=7, temperature=0.0, max_tokens=24)
+    penalised = {**target, "frequency_penalty": frequency, "presence_penalty": presence}
+    text = _text(chat.complete(penalised))
+    if frequency >= 0:  # a positive penalty breaks the random model's loops
+        assert text != _text(chat.complete(target))
+
+    tok = chat.tokenizer
+    ids = tok.apply_chat_template(target["messages"], add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)
+    width = ids["input_ids"].shape[1]
+
+    class OpenAIPenalties(transformers.LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            counts = torch.zeros_like(scores)
+            counts.scatter_add_(1, input_ids[:, width:], torch.ones_like(input_ids[:, width:], dtype=scores.dtype))
+            return scores - frequency * counts - presence * (counts > 0)
+
+    with torch.inference_mode():
+        out = chat.model.generate(**ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.eos_token_id,
+                                  logits_processor=transformers.LogitsProcessorList([OpenAIPenalties()]))
+    assert tok.decode(out[0][width:], skip_special_tokens=True) == text
+    # in a batch with unpenalised rows, the row is what it is alone
+    results = _concurrently(chat, [penalised, _body("word question", seed=1, temperature=0.0)])
+    assert _text(results[0]) == text  # type: ignore[arg-type]
+
+
+def test_max_completion_tokens_is_max_tokens(server_url: str) -> None:
+    url = f"{server_url}/chat/completions"
+    body = _body("hello", temperature=0.0)
+    del body["max_tokens"]
+    status, new = _post(url, json.dumps({**body, "max_completion_tokens": 3}).encode(), timeout=30)
+    _, old = _post(url, json.dumps({**body, "max_tokens": 3}).encode(), timeout=30)
+    assert status == 200 and new is not None and old is not None
+    assert _text(new) == _text(old) and new["usage"]["completion_tokens"] == 3
+    status, payload = _post(url, json.dumps({**body, "max_tokens": 3, "max_completion_tokens": 4}).encode())
+    assert status == 400 and payload is not None and "max_completion_tokens" in payload["error"]["message"]
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("logit_bias", {"42": 5}), ("n", 2), ("stream", True), ("logprobs", True), ("top_logprobs", 3),
+    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("repetition_penalty", 1.1), ("min_p", 0.1),
+    ("frequency_penalty", 2.5), ("presence_penalty", "high"), ("stop", ""), ("stop", 5), ("stop", ["a", None]),
+])
+def test_options_it_cannot_honour_are_refused_naming_them(server_url: str, field: str, value: Any) -> None:
+    """Anything but the options it honours (or their no-op values) is an HTTP 400 naming the option: never
+    ignored. The server keeps serving."""
+    status, payload = _post(f"{server_url}/chat/completions",
+                            json.dumps({**_body("hello", max_tokens=2), field: value}).encode())
+    assert status == 400, payload
+    assert payload is not None and payload["error"]["type"] == "invalid_request_error"
+    assert field in payload["error"]["message"]
+
+
+def test_no_op_values_of_unsupported_options_are_accepted(server_url: str) -> None:
+    body = {**_body("hello", max_tokens=2, temperature=0.0), "n": 1, "stream": False, "logprobs": False,
+            "stop": None, "response_format": {"type": "text"}, "logit_bias": None}
+    status, payload = _post(f"{server_url}/chat/completions", json.dumps(body).encode(), timeout=30)
+    assert status == 200, payload
+
+
+@pytest.mark.parametrize("mode", ["json_schema", "json_object"])
+def test_response_format_is_refused_through_the_client(server_url: str, tmp_path: Path, mode: str) -> None:
+    """The transformers server has no constrained decoding: a schema sent as response_format is refused at once
+    (400, not retried), and the client's error names the option and the provider. A local spec's default
+    (``structured_output: auto`` without vLLM) sends no response_format, so the same call then succeeds."""
+    from longwriter.llm import Endpoint, LLMCallError, ResponseCache
+
+    schema = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
+    sampling = Sampling(temperature=0.0, max_tokens=4)
+
+    async def ask(structured_output: str) -> Any:
+        endpoint = Endpoint(server_url, "local", "local:test", structured_output)
+        with ResponseCache(tmp_path / f"{structured_output}.sqlite") as cache:
+            async with LLMClient(endpoint, cache, ClientSettings(cache_dir=str(tmp_path), max_retries=3)) as llm:
+                try:
+                    return await llm.complete([{"role": "user", "content": "Rate it."}], sampling, schema=schema)
+                finally:
+                    assert llm.stats.retries == 0
+
+    with pytest.raises(LLMCallError) as refused:
+        asyncio.run(ask(mode))
+    message = str(refused.value)
+    assert "HTTP 400" in message and "response_format" in message and "provider local" in message
+    assert refused.value.attempts == 1
+
+    default = ModelSpec(provider="local", path="models/sft").resolved_structured_output(vllm=False)
+    assert default == "none"
+    assert asyncio.run(ask(default)).text is not None
+
+
 # ------------------------------------------------------------------------------ 4. run_with_llm and the cache
 
 

@@ -35,7 +35,7 @@ class SelectConfig:
     min_estimated_words: int = 1200
     # instructions that state a longer required length than this are left out (laptop-sized runs)
     max_required_words: int | None = 1500
-    per_lang: int | None = 3
+    per_lang: int | None = 4
     seed: int = 0
     max_attempts: int = 3
     selector: ModelSpec = field(default_factory=ModelSpec)

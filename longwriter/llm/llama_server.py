@@ -13,6 +13,14 @@ Greedy decoding (temperature 0, the judge's) picks exactly the token it picked b
 overall, when the grammar allows it, is the most likely allowed one. With temperature > 0, a token drawn from
 the unconstrained distribution and allowed by the grammar is kept, as in llama.cpp's server.
 
+Upstream: llama.cpp's rejection sampling is https://github.com/ggml-org/llama.cpp/pull/4306 (removed by #17937,
+restored by https://github.com/ggml-org/llama.cpp/pull/18137 for its speed); grammar speed in general is
+https://github.com/ggml-org/llama.cpp/issues/4218 (open). No llama-cpp-python release does it: 0.3.36, the
+latest on PyPI, still adds the grammar to the chain (``LlamaSampler.add_grammar``); its
+``add_grammar_lazy_patterns`` is a grammar that starts at a trigger, not this. This patch can go once a release's
+``Llama`` samples the llama.cpp way. Until then ``tests/test_llama_patch.py`` fails, naming it, the moment a
+release changes a private name or signature used here (the pinned version included).
+
 It also makes a seeded request's reply independent of what the server evaluated before (``exact_prefix``).
 llama-cpp-python keeps the KV state of the longest prefix a prompt shares with the last one (or with a state of
 its RAM cache) and evaluates only the rest; but ggml's CPU kernels depend on how many tokens a batch holds

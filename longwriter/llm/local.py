@@ -4,6 +4,13 @@ With vLLM installed and a GPU present, vLLM's OpenAI-compatible server runs it a
 batched). Otherwise transformers generates in-process on the CPU behind a minimal OpenAI-compatible HTTP
 endpoint on 127.0.0.1, concurrent requests as one batch. Either way the stage talks to it through the shared
 client, so the response cache, retries and token accounting are the same as for every other model.
+
+The transformers server honours every sampling option the client sends, as OpenAI defines it: ``temperature``,
+``top_p``, ``top_k``, ``max_tokens`` (or ``max_completion_tokens``), ``seed``, ``frequency_penalty`` and
+``presence_penalty`` (over the completion's tokens so far), and ``stop`` (the text is cut before the first stop
+string, finish_reason "stop"). It refuses with HTTP 400, naming the option, what it cannot do exactly:
+``response_format`` other than text (it has no constrained decoding: a local spec's ``structured_output: auto``
+sends none there), ``n`` > 1, streaming, logprobs, tools, and any option it does not know. Nothing is ignored.
 """
 
 from __future__ import annotations
@@ -44,17 +51,39 @@ class _RowSampler:
     """Temperature/top-k/top-p sampling (in transformers' order) with one random generator per request.
 
     Each row draws from its own request's generator, so its tokens depend on its own seed only, not on which
-    other requests happened to share its batch or when they finished. Temperature 0 is greedy.
+    other requests happened to share its batch or when they finished. Temperature 0 is greedy. Each row's
+    frequency and presence penalties (``penalties``: one pair per row) come first, as OpenAI and vLLM define
+    them: a token's logit less frequency x its count in the row's completion so far, less presence if it is there.
     """
 
-    def __init__(self, torch: Any, seeds: list[int], temperature: float, top_p: float, top_k: int | None = None):
+    def __init__(self, torch: Any, seeds: list[int], temperature: float, top_p: float, top_k: int | None = None,
+                 penalties: list[tuple[float, float]] | None = None):
         self.torch, self.temperature, self.top_p, self.top_k = torch, temperature, top_p, top_k
         self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        # None when no row has a penalty: no counts are kept, and the logits are the model's
+        self.penalties = penalties if penalties and any(f or p for f, p in penalties) else None
+        self.counts: Any = None  # rows x vocabulary: each token's count in each row's completion so far
+
+    def _penalised(self, rows: list[int], logits: Any) -> Any:
+        torch = self.torch
+        assert self.penalties is not None
+        if self.counts is None:
+            self.counts = torch.zeros(len(self.penalties), logits.shape[-1], device=logits.device)
+        index = torch.tensor(rows, device=logits.device)
+        weights = torch.tensor([self.penalties[row] for row in rows], device=logits.device)
+        counts = self.counts[index]
+        return logits - weights[:, :1] * counts - weights[:, 1:] * (counts > 0)
 
     def __call__(self, rows: list[int], logits: Any) -> list[int]:
         """One token for each row of ``logits``; ``rows`` names the request (and so the generator) of each."""
+        chosen = self._choose(rows, logits.float() if self.penalties is None
+                              else self._penalised(rows, logits.float()))
+        if self.penalties is not None:
+            self.counts[rows, chosen] += 1
+        return chosen
+
+    def _choose(self, rows: list[int], logits: Any) -> list[int]:
         torch = self.torch
-        logits = logits.float()
         if self.temperature <= 0:
             return logits.argmax(dim=-1).tolist()
         # top-k (or the whole vocabulary) in descending order: top-p's cumulative sum needs that order anyway
@@ -157,9 +186,12 @@ class TransformersChat:
         inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         limits = [b["max_tokens"] for b in bodies]
         temperature, top_p, top_k = self._key(bodies[0])
-        sampler = _RowSampler(torch, [b["seed"] for b in bodies], temperature, top_p, top_k)
+        sampler = _RowSampler(torch, [b["seed"] for b in bodies], temperature, top_p, top_k,
+                              [(b["frequency_penalty"], b["presence_penalty"]) for b in bodies])
+        stops = [b["stop"] for b in bodies]
         with torch.inference_mode():
-            rows_tokens = self._decode(inputs["input_ids"], inputs["attention_mask"], limits, sampler)
+            rows_tokens = self._decode(inputs["input_ids"], inputs["attention_mask"], limits, sampler,
+                                       lambda row, tokens: bool(stops[row]) and self._stop_hit(tokens, stops[row]))
         results = []
         for i, (body, tokens) in enumerate(zip(bodies, rows_tokens, strict=True)):
             prompt_tokens = int(inputs["attention_mask"][i].sum())
@@ -167,6 +199,9 @@ class TransformersChat:
             finish = "stop" if end is not None else "length"
             generated = tokens[:end] if end is not None else tokens
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            cut = _first_stop(text, stops[i])
+            if cut is not None:  # as OpenAI: the text ends before the stop string, which is left out
+                text, finish = text[:cut], "stop"
             results.append({
                 "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "local"),
@@ -177,8 +212,19 @@ class TransformersChat:
             })
         return results
 
-    def _decode(self, ids: Any, mask: Any, limits: list[int], sampler: _RowSampler) -> list[list[int]]:
-        """Each row's new tokens, up to its limit or its first stop token.
+    def _stop_hit(self, tokens: list[int], stops: list[str]) -> bool:
+        """Whether the text of ``tokens`` holds one of ``stops``. Only the newest token can have completed one, so
+        the last few tokens are decoded first (a stop string of n characters spans at most ~4n tokens, byte
+        fallback included); the whole text, only when they hold one, confirms it. A stop string this misses
+        costs tokens, not the answer: ``_generate`` cuts the whole text at the first stop string."""
+        tail = self.tokenizer.decode(tokens[-(4 * max(map(len, stops)) + 4):], skip_special_tokens=True)
+        return _first_stop(tail, stops) is not None and _first_stop(
+            self.tokenizer.decode(tokens, skip_special_tokens=True), stops) is not None
+
+    def _decode(self, ids: Any, mask: Any, limits: list[int], sampler: _RowSampler,
+                stopped: Any = None) -> list[list[int]]:
+        """Each row's new tokens, up to its limit, its first stop token or (``stopped(row, tokens)`` true) its
+        first stop string.
 
         A hand-written loop instead of ``generate`` for two costs that dominate long answers on a CPU: a row
         that has stopped leaves the batch at once (``generate`` keeps computing every row until the last one
@@ -200,7 +246,8 @@ class TransformersChat:
             keep = []
             for j, (row, token) in enumerate(zip(rows, chosen, strict=True)):
                 tokens[row].append(token)
-                if token not in self.stop_ids and len(tokens[row]) < limits[row]:
+                if token not in self.stop_ids and len(tokens[row]) < limits[row] \
+                        and not (stopped is not None and stopped(row, tokens[row])):
                     keep.append(j)
             if not keep:
                 break
@@ -216,10 +263,36 @@ class TransformersChat:
         return tokens
 
 
+# The request fields the server honours (``_checked`` reads each). Any other field is refused (HTTP 400, naming
+# it) unless it is absent, null or the value that changes nothing (``_NO_OP``): an option is never ignored.
+_HONOURED = frozenset({"model", "messages", "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens",
+                       "seed", "frequency_penalty", "presence_penalty", "stop", "response_format"})
+_NO_OP: dict[str, Any] = {"n": 1, "stream": False, "logprobs": False, "top_logprobs": 0}
+_PROVIDER = "provider local's transformers server"
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    """Where the first of ``stops`` to occur in ``text`` begins, or None."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
 def _checked(body: Any) -> dict[str, Any]:
-    """The request with its sampling fields validated and normalised; ValueError (HTTP 400) if malformed."""
+    """The request with its sampling fields validated and normalised; ValueError (HTTP 400) if malformed or if it
+    asks for an option this server cannot honour exactly (the message names the option and the provider)."""
     if not isinstance(body, dict):
         raise ValueError("the request body must be a JSON object")
+    for name, value in body.items():
+        if name not in _HONOURED and value is not None and not (name in _NO_OP and value == _NO_OP[name]
+                                                                and type(value) is type(_NO_OP[name])):
+            raise ValueError(f"{name} is not supported by {_PROVIDER} (it honours {', '.join(sorted(_HONOURED))});"
+                             f" leave {name} out, or serve the checkpoint with vLLM")
+    response_format = body.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        kind = response_format.get("type") if isinstance(response_format, dict) else response_format
+        raise ValueError(f"response_format {kind!r} is not supported by {_PROVIDER}: it has no constrained decoding "
+                         f"(set the spec's structured_output to none or auto, which puts the schema in the prompt, "
+                         f"or serve the checkpoint with vLLM)")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
@@ -235,6 +308,11 @@ def _checked(body: Any) -> dict[str, Any]:
         return float(value)
 
     max_tokens = body.get("max_tokens")
+    if max_tokens is None:  # OpenAI's newer name for it
+        max_tokens = body.get("max_completion_tokens")
+    elif body.get("max_completion_tokens") not in (None, max_tokens):
+        raise ValueError(f"max_tokens ({max_tokens!r}) and max_completion_tokens "
+                         f"({body['max_completion_tokens']!r}) disagree")
     if max_tokens is None:
         max_tokens = 512
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
@@ -245,9 +323,18 @@ def _checked(body: Any) -> dict[str, Any]:
     top_k = body.get("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
         raise ValueError(f"top_k must be an integer, got {top_k!r}")
+    penalties = {name: number(name, 0.0) for name in ("frequency_penalty", "presence_penalty")}
+    for name, value in penalties.items():
+        if not -2.0 <= value <= 2.0:  # OpenAI's range (vLLM's too)
+            raise ValueError(f"{name} must be within [-2, 2], got {value!r}")
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
     # as llama.cpp (0) and vLLM (-1): a top_k below 1 means no top-k cut
     return {**body, "temperature": number("temperature", 1.0), "top_p": number("top_p", 1.0),
-            "top_k": top_k if top_k is not None and top_k >= 1 else None, "max_tokens": max_tokens, "seed": seed or 0}
+            "top_k": top_k if top_k is not None and top_k >= 1 else None, "max_tokens": max_tokens, "seed": seed or 0,
+            **penalties, "stop": stops}
 
 
 def _handler(chat: TransformersChat) -> type[BaseHTTPRequestHandler]:
