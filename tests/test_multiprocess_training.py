@@ -153,7 +153,7 @@ def runs(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     inputs = {"sft": {"base": str(root / "base"), "data": str(root / "mix")},
               "dpo": {"model": str(root / "base"), "pairs": str(root / "pairs.parquet")},
               "grpo": {"model": str(root / "base"), "instructions": str(root / "none.parquet"),
-                       "plans": str(root / "none.parquet")}}
+                       "plans": str(root / "none.parquet"), "prompts-output": str(root / "grpo_prompts.parquet")}}
     started: dict[str, tuple[Path, Any]] = {}
     try:
         for stage, options in inputs.items():
@@ -219,6 +219,7 @@ def _check_launch(run: dict[str, Any]) -> Path:
     assert run["returncode"] == 0, run["output"][-8000:]
     expected = {str(out / name) for name in ("model", "metrics.json", "timings.json", "curve.csv",
                                              "failures.parquet")}
+    expected |= {path for _, path in run["writes"] if path.endswith("grpo_prompts.parquet")}  # grpo's prompts
     assert run["writes"] == Counter({("0", path): 1 for path in expected}), run["writes"]
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no staging directory left
     assert type(AutoModelForCausalLM.from_pretrained(str(out / "model"))).__name__ == "LlamaForCausalLM"
