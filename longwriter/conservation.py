@@ -24,6 +24,7 @@ import polars as pl
 import yaml
 
 from longwriter.config import build, read_params, section
+from longwriter.files import read_table
 
 LIST_AT_MOST = 5  # ids shown per problem
 
@@ -157,8 +158,7 @@ def general_flow(ws: Workspace) -> Flow:
     from longwriter.train.general import GeneralConfig
 
     cfg = ws.config(GeneralConfig, "general")
-    prompts = pl.read_ndjson(ws.at(cfg.prompts)) if cfg.prompts.endswith(".jsonl") else pl.read_parquet(
-        ws.at(cfg.prompts))
+    prompts = read_table(ws.at(cfg.prompts), columns=["id"])
     return Flow("general", _ids(prompts["id"]), _ids(ws.table("general_chat")["id"]),
                 _whole(ws.failures("general")))
 
@@ -254,12 +254,11 @@ def compare_flow(ws: Workspace) -> Flow:
 
 
 def _text_keys(ws: Workspace) -> set[str]:
-    """The analysis stages' texts: the AgentWrite answers and each model's LongBench-Write answers (sample 0)."""
-    from longwriter.eval.segments import AGENTWRITE
+    """The analysis stages' texts, as they read them (``segments.text_sets``): set/text_id."""
+    from longwriter.eval.segments import text_sets
 
-    keys = {f"{AGENTWRITE}/{i}" for i in ws.table("long_samples")["id"]}
-    answers = ws.table("longbench_answers").filter(pl.col("sample") == 0)
-    return keys | {f"{m}/{i}" for m, i in answers.select("model", "index").iter_rows()}
+    sets = text_sets(ws.path("long_samples"), ws.path("longbench_answers"))
+    return {f"{name}/{text_id}" for name, texts in sets.items() for text_id, _, _ in texts}
 
 
 def _texts_flow(ws: Workspace, stage: str) -> Flow:
