@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,10 +34,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 # Scheduling under pytest-xdist (`-n auto --dist loadfile --no-loadscope-reorder` in pyproject.toml): a module is
 # one unit of work (its module-scoped fixtures are built once), handed out in the order of the items below: the
-# end-to-end module first (the longest chain: its tiny `dvc repro`, then the checks and workflows on it), the
-# modules with the longest tests next, the many short ones last, to even out the workers' finishing times.
+# end-to-end module first (the longest chain: its tiny `dvc repro`, then the checks on it), the modules with the
+# longest tests next, the many short ones last, to even out the workers' finishing times. The workflows module
+# copies the end-to-end module's run (``reproduced_pipeline``): it is handed out when that run is about done, so
+# the worker taking it waits little or not at all.
 FIRST_MODULES = ("test_pipeline_e2e.py", "test_reliability.py", "test_multiprocess_training.py", "test_grpo.py",
-                 "test_local_model.py", "test_embedded.py", "test_training.py")
+                 "test_local_model.py", "test_embedded.py", "test_training.py", "test_pipeline_workflows.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -104,3 +107,24 @@ def base_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "base"
     save_checkpoint(tiny_llama(tokenizer), tokenizer, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def reproduced_pipeline(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    """The tiny pipeline (tests/e2e_pipeline.py) after one `dvc repro`, never changed: each module copies it.
+
+    Built once per test run by whichever pytest-xdist worker asks first; another asking meanwhile waits on a file
+    lock. The run is the suite's longest chain, and its checks and its DVC workflows, two modules, can then run on
+    two workers."""
+    from e2e_pipeline import build_pipeline
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's directory, every worker's
+    repo, done = shared / "reproduced-pipeline", shared / "reproduced-pipeline.done"
+    with FileLock(str(shared / "reproduced-pipeline.lock")):
+        if not done.exists():
+            shutil.rmtree(repo, ignore_errors=True)
+            build_pipeline(repo, tokenizer)
+            done.touch()
+    return repo

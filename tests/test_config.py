@@ -32,7 +32,7 @@ def test_defaults_when_no_data(data) -> None:
     cfg = build(SelectConfig, data, WHERE)
     assert cfg == SelectConfig()
     assert cfg.pools == ("data/pool/instructions.jsonl",)
-    assert cfg.per_lang == 3
+    assert cfg.per_lang == 4
     assert cfg.selector == ModelSpec()
     assert cfg.sampling == Sampling(temperature=0.0, top_p=1.0, max_tokens=96)
 

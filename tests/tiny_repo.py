@@ -21,12 +21,12 @@ def training_params(generator: dict[str, Any]) -> dict[str, Any]:
     return {
         "base": {"model": "embedded", "dtype": "float32", "trust_remote_code": False},
         "general": {"prompts": "data/general/prompts.jsonl", "generator": generator,
-                    "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 256, "seed": 0}},
+                    "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 128, "seed": 0}},
         "mix": {"long": "data/long_samples.parquet", "general": "data/general_chat.parquet",
                 "general_per_long": 2.0, "validation_fraction": 0.3, "seed": 0},
         "train": {"launch": "python"},
         "sft": {"eval_steps": None, "train": {"learning_rate": 1e-5, "max_steps": 2, "max_length": 512}},
-        "dpo_pairs": {"samples": 2, "sampling": {"temperature": 0.8, "top_p": 0.95, "max_tokens": 256, "seed": 0}},
+        "dpo_pairs": {"samples": 2, "sampling": {"temperature": 0.8, "top_p": 0.95, "max_tokens": 128, "seed": 0}},
         "dpo": {"train": {"learning_rate": 1e-6, "max_steps": 2, "max_length": 512}},
         # one step of one group of two short completions: the stage runs, trains and is evaluated
         "grpo": {"start": "sft", "pool": "data/rl/prompts.jsonl", "num_generations": 2, "max_completion_length": 96,
