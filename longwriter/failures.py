@@ -75,7 +75,8 @@ class Reason(StrEnum):
     NOT_LONG = "not_long", "drop", "the selector judged that the prompt needs no long answer"
     LEFT_OUT = ("left_out", "drop",
                 "left out by a size param, named in the row's error (select's per_lang quota, general.max_prompts, "
-                "mix's general_per_long ratio, longbench.per_lang, nll.max_texts)")
+                "mix's general_per_long ratio, longbench.per_lang, ruler.lengths and ruler.per_length, "
+                "compare.requests, grpo.max_prompts, nll.max_texts)")
 
 
 ERROR_REASONS = frozenset(r for r in Reason if r.kind == "error")

@@ -43,7 +43,7 @@ class AgreementConfig:
     # the second judge; default: the embedded model, i.e. the judge's agreement with itself (see the module)
     reference: ModelSpec = field(default_factory=ModelSpec)
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=1.0, top_p=1.0, max_tokens=768, seed=1))
-    sample: int | None = 4      # answers the reference rates, drawn from those the judge rated (None: all)
+    sample: int | None = 2      # answers the reference rates, drawn from those the judge rated (None: all)
     seed: int = 0
     bootstrap: int = 1000
     level: float = 0.95

@@ -24,14 +24,16 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from longwriter.llm.cache import ResponseCache
 from longwriter.llm.runner import progress_bar
 from longwriter.llm.spec import ClientSettings
+
+if TYPE_CHECKING:
+    import openai
 
 T = TypeVar("T")
 
@@ -79,6 +81,7 @@ class BatchRunner:
 
     async def answer(self, key: str, body: dict[str, Any]) -> Outcome:
         """The outcome of request ``body`` (its cache key ``key``) in the batch that holds it or the next one."""
+        import openai  # on first use: see LLMClient._connected
         fid = self._key_file.get(key)
         if fid is not None:  # submitted by an earlier run that stopped before its batch was read
             try:
@@ -111,6 +114,7 @@ class BatchRunner:
         task.add_done_callback(self._rounds.discard)
 
     async def _round(self, queue: dict[str, tuple[dict[str, Any], list[asyncio.Future[Outcome]]]]) -> None:
+        import openai  # on first use: see LLMClient._connected
         missing = "missing from the batch's output and error files"
         try:
             self._before_submit()  # the budget: a round past it is never sent, and the stage stops
@@ -273,6 +277,7 @@ def cached_prompt_tokens(usage: Any, prompt_tokens: int) -> int:
 
 
 def _transient(e: BaseException) -> bool:
+    import openai  # on first use: see LLMClient._connected
     if isinstance(e, openai.APIStatusError):
         return e.status_code not in _FATAL_STATUS
     return isinstance(e, openai.APIConnectionError | openai.APITimeoutError | json.JSONDecodeError)

@@ -18,18 +18,19 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import openai
 from aiolimiter import AsyncLimiter
-from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from longwriter.errors import LongwriterError
 from longwriter.llm.batch import Answer, BatchRunner, cached_prompt_tokens
 from longwriter.llm.cache import ResponseCache, request_key
 from longwriter.llm.spec import ClientSettings, Sampling
+
+if TYPE_CHECKING:
+    import openai
 
 # Client errors that retrying cannot fix (bad request, bad key, unknown model).
 _FATAL_STATUS = {400, 401, 403, 404, 422}
@@ -176,6 +177,10 @@ class LLMClient:
         return self
 
     async def _connected(self) -> openai.AsyncOpenAI:
+        # imported on the first paid call: the SDK's import is most of an LLM stage's start-up, and a stage
+        # answered from the response cache (a forced rerun, an experiment) never needs it
+        import openai
+
         async with self._connecting:
             if self._client is None:
                 base_url = self.endpoint.base_url
@@ -314,6 +319,9 @@ class LLMClient:
 
     async def _attempt(self, client: openai.AsyncOpenAI, request: dict[str, Any], attempt: int) -> Completion:
         """One request: its Completion, LLMCallError when retrying cannot help, _Retryable when it can."""
+        import openai
+        from openai.types.chat import ChatCompletion
+
         assert self._slots is not None
         try:
             async with self._slots:

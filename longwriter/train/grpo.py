@@ -76,12 +76,12 @@ class GRPOSettings:
     """The ``grpo`` section."""
 
     train: TrainSettings = field(default_factory=lambda: TrainSettings(
-        learning_rate=1e-6, max_steps=2, per_device_train_batch_size=4))
+        learning_rate=1e-6, max_steps=2, per_device_train_batch_size=2))
     start: Literal["sft", "dpo", "base"] = "sft"   # the checkpoint the policy starts from (models/<start>)
     pool: str | None = "data/rl/prompts.jsonl"  # more prompts: JSONL in LongBench-Write's format (prompt, length)
     use_selected: bool = True          # the selected instructions as prompts
     max_prompts: int | None = None     # at most this many prompts (seeded sample; None: all)
-    num_generations: int = 4           # completions per prompt (the group)
+    num_generations: int = 2           # completions per prompt (the group)
     max_completion_length: int = 384   # tokens
     temperature: float = 1.0
     top_p: float = 1.0
