@@ -362,8 +362,8 @@ def test_ruler_and_longbench_answer_stages_report_caps(fake_server, tmp_path: Pa
         ruler = run_ruler(RulerConfig(input=str(bench), lengths=(10, 100, 500), max_tokens=1024), cfg, settings,
                           tmp_path / "r.parquet", tmp_path / "rf.parquet", tmp_path / "r.json", tmp_path / "r.csv",
                           tmp_path / "r.png")["fake"]
-        answered = run_longbench_answers(LongBenchConfig(input=str(bench), per_lang=None), cfg, settings, tmp_path / "l.parquet",
-                                         tmp_path / "lf.parquet", tmp_path / "l.json")["fake"]
+        answered = run_longbench_answers(LongBenchConfig(input=str(bench), per_lang=None), cfg, settings,
+                                         tmp_path / "l.parquet", tmp_path / "lf.parquet", tmp_path / "l.json")["fake"]
     # longbench, en: 10 words -> cap 164 (lossless); 100 -> 1064 > 1024; 500 -> ask 1314 > 1024
     assert (answered["capped_below_lossless"], answered["capped_below_ask"]) == (2, 1)
     assert answered["truncated_share"] == 0.0 and answered["degenerate_share"] == 0.0
