@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +290,42 @@ def test_params_yaml_values_are_the_dataclass_defaults() -> None:
 
 def test_every_params_section_but_models_and_train_builds_a_dataclass() -> None:
     assert set(read_params(ROOT / "params.yaml")) - set(section_classes()) == NO_DATACLASS
+
+
+# a numeric param's bad value is -1, except where -1 is legal: there the value below (out of its range), or none
+# at all for a key that takes any integer (a seed; max_steps, where -1 is the Trainer's "train by epochs")
+BAD_VALUE = {"frequency_penalty": 3.0, "presence_penalty": 3.0, "min_spearman": 2.0}
+ANY_INTEGER = ("seed", "max_steps")
+
+
+def numeric_keys(node: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """The key paths of every number in a params mapping (lists, such as eval.models, are not walked)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from numeric_keys(value, (*path, key))
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        yield path
+
+
+def test_a_bad_value_of_every_numeric_param_is_refused_naming_it() -> None:
+    """Every number in params.yaml, set out of its range, stops the stage that reads it with an error naming the
+    key: a bad value must never run (select.per_lang -1 once selected nothing and overwrote its table)."""
+    params, classes = read_params(ROOT / "params.yaml"), section_classes()
+    tried = 0
+    for name, value in params.items():
+        for path in numeric_keys(value):
+            if path[-1] in ANY_INTEGER:
+                continue
+            data = copy.deepcopy(value)
+            node = data
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = BAD_VALUE.get(path[-1], -1)
+            for cls in classes[name]:
+                with pytest.raises(ConfigError, match=rf"params\.yaml:{name}.*{path[-1]}"):
+                    build(cls, data, f"params.yaml:{name}")
+            tried += 1
+    assert tried >= 100
 
 
 def test_a_default_that_differs_is_named_with_both_values() -> None:

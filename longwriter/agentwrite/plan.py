@@ -19,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from longwriter.checks import positive_int
 from longwriter.failures import Reason, failure_row, reason_counts, write_failures
 from longwriter.files import read_table, write_metrics
 from longwriter.llm import ClientSettings, LLMClient, ModelSpec, Sampling, run_with_llm
@@ -44,6 +45,7 @@ class PlanConfig:
             raise ValueError("need 1 <= min_paragraphs <= max_paragraphs")
         if not 1 <= self.min_words <= self.max_words:
             raise ValueError("need 1 <= min_words <= max_words")
+        positive_int("max_attempts", self.max_attempts)
 
 
 @dataclass(frozen=True)

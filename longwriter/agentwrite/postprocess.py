@@ -18,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from longwriter.checks import non_negative, positive_int, within
 from longwriter.completeness import incomplete_reason, strip_preamble
 from longwriter.failures import Reason, failure_row, reason_counts, write_failures
 from longwriter.files import read_table, write_metrics
@@ -45,6 +46,13 @@ class PostprocessConfig:
     # share of repeated n-grams above which an answer counts as degenerate
     max_repetition: float = 0.3
     repetition_n: int = 4
+
+    def __post_init__(self) -> None:
+        non_negative("min_words_ratio", self.min_words_ratio)
+        positive_int("min_words", self.min_words, optional=True)
+        positive_int("max_sections", self.max_sections)
+        within("max_repetition", self.max_repetition, 0, 1)
+        positive_int("repetition_n", self.repetition_n)
 
 
 _NUM = r"(?:\d+|[一二三四五六七八九十百]+)"

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from longwriter.checks import within
 from longwriter.failures import failure_row, reason_counts, write_failures
 from longwriter.files import read_table, write_csv, write_metrics
 from longwriter.judge import DIMENSIONS, JudgeConfig, judge_answers
@@ -50,6 +51,7 @@ class AgreementConfig:
     min_spearman: float = 0.3   # below it on any dimension, the stage warns
 
     def __post_init__(self) -> None:
+        within("min_spearman", self.min_spearman, -1, 1)
         if self.sample is not None and self.sample < 2:
             raise ValueError("sample must be at least 2 (or null: all)")
         if self.bootstrap < 0 or not 0 < self.level < 1:

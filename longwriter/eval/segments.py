@@ -32,6 +32,7 @@ from typing import Any
 
 import polars as pl
 
+from longwriter.checks import positive_int
 from longwriter.failures import Reason, failure_row, reason_counts, write_failures
 from longwriter.files import read_table, write_csv, write_metrics
 from longwriter.judge import DIMENSIONS, JudgeConfig, RatingOutcome, rate_part
@@ -63,6 +64,7 @@ class SegmentsConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        positive_int("judge_answers", self.judge_answers, optional=True)
         if self.min_words < self.parts * self.n:
             raise ValueError(f"min_words must be at least parts x n ({self.parts * self.n}): each part needs an "
                              f"n-gram")

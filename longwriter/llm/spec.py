@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from longwriter.checks import non_negative, positive, positive_int, within
+
 Provider = Literal["embedded", "openai", "local"]
 StructuredOutput = Literal["auto", "json_schema", "json_object", "none"]
 
@@ -154,9 +156,12 @@ class Sampling:
     top_k: int | None = None
 
     def __post_init__(self) -> None:
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
-                                       or self.top_k < 1):
-            raise ValueError(f"top_k must be a positive integer or null, got {self.top_k!r}")
+        non_negative("temperature", self.temperature)
+        within("top_p", self.top_p, 0, 1, low_open=True)
+        positive_int("max_tokens", self.max_tokens)
+        for name in ("frequency_penalty", "presence_penalty"):  # OpenAI's range
+            within(name, getattr(self, name), -2, 2)
+        positive_int("top_k", self.top_k, optional=True)
 
 
 @dataclass
@@ -216,8 +221,11 @@ class ClientSettings:
             raise ValueError("max_concurrency must be >= 1")
         if self.max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        if self.batch_gather_s < 0 or self.batch_poll_s <= 0 or self.batch_max_requests < 1:
-            raise ValueError("batch_gather_s must be >= 0, batch_poll_s > 0 and batch_max_requests >= 1")
+        for name in ("request_timeout_s", "server_start_timeout_s", "batch_poll_s"):
+            positive(name, getattr(self, name))
+        for name in ("backoff_base_s", "backoff_max_s", "batch_gather_s"):
+            non_negative(name, getattr(self, name))
+        positive_int("batch_max_requests", self.batch_max_requests)
         if self.max_cost_usd is not None and (isinstance(self.max_cost_usd, bool)
                                               or not isinstance(self.max_cost_usd, int | float)
                                               or self.max_cost_usd < 0):

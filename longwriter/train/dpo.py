@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 
+from longwriter.checks import positive
 from longwriter.failures import write_failures
 from longwriter.files import read_table, write_csv, write_metrics
 from longwriter.schemas import Pairs, validate
@@ -31,6 +32,9 @@ class DPOSettings:
                                                                        max_length=2048))
     beta: float = 0.1
     loss_type: str = "sigmoid"
+
+    def __post_init__(self) -> None:
+        positive("beta", self.beta)
 
 
 def dpo_curve(log_history: list[dict[str, Any]]) -> pl.DataFrame:

@@ -47,6 +47,7 @@ from typing import Any, Literal
 import polars as pl
 
 from longwriter.benchmark import read_benchmark
+from longwriter.checks import non_negative, positive, positive_int, within
 from longwriter.errors import ConfigError
 from longwriter.failures import Reason, failure_row, reason_counts, write_failures
 from longwriter.files import read_table, write_csv, write_metrics
@@ -67,8 +68,8 @@ class RewardWeights:
     overlong: float = 1.0      # TRL's soft overlong punishment (0 .. -1 in the last overlong_buffer tokens)
 
     def __post_init__(self) -> None:
-        if any(w < 0 for w in dataclasses.astuple(self)):
-            raise ValueError("reward weights must be >= 0")
+        for f in dataclasses.fields(self):
+            non_negative(f.name, getattr(self, f.name))
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,10 @@ class GRPOSettings:
                              f"max_completion_length ({self.max_completion_length}): the prompt needs room too")
         if self.vllm_tensor_parallel_size < 1:
             raise ValueError("vllm_tensor_parallel_size must be >= 1")
+        positive("temperature", self.temperature)  # TRL samples every completion: 0 would divide by zero
+        within("top_p", self.top_p, 0, 1, low_open=True)
+        non_negative("beta", self.beta)
+        positive_int("repetition_n", self.repetition_n)
 
     def vllm_kwargs(self) -> dict[str, Any]:
         """TRL GRPOConfig's vLLM arguments: generation colocated on the training GPUs (TRL reads the others only

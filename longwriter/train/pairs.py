@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import polars as pl
 
+from longwriter.checks import positive_int
 from longwriter.completeness import incomplete_reason
 from longwriter.failures import Reason, failure_row, reason_counts, write_failures
 from longwriter.files import read_table, write_metrics
@@ -60,6 +61,7 @@ class PairsConfig:
             raise ValueError(f"rejected must be one of {', '.join(REJECTED_RULES)}, not {self.rejected!r}")
         if self.cap_ratio <= 0:
             raise ValueError("cap_ratio must be > 0")
+        positive_int("max_batch", self.max_batch)
 
 
 def build_pairs(candidates: list[dict[str, Any]], seed: int, dropped: list[dict[str, Any]] | None = None,

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import polars as pl
 
+from longwriter.checks import positive_int
 from longwriter.errors import LongwriterError
 from longwriter.failures import write_failures
 from longwriter.files import read_table, write_csv, write_metrics
@@ -64,6 +65,9 @@ class SFTSettings:
     padding_free: bool = False     # no pad tokens in a batch (flash-attention kernels on GPU)
     eval_steps: int | None = 2     # evaluate every N steps; null: once per epoch
     assistant_turns: Literal["all", "last"] = "all"  # the targets: every assistant turn, or the last one
+
+    def __post_init__(self) -> None:
+        positive_int("eval_steps", self.eval_steps, optional=True)
 
 
 def prompt_completion(messages: list[dict[str, str]]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from longwriter.checks import positive, positive_int
 from longwriter.errors import ConfigError
 from longwriter.failures import Reason, failure_row
 from longwriter.train.checkpoint import staging_dir, swap_into
@@ -66,12 +67,14 @@ class TrainSettings:
     attn_implementation: str | None = None
 
     def __post_init__(self) -> None:
-        if self.learning_rate <= 0 or self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise ValueError("learning_rate must be > 0, batch size and accumulation steps >= 1")
+        positive("learning_rate", self.learning_rate)
+        positive_int("per_device_train_batch_size", self.per_device_train_batch_size)
+        positive_int("gradient_accumulation_steps", self.gradient_accumulation_steps)
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ValueError("set num_train_epochs > 0 or max_steps > 0")
         if self.save_steps is not None and self.save_steps < 1:
             raise ValueError("save_steps must be >= 1 (or null: no intermediate checkpoints)")
+        positive_int("max_length", self.max_length)
 
     def output_dir(self, stage: str, scratch: str) -> str:
         """The Trainer's output directory: ``<checkpoint_dir>/<stage>`` when checkpoints are saved, else ``scratch``
