@@ -24,10 +24,12 @@ def positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a number > 0, got {value!r}")
 
 
-def non_negative(name: str, value: Any) -> None:
-    """``value`` is a number >= 0."""
+def non_negative(name: str, value: Any, *, optional: bool = False) -> None:
+    """``value`` is a number >= 0 (or None when ``optional``)."""
+    if optional and value is None:
+        return
     if not _number(value) or value < 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        raise ValueError(f"{name} must be a number >= 0{' or null' if optional else ''}, got {value!r}")
 
 
 def within(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:

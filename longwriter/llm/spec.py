@@ -79,16 +79,10 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         for name in ("price_input_per_mtok", "price_output_per_mtok", "price_cached_input_per_mtok"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
-                raise ValueError(f"{name} must be a non-negative number of dollars, got {value!r}")
+            non_negative(name, getattr(self, name), optional=True)  # US dollars
         for name in ("rpm", "tpm"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.batch_discount, bool) or not isinstance(self.batch_discount, int | float) \
-                or not 0 <= self.batch_discount <= 1:
-            raise ValueError(f"batch_discount must be a fraction within [0, 1], got {self.batch_discount!r}")
+            positive_int(name, getattr(self, name), optional=True)
+        within("batch_discount", self.batch_discount, 0, 1)
         if self.batch and self.provider != "openai":
             raise ValueError(f"batch: true needs provider 'openai' (the OpenAI Batch API), not '{self.provider}'")
         if self.provider == "openai" and (not self.base_url or not self.model):
@@ -99,10 +93,7 @@ class ModelSpec:
             raise ValueError("penalty_last_n must be >= 0")
         if self.n_ctx < 256:
             raise ValueError("n_ctx must be at least 256")
-        if isinstance(self.vllm_tensor_parallel_size, bool) or not isinstance(self.vllm_tensor_parallel_size, int) \
-                or self.vllm_tensor_parallel_size < 1:
-            raise ValueError(f"vllm_tensor_parallel_size must be a positive integer, got "
-                             f"{self.vllm_tensor_parallel_size!r}")
+        positive_int("vllm_tensor_parallel_size", self.vllm_tensor_parallel_size)
         if self.vllm_max_model_length is not None and (isinstance(self.vllm_max_model_length, bool)
                                                        or not isinstance(self.vllm_max_model_length, int)
                                                        or self.vllm_max_model_length < 256):
@@ -217,19 +208,15 @@ class ClientSettings:
         return cwd / path
 
     def __post_init__(self) -> None:
-        if self.max_concurrency < 1:
-            raise ValueError("max_concurrency must be >= 1")
-        if self.max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
+        positive_int("max_concurrency", self.max_concurrency)
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
         for name in ("request_timeout_s", "server_start_timeout_s", "batch_poll_s"):
             positive(name, getattr(self, name))
         for name in ("backoff_base_s", "backoff_max_s", "batch_gather_s"):
             non_negative(name, getattr(self, name))
         positive_int("batch_max_requests", self.batch_max_requests)
-        if self.max_cost_usd is not None and (isinstance(self.max_cost_usd, bool)
-                                              or not isinstance(self.max_cost_usd, int | float)
-                                              or self.max_cost_usd < 0):
-            raise ValueError(f"max_cost_usd must be a non-negative number or null, got {self.max_cost_usd!r}")
+        non_negative("max_cost_usd", self.max_cost_usd, optional=True)
 
 
 # The llm keys that cannot change what a stage writes, only where and how fast it runs. dvc.yaml declares the other
