@@ -54,12 +54,15 @@ $(MAKE_VENV):
 	else $(BOOTSTRAP_PYTHON) -m venv .venv; fi
 
 # --no-deps: the lock is the whole set (torch aside); --no-cache-dir: never reuse a llama-cpp-python wheel pip
-# cached from a build with other flags
+# cached from a build with other flags. Last, llama.cpp's llama-server (provider local on the CPU) is built from the
+# same llama-cpp-python's sources with the same flags, once per machine (minutes; a no-op afterwards):
+# longwriter/llm/llama_cpp_engine.py
 install: | $(MAKE_VENV)
 	$(PY) -m pip install $(TORCH)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --no-cache-dir --no-deps --require-hashes -r $(LOCK)
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m longwriter.llm.llama_cpp_engine
 
 # A CUDA node: the GPU lock (CUDA torch included) in place of torch + the CPU lock, llama.cpp with the same portable
 # flags (a -march=native build crashes on AVX-512 Xeons, above)
@@ -68,6 +71,7 @@ install-gpu: | $(MAKE_VENV)
 	  --require-hashes -r $(GPU_LOCK)
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
+	CMAKE_ARGS="$(strip $(LLAMA_CMAKE_ARGS) $(LLAMA_GPU_CMAKE_ARGS))" $(PY) -m longwriter.llm.llama_cpp_engine
 
 run: install
 	$(WITH_BIN) $(PY) -m dvc repro

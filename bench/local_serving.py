@@ -2,13 +2,15 @@
 
 \b
     python bench/local_serving.py                       # all engines, concurrency 1, 4, 16: ~22 min on 2 cores
-                                                        # (+ ~13 min once: building llama-server)
-    python bench/local_serving.py --engines transformers_fp32_batched,transformers_serve_cb_fp32
+                                                        # (+ minutes once, by `make install`: llama-server)
+    python bench/local_serving.py --engines provider_local,transformers_serve_cb_fp32
     python bench/local_serving.py --concurrency 1,4 --per-slot 1 --max-tokens 8 --name local_serving_smoke
 
-Issue 15 kept ``longwriter.llm.local``'s hand-written batched server after comparing it with llama-cpp-python's
-server only, which serves one request at a time. Issue 29 asks for the engines that batch. Each engine below
-serves the same weights and answers the same eval-shaped requests (the ruler file's prompts, greedy,
+Issue 15 kept ``longwriter.llm.local``'s hand-written batched transformers server after comparing it with
+llama-cpp-python's server only, which serves one request at a time. Issue 29 asked for the engines that batch;
+they were measured at commit afbd580 (the result file's ``commit``: ``transformers_fp32_batched`` there is that
+hand-written server), llama-server won at every concurrency, and ``provider: local`` has run on it since.
+Each engine below serves the same weights and answers the same eval-shaped requests (the ruler file's prompts, greedy,
 ``--max-tokens`` each), sent as the project's client sends them (the openai client on aiohttp, the body of
 ``LLMClient.complete``) with at most c in flight, c being the concurrency under test; at concurrency c,
 ``c x --per-slot`` requests are sent (prompts ``[:c x per_slot]`` of the ruler file, so the first prompts are asked
@@ -24,8 +26,9 @@ decodes greedily and same-model outputs can match.
 
 The engines (``--engines``):
 
-- ``transformers_fp32_batched``: ``provider: local`` as the pipeline runs it (``longwriter.llm.local``, whatever
-  it is at this commit) on the fp32 checkpoint that ``base`` de-quantizes from the embedded SmolLM2-135M GGUF.
+- ``provider_local``: ``provider: local`` as the pipeline runs it (``longwriter.llm.local``, whatever it is at
+  this commit: llama-server with ``max_batch`` slots on the checkpoint's F16 conversion) on the fp32 checkpoint
+  that ``base`` de-quantizes from the embedded SmolLM2-135M GGUF.
 - ``transformers_serve_cb_fp32``: ``transformers serve --continuous-batching`` (transformers' own
   OpenAI-compatible server, FastAPI + uvicorn, paged-attention continuous batching) on the same checkpoint, fp32,
   CPU, offline. Its KV cache is sized here (``--cb-num-blocks``, ``--cb-max-batch-tokens``): left to itself on
@@ -67,17 +70,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import hashlib
 import importlib.metadata
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import urllib.error
@@ -94,13 +94,13 @@ from longwriter.llm import ClientSettings, ModelSpec, open_endpoint
 from longwriter.llm.server import default_gguf
 from longwriter.train.base_model import BaseModelConfig, run_base
 
-ENGINES = ("transformers_fp32_batched", "transformers_serve_cb_fp32", "llama_server_f16_parallel", "llama_cpp_f16",
+ENGINES = ("provider_local", "transformers_serve_cb_fp32", "llama_server_f16_parallel", "llama_cpp_f16",
            "llama_server_q4_1_parallel", "llama_cpp_q4_1_embedded")
 # engines that claim the same model: their greedy outputs must match token for token
-SAME_MODEL = (("transformers_fp32_batched", "transformers_serve_cb_fp32", "the fp32 checkpoint"),
+SAME_MODEL = (("provider_local", "llama_server_f16_parallel", "F16 of the same weights"),
               ("llama_cpp_f16", "llama_server_f16_parallel", "the F16 GGUF"),
               ("llama_cpp_q4_1_embedded", "llama_server_q4_1_parallel", "the Q4_1 GGUF"))
-CROSS_PRECISION = (("transformers_fp32_batched", "llama_server_f16_parallel", "fp32 checkpoint vs its F16 GGUF"),)
+CROSS_PRECISION = (("transformers_serve_cb_fp32", "llama_server_f16_parallel", "fp32 checkpoint vs its F16 GGUF"),)
 WARMUP_PROMPT = "Say hello."
 # transformers serve's paged KV cache: tokens per page (ContinuousBatchingConfig's default) and the prompt length
 # a request is sized for (the ruler's prompts are under 100 tokens with the chat template)
@@ -178,54 +178,20 @@ def _llama_cmake_args() -> list[str]:
 
 
 def llama_server_binary(build: bool) -> tuple[Path | None, dict[str, Any]]:
-    """The ``llama-server`` of the pinned llama-cpp-python's llama.cpp; built on first use unless ``build`` is
-    False (then None when absent)."""
-    version = importlib.metadata.version("llama_cpp_python")
-    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "longwriter" / f"llama-server-{version}"
-    binary = home / "llama-server"
-    info: dict[str, Any] = {"source": f"llama-cpp-python {version} sdist (vendor/llama.cpp), target llama-server",
-                            "binary": str(binary)}
+    """The ``llama-server`` that ``make install`` builds (``longwriter.llm.llama_cpp_engine``); built now unless
+    ``build`` is False (then None when absent)."""
+    from longwriter.llm import llama_cpp_engine
+
+    home = llama_cpp_engine.engine_home()
+    info: dict[str, Any] = {"source": f"llama-cpp-python {llama_cpp_engine.engine_version()} sdist "
+                                      f"(vendor/llama.cpp), target llama-server", "binary": str(home / "llama-server")}
+    if not (home / "llama-server").is_file() and not build:
+        return None, {**info, "skipped": "not built (--no-build)"}
+    started = time.perf_counter()
+    binary = llama_cpp_engine.build(_llama_cmake_args())
     if (home / "sdist.sha256").is_file():
         info["sdist_sha256"] = (home / "sdist.sha256").read_text().strip()
-    if binary.is_file():
-        return binary, info
-    if not build:
-        return None, {**info, "skipped": "not built (--no-build)"}
-    # sources and build tree stay under ``home``: a build that is interrupted resumes where it stopped
-    started = time.perf_counter()
-    click.echo(f"building llama-server from llama-cpp-python {version}'s sdist (once) ...", err=True)
-    source = next((home / "src").glob("*/vendor/llama.cpp"), None)
-    if source is None:
-        with tempfile.TemporaryDirectory(prefix="llama-server-sdist-") as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d",
-                            tmp, f"llama-cpp-python=={version}"], check=True, stdout=subprocess.DEVNULL)
-            sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-            digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-            locked = re.search(rf"^llama-cpp-python=={re.escape(version)} \\\n\s+--hash=sha256:(\w+)",
-                               (ROOT / "requirements" / "cpu.lock").read_text(), re.MULTILINE)
-            if locked and locked.group(1) != digest:
-                raise click.ClickException(f"{sdist.name}: sha256 {digest}, requirements/cpu.lock pins "
-                                           f"{locked.group(1)}")
-            with tarfile.open(sdist) as tar:  # into place only once whole
-                members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name]
-                tar.extractall(Path(tmp) / "src", members=members, filter="data")
-            home.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(home / "src", ignore_errors=True)
-            shutil.move(Path(tmp) / "src", home / "src")
-        (home / "sdist.sha256").write_text(digest + "\n")
-        source = next((home / "src").glob("*/vendor/llama.cpp"))
-    flags = [*_llama_cmake_args(), "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
-             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON",
-             "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF"]
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    subprocess.run(["cmake", "-S", str(source), "-B", str(home / "build"), *generator, *flags], check=True,
-                   stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(home / "build"), "--target", "llama-server", "-j", str(_cores())],
-                   check=True, stdout=subprocess.DEVNULL)
-    shutil.copy2(next((home / "build").rglob("bin/llama-server")), binary)
-    for tree in ("build", "src"):  # the binary is static: 300 MB of sources and objects go
-        shutil.rmtree(home / tree)
-    return binary, {**info, "cmake_flags": flags, "build_seconds": round(time.perf_counter() - started, 1)}
+    return binary, {**info, "build_seconds": round(time.perf_counter() - started, 1)}
 
 
 # --- the engines ----------------------------------------------------------------------------------------------------
@@ -237,7 +203,7 @@ def _project_engine(spec: ModelSpec, work: Path) -> Iterator[tuple[str, str, dic
     with open_endpoint(spec, settings) as endpoint:
         assert endpoint.start is not None
         version = ", ".join(f"{package} {importlib.metadata.version(package)}" for package in
-                            (("transformers", "torch") if spec.provider == "local" else ("llama_cpp_python",)))
+                            ("llama_cpp_python",))
         started = f"longwriter.llm.open_endpoint(provider={spec.provider}" + (
             f", max_batch={spec.max_batch})" if spec.provider == "local" else ")")
         yield endpoint.start(), endpoint.model, {"started": started, "version": version}
@@ -406,7 +372,7 @@ def main(engines: str, levels: str, per_slot: int, max_tokens: int, build: bool,
         if build_info:
             result["llama_server"] = build_info
         servers = {
-            "transformers_fp32_batched": lambda: _project_engine(
+            "provider_local": lambda: _project_engine(
                 ModelSpec(provider="local", path=str(checkpoint), max_batch=top), work),
             "transformers_serve_cb_fp32": lambda: _transformers_serve(checkpoint, top, max_tokens, work),
             "llama_server_f16_parallel": lambda: _llama_server(binary, f16, top, max_tokens, work, "llama-server-f16"),
@@ -460,9 +426,9 @@ def main(engines: str, levels: str, per_slot: int, max_tokens: int, build: bool,
     result["backends"] = {n: {k: levels_[str(top)][k] for k in ("seconds", "completion_tokens", "tokens_per_s")}
                           for n, levels_ in measured.items() if str(top) in levels_}
     backends = result["backends"]
-    if "llama_cpp_f16" in backends and "transformers_fp32_batched" in backends:
+    if "llama_cpp_f16" in backends and "transformers_serve_cb_fp32" in backends:
         result["ratio_llama_f16_to_transformers"] = round(
-            backends["llama_cpp_f16"]["tokens_per_s"] / backends["transformers_fp32_batched"]["tokens_per_s"], 3)
+            backends["llama_cpp_f16"]["tokens_per_s"] / backends["transformers_serve_cb_fp32"]["tokens_per_s"], 3)
 
     rows = []
     for name, engine in result["engines"].items():

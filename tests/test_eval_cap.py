@@ -310,7 +310,8 @@ def test_longbench_scores_on_effective_words() -> None:
     assert m["buckets"]["500-2k"]["S_l_effective"] == 50.0 and m["lang"]["zh"]["S_l_effective"] == 100.0
 
 
-# --------------------------------------------------------------------------------------- top_k, local server
+# ------------------------------------------------------------------------------------------------ top_k
+# (llama-server honouring it: tests/test_local_model.py)
 
 
 def test_sampling_top_k_validation() -> None:
@@ -318,32 +319,6 @@ def test_sampling_top_k_validation() -> None:
     for bad in (0, -1, True, 2.5):
         with pytest.raises(ValueError, match="top_k"):
             Sampling(top_k=bad)  # type: ignore[arg-type]
-
-
-def test_local_server_reads_top_k() -> None:
-    from longwriter.llm.local import TransformersChat, _checked
-
-    body = {"messages": [{"role": "user", "content": "hi"}]}
-    assert _checked(body)["top_k"] is None
-    assert _checked({**body, "top_k": 50})["top_k"] == 50
-    assert _checked({**body, "top_k": 0})["top_k"] is None and _checked({**body, "top_k": -1})["top_k"] is None
-    with pytest.raises(ValueError, match="top_k"):
-        _checked({**body, "top_k": "50"})
-    # requests with another top_k are not batched together
-    assert TransformersChat._key(_checked({**body, "top_k": 5})) != TransformersChat._key(_checked(body))
-
-
-def test_local_sampler_keeps_the_top_k_tokens() -> None:
-    torch = pytest.importorskip("torch")
-    from longwriter.llm.local import _RowSampler
-
-    scores = torch.tensor([[0.0, 3.0, 1.0, 2.9, -1.0]] * 64)
-    for k, allowed in ((1, {1}), (2, {1, 3})):
-        sampler = _RowSampler(torch, list(range(64)), temperature=5.0, top_p=1.0, top_k=k)
-        chosen = set(sampler(list(range(64)), scores))
-        assert chosen == allowed  # 64 draws at a high temperature pick every allowed token, no other
-    free = _RowSampler(torch, list(range(64)), temperature=5.0, top_p=1.0)
-    assert len(set(free(list(range(64)), scores))) > 2
 
 
 def test_ruler_and_longbench_answer_stages_report_caps(fake_server, tmp_path: Path) -> None:

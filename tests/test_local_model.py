@@ -1,17 +1,19 @@
-"""``provider: local``: a transformers checkpoint served in-process behind an OpenAI-compatible endpoint.
+"""``provider: local`` on the CPU: a checkpoint directory converted to GGUF and served by llama.cpp's llama-server.
 
 A tiny random Llama (2 layers, hidden 64) with the embedded SmolLM2 tokenizer stands in for a trained
-checkpoint, so everything runs on the CPU in seconds and nothing is downloaded. The last test converts the
+checkpoint, so everything runs on the CPU in seconds and nothing is downloaded; the server is the real
+``llama-server`` that ``make install`` builds (``longwriter.llm.llama_cpp_engine``). The last test converts the
 real embedded GGUF (``base`` stage) and checks it against llama.cpp.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib.util
 import json
 import shutil
-import threading
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,23 +27,26 @@ from conftest import tiny_llama
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from longwriter.errors import ConfigError  # noqa: E402
+from longwriter.errors import ConfigError, LongwriterError  # noqa: E402
 from longwriter.generation import EvalModel, generate_answers  # noqa: E402
 from longwriter.llm import (  # noqa: E402
     ClientSettings,
     LLMClient,
     ModelSpec,
     Sampling,
+    open_endpoint,
     run_with_llm,
 )
 from longwriter.llm import (  # noqa: E402
     local as local_mod,
 )
+from longwriter.llm.llama_cpp_engine import engine_home, engine_version  # noqa: E402
 from longwriter.llm.local import (  # noqa: E402
-    TransformersChat,
     checkpoint_identity,
+    converted_gguf,
+    llama_cpp_server,
+    llama_server_command,
     local_model_path,
-    transformers_server,
     use_vllm,
 )
 from longwriter.llm.server import default_gguf  # noqa: E402
@@ -52,8 +57,6 @@ from longwriter.train.checkpoint import save_checkpoint  # noqa: E402
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
-
-
 @pytest.fixture(scope="module")
 def ckpt(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random checkpoint directory, as ``sft`` would write one."""
@@ -62,81 +65,38 @@ def ckpt(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _local_spec(path: Path, max_batch: int = 4, **kw: Any) -> ModelSpec:
+    return ModelSpec(provider="local", path=str(path), max_batch=max_batch, n_ctx=1024, **kw)
+
+
 @pytest.fixture(scope="module")
-def server_url(ckpt: Path) -> Iterator[str]:
-    with transformers_server(ckpt) as url:
+def server_url(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """llama-server on the tiny checkpoint in full precision (so that it is the checkpoint's own model)."""
+    cache = tmp_path_factory.mktemp("cache")
+    with llama_cpp_server(ckpt, "local", _local_spec(ckpt, gguf_outtype="f32"), cache, 120) as url:
         yield url
 
 
-@pytest.fixture(scope="module")
-def chat(ckpt: Path) -> Iterator[TransformersChat]:
-    """A batcher used directly, with a generous gather window so concurrent threads land in one batch;
-    ``chat.batch_sizes`` records the rows of every ``_generate`` call."""
-    c = TransformersChat(ckpt, max_batch=16, gather_s=0.4)
-    c.batch_sizes = []  # type: ignore[attr-defined]
-    generate = c._generate
-
-    def recording(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        c.batch_sizes.append(len(bodies))  # type: ignore[attr-defined]
-        return generate(bodies)
-
-    c._generate = recording  # type: ignore[method-assign]
-    yield c
-    c.close()
+def _body(content: str, seed: int = 0, temperature: float = 0.0, max_tokens: int = 24, **kw: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": content}], "temperature": temperature, "top_p": 1.0,
+            "max_tokens": max_tokens, "seed": seed, **kw}
 
 
-def _body(content: str, seed: int = 0, temperature: float = 0.8, top_p: float = 0.95,
-          max_tokens: int = 24) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": content}], "temperature": temperature, "top_p": top_p,
-            "max_tokens": max_tokens, "seed": seed}
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(f"{url}/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
 
 
 def _text(result: dict[str, Any]) -> str:
     return result["choices"][0]["message"]["content"]
 
 
-def _concurrently(chat: TransformersChat, bodies: list[dict[str, Any]]) -> list[dict[str, Any] | BaseException]:
-    """``chat.complete`` for every body from its own thread, all released at once."""
-    results: list[dict[str, Any] | BaseException | None] = [None] * len(bodies)
-    barrier = threading.Barrier(len(bodies))
-
-    def go(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = chat.complete(bodies[i])
-        except BaseException as e:  # reported to the test, not lost in the thread
-            results[i] = e
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(bodies))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a request never finished"
-    return results  # type: ignore[return-value]
+PROMPT = "Tell me a story about a cat."
 
 
-def _post(url: str, data: bytes, timeout: float = 10.0) -> tuple[int | str, dict[str, Any] | None]:
-    """POST raw bytes; (status, JSON body), or ("timeout", None) when the server never answers."""
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-    except TimeoutError:
-        return "timeout", None
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, TimeoutError):
-            return "timeout", None
-        raise
-
-
-def _local_spec(path: Path, max_batch: int = 4) -> ModelSpec:
-    return ModelSpec(provider="local", path=str(path), max_batch=max_batch)
-
-
-# ------------------------------------------------------------------------------ 1. the OpenAI-compatible API
+# ------------------------------------------------------------------------------ 1. the server and its settings
 
 
 def test_server_answers_the_openai_api(server_url: str) -> None:
@@ -147,290 +107,179 @@ def test_server_answers_the_openai_api(server_url: str) -> None:
         resp = client.chat.completions.create(
             model="local", messages=[{"role": "user", "content": "Write a long essay about rivers."}],
             max_tokens=8, temperature=0.8, top_p=0.95, seed=3)
-        assert resp.object == "chat.completion"
         choice = resp.choices[0]
-        assert choice.message.role == "assistant"
-        assert isinstance(choice.message.content, str) and choice.message.content
+        assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
         assert choice.finish_reason == "length"  # a random model does not stop within 8 tokens
-        assert resp.usage is not None
-        assert resp.usage.prompt_tokens > 0
-        assert 0 < resp.usage.completion_tokens <= 8
+        assert resp.usage is not None and resp.usage.completion_tokens == 8
         assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
-
-        models = client.models.list()
-        assert [m.id for m in models.data] == ["local"]
+        assert "local" in [m.id for m in client.models.list().data]
     finally:
         client.close()
 
 
-def test_server_unknown_path_is_404_and_malformed_body_is_400(server_url: str) -> None:
-    root = server_url.rsplit("/v1", 1)[0]
-    with pytest.raises(urllib.error.HTTPError) as get404:
-        urllib.request.urlopen(f"{root}/v1/nothing-here", timeout=10)
-    assert get404.value.code == 404
-
-    status, payload = _post(f"{server_url}/completions", json.dumps({"prompt": "hi"}).encode())
-    assert status == 404 and payload is not None and "error" in payload
-
-    status, payload = _post(f"{server_url}/chat/completions", b"{this is not json")
-    assert status == 400
-    assert payload is not None and payload["error"]["type"] == "invalid_request_error"
-
-    # the server still serves after a bad request
-    status, payload = _post(f"{server_url}/chat/completions", json.dumps(_body("hello", max_tokens=2)).encode())
-    assert status == 200 and payload is not None and payload["usage"]["completion_tokens"] <= 2
+def test_the_prompt_is_the_checkpoints_chat_template_and_greedy_is_its_model(server_url: str, ckpt: Path) -> None:
+    """The GGUF carries the checkpoint's chat template (the same prompt tokens as transformers'), and greedy
+    decoding of the F32 conversion is transformers' greedy decoding of the checkpoint."""
+    tok = transformers.AutoTokenizer.from_pretrained(str(ckpt))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(ckpt)).eval()
+    for prompt in (PROMPT, "写一篇关于春天的短文。"):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.eos_token_id)
+        served = _post(server_url, _body(prompt))
+        assert served["usage"]["prompt_tokens"] == ids["input_ids"].shape[1]
+        assert _text(served) == tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the dying batcher
-@pytest.mark.parametrize("data", [b"[1, 2]", json.dumps(_body("hi", temperature="hot")).encode()],  # type: ignore[arg-type]
-                         ids=["not-an-object", "bad-temperature"])
-def test_server_survives_bad_sampling_fields(ckpt: Path, data: bytes) -> None:
-    with transformers_server(ckpt) as url:  # its own server: the bug kills the batcher
-        status, _ = _post(f"{url}/chat/completions", data, timeout=3)
-        assert status == 400
-        status, _ = _post(f"{url}/chat/completions", json.dumps(_body("hello", max_tokens=2)).encode(), timeout=10)
-        assert status == 200
+def test_the_server_runs_max_batch_slots_with_openais_defaults(server_url: str) -> None:
+    """What a request leaves out means what it means on OpenAI's API: no top-k, no min-p, no repeat penalty,
+    temperature and top_p 1 (llama.cpp's own defaults are top-k 40 and min-p 0.05)."""
+    with urllib.request.urlopen(server_url.rsplit("/v1", 1)[0] + "/props", timeout=10) as resp:
+        props = json.loads(resp.read())
+    assert props["total_slots"] == 4
+    defaults = props["default_generation_settings"]["params"]
+    assert (defaults["top_k"], defaults["min_p"], defaults["top_p"], defaults["temperature"],
+            defaults["repeat_penalty"], defaults["repeat_last_n"]) == (0, 0.0, 1.0, 1.0, 1.0, 64)
 
 
-# -------------------------------------------------------------------------------------------- 2. batching
+def test_the_command_line_follows_the_spec(ckpt: Path) -> None:
+    spec = _local_spec(ckpt, max_batch=16, penalty_last_n=256, n_threads=3)
+    cmd = llama_server_command(Path("/bin/llama-server"), Path("m.gguf"), "sft", 8080, spec)
+    flag = {name: cmd[cmd.index(name) + 1] for name in ("-np", "-c", "-t", "-tb", "--repeat-last-n", "-a")}
+    assert flag == {"-np": "16", "-c": str(16 * 1024), "-t": "3", "-tb": "3", "--repeat-last-n": "256", "-a": "sft"}
+    assert "--no-cache-prompt" in cmd
 
 
-def test_concurrent_requests_are_batched(chat: TransformersChat) -> None:
-    chat.batch_sizes.clear()  # type: ignore[attr-defined]
-    bodies = [_body(f"Question number {i}: " + "why " * i, seed=i) for i in range(6)]
-    results = _concurrently(chat, bodies)
-    for r in results:
-        assert isinstance(r, dict), r
-        assert r["choices"][0]["finish_reason"] in ("length", "stop")
-        assert r["usage"]["prompt_tokens"] > 0 and 0 < r["usage"]["completion_tokens"] <= 24
-    sizes = chat.batch_sizes  # type: ignore[attr-defined]
-    assert sum(sizes) == 6
-    assert max(sizes) > 1, f"no batching: batch sizes {sizes}"
+# ---------------------------------------------------------- 2. every sampling option the client sends, honoured
 
 
-def test_requests_with_different_sampling_are_not_mixed(chat: TransformersChat) -> None:
-    chat.batch_sizes.clear()  # type: ignore[attr-defined]
-    bodies = [_body("a", seed=1, temperature=0.8), _body("b", seed=2, temperature=0.8),
-              _body("c", seed=3, temperature=0.0), _body("d", seed=4, temperature=0.0)]
-    results = _concurrently(chat, bodies)
-    assert all(isinstance(r, dict) for r in results), results
-    assert sorted(chat.batch_sizes) == [2, 2]  # type: ignore[attr-defined]
+def test_greedy_is_deterministic_ignores_the_seed_and_its_batch(server_url: str) -> None:
+    alone = _text(_post(server_url, _body(PROMPT, seed=7)))
+    assert _text(_post(server_url, _body(PROMPT, seed=8))) == alone
+    others = [_body("word " * (5 * i + 1) + f"question {i}", seed=i) for i in range(3)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda b: _post(server_url, b), [_body(PROMPT, seed=7), *others]))
+    assert _text(results[0]) == alone
 
 
-def test_one_bad_request_does_not_fail_its_batch(chat: TransformersChat) -> None:
-    bad = {"temperature": 0.8, "top_p": 0.95, "max_tokens": 4, "seed": 0}  # no messages: refused at intake
-    good = _body("hello", seed=1, max_tokens=4)
-    results = _concurrently(chat, [bad, good])
-    assert isinstance(results[0], ValueError)
-    assert isinstance(results[1], dict), f"the valid request failed with {results[1]!r}"
+def test_the_seed_decides_a_sampled_reply(server_url: str) -> None:
+    one = _text(_post(server_url, _body(PROMPT, seed=1, temperature=1.0)))
+    assert _text(_post(server_url, _body(PROMPT, seed=1, temperature=1.0))) == one
+    assert _text(_post(server_url, _body(PROMPT, seed=2, temperature=1.0))) != one
 
 
-def test_a_generation_error_fails_only_its_own_request(chat: TransformersChat, monkeypatch) -> None:
-    real = chat._generate
-
-    def fragile(bodies):
-        if any(b["messages"][0]["content"] == "poison" for b in bodies):
-            raise RuntimeError("cannot generate this one")
-        return real(bodies)
-
-    monkeypatch.setattr(chat, "_generate", fragile)
-    results = _concurrently(chat, [_body("poison", seed=1, max_tokens=4), _body("fine", seed=2, max_tokens=4)])
-    assert isinstance(results[0], RuntimeError)
-    assert isinstance(results[1], dict), f"the valid request failed with {results[1]!r}"
+def test_max_tokens_is_honoured(server_url: str) -> None:
+    for n in (1, 5, 17):
+        result = _post(server_url, _body(PROMPT, max_tokens=n, temperature=1.0))
+        assert result["usage"]["completion_tokens"] == n and result["choices"][0]["finish_reason"] == "length"
 
 
-# ------------------------------------------------------------------------------ 3. per-row determinism
+def test_top_k_and_top_p_are_honoured(server_url: str) -> None:
+    """top_k 1, or a top_p that keeps one token, at a high temperature is greedy decoding; without them the
+    same request is not."""
+    greedy = _text(_post(server_url, _body(PROMPT)))
+    hot = {"temperature": 5.0, "seed": 3}
+    assert _text(_post(server_url, {**_body(PROMPT, **hot), "top_k": 1})) == greedy
+    assert _text(_post(server_url, {**_body(PROMPT, **hot), "top_p": 1e-6})) == greedy
+    assert _text(_post(server_url, _body(PROMPT, **hot))) != greedy
 
 
-def test_rows_are_deterministic_whatever_shares_their_batch(chat: TransformersChat) -> None:
-    target = _body("Tell me a story about a cat.", seed=7, temperature=0.8)
-    others = [_body("word " * (7 * i + 1) + f"question {i}", seed=100 + i, temperature=0.8) for i in range(5)]
-
-    alone = _text(chat.complete(target))
-    chat.batch_sizes.clear()  # type: ignore[attr-defined]
-    results = _concurrently(chat, [target, *others])
-    assert all(isinstance(r, dict) for r in results), results
-    assert max(chat.batch_sizes) == 6, chat.batch_sizes  # type: ignore[attr-defined]
-    assert _text(results[0]) == alone  # type: ignore[arg-type]
-    assert _text(chat.complete(target)) == alone  # and again alone
-
-    other_seed = _text(chat.complete({**target, "seed": 8}))
-    assert other_seed != alone
-    # the other rows of the batch drew their own tokens
-    assert len({_text(r) for r in results}) == 6  # type: ignore[arg-type]
+@pytest.mark.parametrize(("frequency", "presence"), [(2.0, 0.0), (0.0, 2.0)], ids=["frequency", "presence"])
+def test_penalties_are_honoured(server_url: str, frequency: float, presence: float) -> None:
+    """The random model's greedy reply is one token repeated; a penalty on repeats breaks it."""
+    greedy = _text(_post(server_url, _body(PROMPT)))
+    assert len(set(greedy)) == 1
+    penalised = _text(_post(server_url, _body(PROMPT, frequency_penalty=frequency, presence_penalty=presence)))
+    assert penalised != greedy and len(set(penalised)) > 1
 
 
+def test_a_json_schema_is_decoded_under_its_grammar(ckpt: Path, tmp_path: Path) -> None:
+    """The client sends a local spec's schema as response_format json_schema; even a random model's reply then
+    parses and follows it."""
+    schema = {"type": "object", "properties": {"verdict": {"type": "string", "enum": ["yes", "no"]},
+                                               "score": {"type": "integer", "minimum": 1, "maximum": 9}},
+              "required": ["verdict", "score"], "additionalProperties": False}
+    spec = _local_spec(ckpt)
+    assert spec.resolved_structured_output() == "json_schema"
 
-@pytest.mark.parametrize("temperature", [0.0, 0.8])
-def test_rows_that_finish_early_leave_the_batch_without_changing_the_others(chat: TransformersChat,
-                                                                            temperature: float) -> None:
-    """Rows with smaller limits stop first and are dropped from the batch (and its KV cache) mid-way: the rows
-    still running must come out as they do alone, and each short row exactly at its own limit."""
-    target = _body("Tell me a story about a cat.", seed=7, temperature=temperature, max_tokens=24)
-    short = [_body(f"question {i}: " + "word " * (3 * i + 1), seed=50 + i, temperature=temperature,
-                   max_tokens=limit) for i, limit in enumerate([2, 5, 11])]
-    alone = [_text(chat.complete(b)) for b in [target, *short]]
-    chat.batch_sizes.clear()  # type: ignore[attr-defined]
-    results = _concurrently(chat, [target, *short])
-    assert chat.batch_sizes == [4], chat.batch_sizes  # type: ignore[attr-defined]
-    assert [_text(r) for r in results] == alone  # type: ignore[arg-type]
-    for body, result in zip([target, *short], results, strict=True):
-        usage, choice = result["usage"], result["choices"][0]  # type: ignore[index]
-        assert choice["finish_reason"] == "length" or usage["completion_tokens"] < body["max_tokens"]
-        assert usage["completion_tokens"] <= body["max_tokens"]
+    async def ask(llm: LLMClient) -> list[str]:
+        return [(await llm.complete([{"role": "user", "content": "Rate it."}],
+                                    Sampling(temperature=1.0, max_tokens=200, seed=s), schema=schema)).text
+                for s in range(3)]
 
-def test_greedy_is_deterministic_and_ignores_the_seed(chat: TransformersChat) -> None:
-    target = _body("Tell me a story about a cat.", seed=7, temperature=0.0)
-    others = [_body("word " * (5 * i + 1) + f"question {i}", seed=100 + i, temperature=0.0) for i in range(5)]
-    alone = _text(chat.complete(target))
-    assert alone
-    assert _text(chat.complete({**target, "seed": 8})) == alone
-    results = _concurrently(chat, [target, *others])
-    assert all(isinstance(r, dict) for r in results), results
-    assert _text(results[0]) == alone  # type: ignore[arg-type]
-
-    # the same as transformers' own greedy decoding of the unpadded prompt
-    tok = chat.tokenizer
-    ids = tok.apply_chat_template(target["messages"], add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)
-    with torch.inference_mode():
-        out = chat.model.generate(**ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.eos_token_id)
-    assert tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True) == alone
+    texts, _ = run_with_llm(spec, ClientSettings(cache_dir=str(tmp_path / "cache")), ask)
+    for text in texts:
+        reply = json.loads(text)
+        assert reply["verdict"] in ("yes", "no") and 1 <= reply["score"] <= 9 and set(reply) == {"verdict", "score"}
 
 
-# ---------------------------------------------------------- 3b. every sampling option honoured or refused
+# ------------------------------------------------------------------ 3. conversion, identity, the engine missing
 
 
-def test_stop_strings_cut_the_text_and_finish_with_stop(chat: TransformersChat) -> None:
-    """``stop``: generation ends once the text holds a stop string, and the text ends before it (OpenAI's rule),
-    finish_reason "stop"; a row with stop strings leaves the other rows of its batch as they are alone."""
-    target = _body("Tell me a story about a cat.", seed=7, temperature=0.0, max_tokens=24)
-    free = chat.complete(target)
-    text = _text(free)
-    assert free["choices"][0]["finish_reason"] == "length" and len(text) > 20
-    stop = text[len(text) // 4:len(text) // 4 + 3]
-    expected = text[:text.find(stop)]
+def test_the_conversion_is_cached_by_the_weights(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = converted_gguf(ckpt, "f16", tmp_path)
+    assert first.read_bytes()[:4] == b"GGUF"
+    assert checkpoint_identity(str(ckpt)) in first.name and "f16" in first.name
+    assert not list(tmp_path.glob("gguf/*.partial"))
 
-    other = _body("word word question", seed=3, temperature=0.0, max_tokens=24)
-    results = _concurrently(chat, [{**target, "stop": stop}, {**target, "stop": ["never in the text", stop]}, other])
-    for result in results[:2]:
-        assert _text(result) == expected  # type: ignore[arg-type]
-        assert result["choices"][0]["finish_reason"] == "stop"  # type: ignore[index]
-        assert result["usage"]["completion_tokens"] < 24  # type: ignore[index]  # it stopped generating, too
-    assert _text(results[2]) == _text(chat.complete(other))  # type: ignore[arg-type]
-    # a stop string that never occurs changes nothing
-    assert chat.complete({**target, "stop": ["never in the text"]}) | {"id": "", "created": 0} \
-        == free | {"id": "", "created": 0}
+    def no_conversion(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(subprocess, "run", no_conversion)
+    assert converted_gguf(ckpt, "f16", tmp_path) == first
 
 
-def test_row_sampler_applies_openai_penalties() -> None:
-    """The arithmetic, on fixed logits: logit - frequency x count - presence x (count > 0), per row."""
-    from longwriter.llm.local import _RowSampler
-
-    scores = torch.tensor([[3.0, 2.5, 0.0, -9.0]] * 3)
-    sampler = _RowSampler(torch, [0, 0, 0], temperature=0.0, top_p=1.0,
-                          penalties=[(0.0, 0.0), (0.4, 0.0), (0.0, 0.6)])
-    picks = [sampler([0, 1, 2], scores) for _ in range(4)]
-    assert [p[0] for p in picks] == [0, 0, 0, 0]  # no penalty: greedy
-    assert [p[1] for p in picks] == [0, 0, 1, 0]  # 3.0, 2.6, 2.2 < 2.5, then 2.1 < 2.2
-    assert [p[2] for p in picks] == [0, 1, 0, 0]  # 3.0, 2.4 < 2.5, then both present: 2.4 > 1.9
-    assert sampler([1], scores[:1]) == [1]  # a row alone keeps its own counts: 3.0 - 3 x 0.4 < 2.5 - 0.4
+def test_a_checkpoint_llama_cpp_cannot_convert_is_reported_with_its_log(ckpt: Path, tmp_path: Path) -> None:
+    odd = tmp_path / "odd"
+    shutil.copytree(ckpt, odd)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "architectures": ["NoSuchModelForCausalLM"]}))
+    with pytest.raises(LongwriterError, match="could not convert.*convert.log"):
+        converted_gguf(odd, "f16", tmp_path)
+    assert not list(tmp_path.glob("gguf/*.gguf")) and not list(tmp_path.glob("gguf/*.partial"))
 
 
-@pytest.mark.parametrize(("frequency", "presence"), [(2.0, 0.0), (0.0, 2.0), (-0.5, 1.0)],
-                         ids=["frequency", "presence", "both"])
-def test_penalties_are_honoured_as_openai_defines_them(chat: TransformersChat, frequency: float,
-                                                       presence: float) -> None:
-    """``frequency_penalty`` / ``presence_penalty``: greedy output under a penalty differs from none, and equals
-    transformers' greedy decoding with OpenAI's penalty over the completion's tokens as a logits processor."""
-    target = _body("Tell me a story about a cat.", seed=7, temperature=0.0, max_tokens=24)
-    penalised = {**target, "frequency_penalty": frequency, "presence_penalty": presence}
-    text = _text(chat.complete(penalised))
-    if frequency >= 0:  # a positive penalty breaks the random model's loops
-        assert text != _text(chat.complete(target))
-
-    tok = chat.tokenizer
-    ids = tok.apply_chat_template(target["messages"], add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)
-    width = ids["input_ids"].shape[1]
-
-    class OpenAIPenalties(transformers.LogitsProcessor):
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
-            counts = torch.zeros_like(scores)
-            counts.scatter_add_(1, input_ids[:, width:], torch.ones_like(input_ids[:, width:], dtype=scores.dtype))
-            return scores - frequency * counts - presence * (counts > 0)
-
-    with torch.inference_mode():
-        out = chat.model.generate(**ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.eos_token_id,
-                                  logits_processor=transformers.LogitsProcessorList([OpenAIPenalties()]))
-    assert tok.decode(out[0][width:], skip_special_tokens=True) == text
-    # in a batch with unpenalised rows, the row is what it is alone
-    results = _concurrently(chat, [penalised, _body("word question", seed=1, temperature=0.0)])
-    assert _text(results[0]) == text  # type: ignore[arg-type]
+def test_a_missing_engine_says_how_to_build_it(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(local_mod, "use_vllm", lambda: False)
+    assert engine_home() == tmp_path / "empty" / "longwriter" / f"llama-server-{engine_version()}"
+    with open_endpoint(_local_spec(ckpt), ClientSettings(cache_dir=str(tmp_path / "cache"))) as endpoint:
+        assert endpoint.start is not None
+        with pytest.raises(ConfigError, match="make install"):
+            endpoint.start()
 
 
-def test_max_completion_tokens_is_max_tokens(server_url: str) -> None:
-    url = f"{server_url}/chat/completions"
-    body = _body("hello", temperature=0.0)
-    del body["max_tokens"]
-    status, new = _post(url, json.dumps({**body, "max_completion_tokens": 3}).encode(), timeout=30)
-    _, old = _post(url, json.dumps({**body, "max_tokens": 3}).encode(), timeout=30)
-    assert status == 200 and new is not None and old is not None
-    assert _text(new) == _text(old) and new["usage"]["completion_tokens"] == 3
-    status, payload = _post(url, json.dumps({**body, "max_tokens": 3, "max_completion_tokens": 4}).encode())
-    assert status == 400 and payload is not None and "max_completion_tokens" in payload["error"]["message"]
+def test_endpoint_identity_follows_the_weights_the_precision_and_the_engine(
+        ckpt: Path, tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_mod, "use_vllm", lambda: False)
+    same = tmp_path / "same"
+    shutil.copytree(ckpt, same)
+    assert checkpoint_identity(str(same)) == checkpoint_identity(str(ckpt))  # content, not path
 
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(ckpt))
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] += 0.5
+    changed = tmp_path / "changed"
+    save_checkpoint(model, tokenizer, changed)
+    assert checkpoint_identity(str(changed)) != checkpoint_identity(str(ckpt))
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("logit_bias", {"42": 5}), ("n", 2), ("stream", True), ("logprobs", True), ("top_logprobs", 3),
-    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("repetition_penalty", 1.1), ("min_p", 0.1),
-    ("frequency_penalty", 2.5), ("presence_penalty", "high"), ("stop", ""), ("stop", 5), ("stop", ["a", None]),
-])
-def test_options_it_cannot_honour_are_refused_naming_them(server_url: str, field: str, value: Any) -> None:
-    """Anything but the options it honours (or their no-op values) is an HTTP 400 naming the option: never
-    ignored. The server keeps serving."""
-    status, payload = _post(f"{server_url}/chat/completions",
-                            json.dumps({**_body("hello", max_tokens=2), field: value}).encode())
-    assert status == 400, payload
-    assert payload is not None and payload["error"]["type"] == "invalid_request_error"
-    assert field in payload["error"]["message"]
+    settings = ClientSettings(cache_dir=str(tmp_path / "cache"))
 
+    def identity(spec: ModelSpec) -> str:
+        with open_endpoint(spec, settings) as endpoint:
+            assert endpoint.base_url is None  # nothing started yet: servers start lazily
+            assert endpoint.structured_output == "json_schema"
+            return endpoint.identity
 
-def test_no_op_values_of_unsupported_options_are_accepted(server_url: str) -> None:
-    body = {**_body("hello", max_tokens=2, temperature=0.0), "n": 1, "stream": False, "logprobs": False,
-            "stop": None, "response_format": {"type": "text"}, "logit_bias": None}
-    status, payload = _post(f"{server_url}/chat/completions", json.dumps(body).encode(), timeout=30)
-    assert status == 200, payload
-
-
-@pytest.mark.parametrize("mode", ["json_schema", "json_object"])
-def test_response_format_is_refused_through_the_client(server_url: str, tmp_path: Path, mode: str) -> None:
-    """The transformers server has no constrained decoding: a schema sent as response_format is refused at once
-    (400, not retried), and the client's error names the option and the provider. A local spec's default
-    (``structured_output: auto`` without vLLM) sends no response_format, so the same call then succeeds."""
-    from longwriter.llm import Endpoint, LLMCallError, ResponseCache
-
-    schema = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
-    sampling = Sampling(temperature=0.0, max_tokens=4)
-
-    async def ask(structured_output: str) -> Any:
-        endpoint = Endpoint(server_url, "local", "local:test", structured_output)
-        with ResponseCache(tmp_path / f"{structured_output}.sqlite") as cache:
-            async with LLMClient(endpoint, cache, ClientSettings(cache_dir=str(tmp_path), max_retries=3)) as llm:
-                try:
-                    return await llm.complete([{"role": "user", "content": "Rate it."}], sampling, schema=schema)
-                finally:
-                    assert llm.stats.retries == 0
-
-    with pytest.raises(LLMCallError) as refused:
-        asyncio.run(ask(mode))
-    message = str(refused.value)
-    assert "HTTP 400" in message and "response_format" in message and "provider local" in message
-    assert refused.value.attempts == 1
-
-    default = ModelSpec(provider="local", path="models/sft").resolved_structured_output(vllm=False)
-    assert default == "none"
-    assert asyncio.run(ask(default)).text is not None
+    base = identity(_local_spec(ckpt))
+    assert base == f"local:{checkpoint_identity(str(ckpt))}:llama.cpp-{engine_version()}-f16"
+    assert identity(_local_spec(changed)) != base
+    assert identity(_local_spec(ckpt, gguf_outtype="q8_0")) != base
+    assert identity(_local_spec(ckpt, penalty_last_n=256)) != base
+    assert identity(_local_spec(ckpt, max_batch=16)) == base  # slots change speed, not the request
+    with pytest.raises(ValueError, match="gguf_outtype"):
+        _local_spec(ckpt, gguf_outtype="q4_k")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------ 4. run_with_llm and the cache
@@ -444,63 +293,33 @@ async def _four_prompts(llm: LLMClient) -> list[tuple[str, str, int]]:
     return [(c.text, c.finish_reason, c.completion_tokens) for c in completions]
 
 
-def test_run_with_llm_batches_caches_and_skips_the_model(
+def test_run_with_llm_keeps_a_batch_in_flight_caches_and_skips_the_server(
         ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_mod, "use_vllm", lambda: False)
-    init = TransformersChat.__init__
-    created: list[TransformersChat] = []
-    sizes: list[int] = []
-    generate = TransformersChat._generate
+    started: list[ModelSpec] = []
+    real = local_mod.llama_cpp_server
 
-    def wide_init(self: TransformersChat, path: Any, n_threads: int | None = None, max_batch: int = 16,
-                  gather_s: float = 0.05, **kwargs: Any) -> None:
-        init(self, path, n_threads, max_batch, gather_s=0.5, **kwargs)  # a wide window: the test is about concurrency
-        created.append(self)
+    def recording(checkpoint: Path, alias: str, spec: ModelSpec, *args: Any) -> Any:
+        started.append(spec)
+        return real(checkpoint, alias, spec, *args)
 
-    def recording(self: TransformersChat, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        sizes.append(len(bodies))
-        return generate(self, bodies)
-
-    monkeypatch.setattr(TransformersChat, "__init__", wide_init)
-    monkeypatch.setattr(TransformersChat, "_generate", recording)
-
+    monkeypatch.setattr(local_mod, "llama_cpp_server", recording)
     spec = _local_spec(ckpt, max_batch=4)
     settings = ClientSettings(cache_dir=str(tmp_path / "cache"), max_concurrency=1)
     first, stats = run_with_llm(spec, settings, _four_prompts)
-    assert len(first) == 4 and all(text for text, _, _ in first)
+    assert len(first) == 4 and all(n == 12 for _, _, n in first)
     assert stats.sent_calls == 4 and stats.cache_hits == 0 and stats.failed_calls == 0
-    assert len(created) == 1 and created[0].max_batch == 4
-    assert sum(sizes) == 4 and max(sizes) > 1, f"max_concurrency was not raised to max_batch: batches {sizes}"
+    assert len(started) == 1
+    log = (tmp_path / "cache" / "llama-server.log").read_text(errors="replace")
+    assert "n_slots = 4" in log or "n_slots=4" in log.replace(" ", "")
 
-    def no_model(self: TransformersChat, *args: Any, **kwargs: Any) -> None:
-        raise AssertionError("a fully cached run must not load the model")
+    def no_server(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a fully cached run must not start the server")
 
-    monkeypatch.setattr(TransformersChat, "__init__", no_model)
+    monkeypatch.setattr(local_mod, "llama_cpp_server", no_server)
     second, stats2 = run_with_llm(spec, settings, _four_prompts)
     assert second == first
     assert stats2.sent_calls == 0 and stats2.cache_hits == 4
-
-
-def test_endpoint_identity_follows_the_weights(ckpt: Path, tokenizer: Any, tmp_path: Path) -> None:
-    same = tmp_path / "same"
-    shutil.copytree(ckpt, same)
-    assert checkpoint_identity(str(same)) == checkpoint_identity(str(ckpt))  # content, not path
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(ckpt))
-    with torch.no_grad():
-        model.model.layers[0].mlp.down_proj.weight[0, 0] += 0.5
-    changed = tmp_path / "changed"
-    save_checkpoint(model, tokenizer, changed)
-    assert checkpoint_identity(str(changed)) != checkpoint_identity(str(ckpt))
-
-    from longwriter.llm import open_endpoint
-
-    settings = ClientSettings(cache_dir=str(tmp_path / "cache"))
-    with open_endpoint(_local_spec(ckpt), settings) as a, open_endpoint(_local_spec(changed), settings) as b:
-        assert a.base_url is None and b.base_url is None  # nothing started yet: servers start lazily
-        assert a.identity == f"local:{checkpoint_identity(str(ckpt))}"
-        assert a.identity != b.identity
-        assert a.structured_output == "none"
 
 
 # ----------------------------------------------------------------------------------- 5. generate_answers

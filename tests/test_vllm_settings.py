@@ -22,7 +22,7 @@ from longwriter.config import build, read_params, section
 from longwriter.errors import LongwriterError
 from longwriter.llm import ClientSettings, ModelSpec, open_endpoint
 from longwriter.llm import local as local_mod
-from longwriter.llm.local import spawn_server, stop_server, vllm_command, vllm_server
+from longwriter.llm.local import checkpoint_identity, spawn_server, stop_server, vllm_command, vllm_server
 from longwriter.train.grpo import GRPOSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,13 +79,10 @@ def test_the_served_context_caps_long_generations(checkpoint: Path) -> None:
 # ----------------------------------------------------------------- open_endpoint: identity, mode, start
 
 
-def test_structured_output_is_json_schema_where_vllm_serves(checkpoint: Path) -> None:
-    spec = _local(checkpoint)
-    assert spec.resolved_structured_output(vllm=True) == "json_schema"
-    assert spec.resolved_structured_output(vllm=False) == "none"
-    assert spec.resolved_structured_output() == "none"
-    assert _local(checkpoint, structured_output="json_object").resolved_structured_output(vllm=True) == "json_object"
-    assert ModelSpec().resolved_structured_output(vllm=True) == "json_object"  # only local depends on the backend
+def test_structured_output_is_json_schema_on_both_engines(checkpoint: Path) -> None:
+    # vLLM and llama-server both decode response_format json_schema under its grammar
+    assert _local(checkpoint).resolved_structured_output() == "json_schema"
+    assert _local(checkpoint, structured_output="json_object").resolved_structured_output() == "json_object"
 
 
 def _identity_and_mode(spec: ModelSpec, tmp_path: Path) -> tuple[str, str]:
@@ -99,13 +96,14 @@ def test_the_endpoint_follows_the_backend(checkpoint: Path, tmp_path: Path, monk
     elsewhere = _local(checkpoint, vllm_tensor_parallel_size=8, vllm_gpu_memory_utilization=0.5,
                        trust_remote_code=True)
     monkeypatch.setattr(local_mod, "use_vllm", lambda: False)
-    plain, mode = _identity_and_mode(base, tmp_path)
-    assert mode == "none"
-    assert _identity_and_mode(sized, tmp_path)[0] == plain  # transformers ignores vLLM's context
-    monkeypatch.setattr(local_mod, "use_vllm", lambda: True)
-    identity, mode = _identity_and_mode(base, tmp_path)
+    on_cpu, mode = _identity_and_mode(base, tmp_path)
     assert mode == "json_schema"
-    assert identity == plain  # the same weights answering
+    assert _identity_and_mode(sized, tmp_path)[0] == on_cpu  # llama-server ignores vLLM's context
+    monkeypatch.setattr(local_mod, "use_vllm", lambda: True)
+    plain, mode = _identity_and_mode(base, tmp_path)
+    assert mode == "json_schema"
+    # the same weights, but another engine and precision (llama.cpp's F16 GGUF, vLLM's checkpoint dtype) answer
+    assert plain == f"local:{checkpoint_identity(str(checkpoint))}" and on_cpu.startswith(plain + ":llama.cpp-")
     # the served context decides which requests are refused; the GPU count and memory share change no answer
     assert _identity_and_mode(sized, tmp_path)[0] == f"{plain}:max_model_length-16384"
     assert _identity_and_mode(elsewhere, tmp_path)[0] == plain
@@ -293,38 +291,3 @@ def test_nll_config_takes_trust_remote_code_from_params() -> None:
     assert build(NllConfig, {"trust_remote_code": True}, "params.yaml:nll").trust_remote_code is True
     assert NllConfig().trust_remote_code is False
 
-
-# ---------------------------------------------------------------------- the local transformers server
-
-
-def test_the_local_transformers_server_passes_trust_remote_code(tokenizer: Any, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from conftest import tiny_llama
-
-    from longwriter.train.checkpoint import save_checkpoint
-
-    ckpt = tmp_path / "ckpt"
-    save_checkpoint(tiny_llama(tokenizer), tokenizer, ckpt)
-    seen: list[tuple[str, dict[str, Any]]] = []
-    load_model = transformers.AutoModelForCausalLM.from_pretrained
-    load_tokenizer = transformers.AutoTokenizer.from_pretrained
-
-    def recording(what: str, load: Any) -> Any:
-        def wrapped(*args: Any, **kw: Any) -> Any:
-            seen.append((what, kw))
-            return load(*args, **kw)
-        return wrapped
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", recording("model", load_model))
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", recording("tokenizer", load_tokenizer))
-    monkeypatch.setattr(local_mod, "use_vllm", lambda: False)
-    for trust in (True, False):
-        seen.clear()
-        settings = ClientSettings(cache_dir=str(tmp_path / "cache"))
-        with open_endpoint(_local(ckpt, trust_remote_code=trust), settings) as endpoint:
-            assert endpoint.start is not None
-            assert endpoint.start().startswith("http://127.0.0.1:")
-        assert sorted(what for what, _ in seen) == ["model", "tokenizer"]
-        assert all(kw["trust_remote_code"] is trust for _, kw in seen)

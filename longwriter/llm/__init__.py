@@ -8,6 +8,7 @@ import dataclasses
 import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 from longwriter.errors import ConfigError
@@ -47,29 +48,40 @@ def open_endpoint(spec: ModelSpec, settings: ClientSettings) -> Iterator[Endpoin
     elif spec.provider == "local":
         from longwriter.llm.local import (
             checkpoint_identity,
+            gguf_identity,
+            llama_cpp_server,
             local_model_path,
-            transformers_server,
             use_vllm,
             vllm_server,
         )
 
         path = local_model_path(spec)
         alias = spec.model or "local"
-        vllm = use_vllm()  # decided once: the identity and the structured output mode depend on the backend
-        identity = f"local:{checkpoint_identity(str(path))}"
-        if vllm and spec.vllm_max_model_length is not None:
-            # the served context decides which requests vLLM refuses (spec.py); the GPU count and memory share
-            # change no answer and stay out of the identity
-            identity += f":max_model_length-{spec.vllm_max_model_length}"
+        vllm = use_vllm()  # decided once: the identity depends on the engine
+        if vllm:
+            identity = f"local:{checkpoint_identity(str(path))}"
+            if spec.vllm_max_model_length is not None:
+                # the served context decides which requests vLLM refuses (spec.py); the GPU count and memory
+                # share change no answer and stay out of the identity
+                identity += f":max_model_length-{spec.vllm_max_model_length}"
+        else:
+            identity = gguf_identity(path, spec)
         with contextlib.ExitStack() as running:
             def start_local() -> str:
                 if vllm:
                     return running.enter_context(vllm_server(path, alias, spec, settings.cache_path,
                                                              settings.server_start_timeout_s))
-                return running.enter_context(transformers_server(path, spec.n_threads, spec.max_batch,
-                                                                 spec.trust_remote_code))
-            yield Endpoint(None, alias, spec.cache_identity(identity), spec.resolved_structured_output(vllm),
+                return running.enter_context(llama_cpp_server(path, alias, spec, settings.cache_path,
+                                                              settings.server_start_timeout_s))
+            yield Endpoint(None, alias, spec.cache_identity(identity), spec.resolved_structured_output(),
                            start=start_local)
+    elif spec.provider == "answers":
+        from longwriter.llm.saved_answers import load_saved_answers
+
+        assert spec.path
+        saved = load_saved_answers(spec.path)
+        yield Endpoint(None, spec.model or Path(spec.path).stem, spec.cache_identity(f"answers:{saved.digest}"),
+                       spec.resolved_structured_output(), answers=saved)
     else:
         assert spec.base_url and spec.model
         base = spec.base_url.rstrip("/")

@@ -32,6 +32,8 @@ from longwriter.llm.spec import ClientSettings, Sampling
 if TYPE_CHECKING:
     import openai
 
+    from longwriter.llm.saved_answers import SavedAnswers
+
 # Client errors that retrying cannot fix (bad request, bad key, unknown model).
 _FATAL_STATUS = {400, 401, 403, 404, 422}
 # Hosts whose API refuses parameters it does not know (HTTP 400 "Unrecognized request argument"): top_k is
@@ -68,6 +70,8 @@ class Endpoint:
     batch_discount: float = 0.0
     # dollars per million prompt tokens the backend reports as cached; None: price_input_per_mtok
     price_cached_input_per_mtok: float | None = None
+    # provider answers: the saved answers that answer every call (nothing is sent, nothing is cached)
+    answers: SavedAnswers | None = field(default=None, repr=False, compare=False)
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
         """A call's price: its uncached prompt tokens at the input price, its cached ones (at most all of the
@@ -212,6 +216,8 @@ class LLMClient:
                        schema: dict[str, Any] | None = None, sample: int = 0) -> Completion:
         """One chat completion; ``sample`` distinguishes repeated draws of the same request."""
         assert self._slots is not None, "use LLMClient as an async context manager"
+        if self.endpoint.answers is not None:
+            return self._saved(messages, sample)
         response_format = self._response_format(schema)
         request: dict[str, Any] = {
             "messages": messages, "temperature": sampling.temperature, "top_p": sampling.top_p,
@@ -240,6 +246,18 @@ class LLMClient:
         self._paid(completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens)
         self.stats.sent_seconds += completion.latency_s
         return self._account(completion)
+
+    def _saved(self, messages: list[dict[str, str]], sample: int) -> Completion:
+        """The saved answer to the request (provider answers); an unknown prompt is an unanswered call."""
+        saved = self.endpoint.answers
+        assert saved is not None
+        self.stats.calls += 1
+        text = saved.answer(messages[-1]["content"], sample)
+        if text is None:
+            self.stats.failed_calls += 1
+            raise LLMCallError(f"unanswered: {saved.source} holds no answer to this prompt (sample {sample})", 0)
+        return self._account(Completion(text=text, finish_reason="stop", prompt_tokens=0, completion_tokens=0,
+                                        latency_s=0.0, cached=False, attempts=0))
 
     def _paid(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None:
         self.stats.sent_calls += 1

@@ -8,7 +8,7 @@ from typing import Literal
 
 from longwriter.checks import non_negative, positive, positive_int, within
 
-Provider = Literal["embedded", "openai", "local"]
+Provider = Literal["embedded", "openai", "local", "answers"]
 StructuredOutput = Literal["auto", "json_schema", "json_object", "none"]
 
 
@@ -29,18 +29,23 @@ class ModelSpec:
     gguf_path: str | None = None
     n_ctx: int = 8192
     n_threads: int | None = None
-    # embedded only: how many of the latest generated tokens llama.cpp's frequency and presence penalties count
-    # (its last_n_tokens_size; OpenAI's count the whole completion). Part of the response cache's identity
-    # when not the default
+    # embedded and local on the CPU (llama.cpp serves both): how many of the latest tokens llama.cpp's frequency
+    # and presence penalties count (its last_n_tokens_size / --repeat-last-n; OpenAI's count the whole
+    # completion). Part of the response cache's identity when not the default
     penalty_last_n: int = 64
     # how a JSON schema is sent: llama.cpp wants json_object+schema, OpenAI and vLLM json_schema
     structured_output: StructuredOutput = "auto"
-    # local only: a transformers checkpoint directory (e.g. models/sft), and how many concurrent requests
-    # are generated as one batch (the stage keeps that many in flight for this model)
+    # local: a transformers checkpoint directory (e.g. models/sft); answers: a table of saved answers (prompt,
+    # answer; longwriter/llm/saved_answers.py). local only: how many requests are generated at
+    # once (llama-server's parallel slots on the CPU, each of n_ctx tokens; the stage keeps that many in flight)
     path: str | None = None
     max_batch: int = 16
-    # local only: run the checkpoint's own modelling code (transformers' and vLLM's trust_remote_code), for an
-    # architecture transformers lacks (e.g. THUDM/glm-4-9b). Not part of the response cache's identity: that code
+    # local on the CPU: the precision the checkpoint is converted to for llama-server (convert_hf_to_gguf's
+    # --outtype: f32 keeps the weights exactly, f16 halves the memory read per token, q8_0 halves it again).
+    # Part of the response cache's identity
+    gguf_outtype: Literal["f32", "f16", "bf16", "q8_0"] = "f16"
+    # local only, under vLLM: run the checkpoint's own modelling code (vLLM's trust_remote_code), for an
+    # architecture it lacks (e.g. THUDM/glm-4-9b). Not part of the response cache's identity: that code
     # is a file of the checkpoint directory, whose hash is
     trust_remote_code: bool = False
     # local only, when vLLM serves the checkpoint (vLLM installed and a GPU present), vLLM's own settings: the GPUs
@@ -89,8 +94,13 @@ class ModelSpec:
             raise ValueError("provider 'openai' needs base_url and model")
         if self.provider == "local" and not self.path:
             raise ValueError("provider 'local' needs path (a checkpoint directory)")
+        if self.provider == "answers" and not self.path:
+            raise ValueError("provider 'answers' needs path (a JSONL or Parquet table of prompt, answer)")
         if self.penalty_last_n < 0:
             raise ValueError("penalty_last_n must be >= 0")
+        if self.gguf_outtype not in ("f32", "f16", "bf16", "q8_0"):
+            raise ValueError(f"gguf_outtype must be one of f32, f16, bf16, q8_0, got {self.gguf_outtype!r}")
+        positive_int("max_batch", self.max_batch)
         if self.n_ctx < 256:
             raise ValueError("n_ctx must be at least 256")
         positive_int("vllm_tensor_parallel_size", self.vllm_tensor_parallel_size)
@@ -114,20 +124,20 @@ class ModelSpec:
         if self.provider == "embedded":
             return self.n_ctx
         if self.provider == "local" and self.vllm_max_model_length is not None:
-            # the context vLLM serves (the transformers server has no limit of its own but the model's: capping
-            # there too keeps a request the same whichever backend serves it)
+            # the context vLLM serves (capping on the CPU too keeps a request the same whichever engine serves it;
+            # llama-server's slots hold n_ctx tokens, and an answer that fills one ends with finish_reason length)
             return min(self.vllm_max_model_length, self.context_window or self.vllm_max_model_length)
         return self.context_window
 
-    def resolved_structured_output(self, vllm: bool = False) -> Literal["json_schema", "json_object", "none"]:
-        """How a JSON schema is sent; ``vllm``: a ``local`` checkpoint is served by vLLM (``local.use_vllm()``)."""
+    def resolved_structured_output(self) -> Literal["json_schema", "json_object", "none"]:
+        """How a JSON schema is sent."""
         if self.structured_output != "auto":
             return self.structured_output
-        if self.provider == "local":
-            # vLLM's OpenAI server enforces response_format json_schema (guided decoding); transformers has no
-            # constrained decoding: there local models get the schema in words and are parsed leniently
-            return "json_schema" if vllm else "none"
-        return {"embedded": "json_object", "openai": "json_schema"}[self.provider]
+        # vLLM's OpenAI server and llama-server (a local checkpoint's two engines) both decode response_format
+        # json_schema under the schema's grammar
+        # saved answers are what they are: nothing is sent, so no format either
+        return {"embedded": "json_object", "openai": "json_schema", "local": "json_schema",
+                "answers": "none"}[self.provider]
 
 
 @dataclass(frozen=True)
