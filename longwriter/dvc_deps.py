@@ -24,6 +24,9 @@ import click
 PACKAGE = "longwriter"
 ROOT = Path(__file__).resolve().parent.parent
 DVC_YAML = "dvc.yaml"
+# every pipeline file of the repository: the main one and the evaluation pipeline's (its stages run the same
+# scripts from the root, so their code deps are written the same way)
+DVC_YAMLS = (DVC_YAML, "evaluation/dvc.yaml")
 CODE_MARKER = "# code: python -m longwriter.dvc_deps"
 PROMPT_CALL = re.compile(r"""(?:render_prompt|load_prompt)\(\s*["']([\w-]+)["']""")  # the contract's regex
 PROMPT_FUNCTIONS = frozenset({"render_prompt", "load_prompt"})
@@ -213,11 +216,16 @@ def missing_templates(root: Path = ROOT) -> list[str]:
 
 
 def check(root: Path = ROOT) -> list[str]:
-    """What ``python -m longwriter.dvc_deps`` would change in ``root``'s dvc.yaml (empty: it is up to date)."""
-    text = (root / DVC_YAML).read_text(encoding="utf-8")
-    new, changes = rewrite(text, root)
-    if new != text and not changes:
-        changes = [f"{DVC_YAML}: code deps' layout differs (run python -m longwriter.dvc_deps)"]
+    """What ``python -m longwriter.dvc_deps`` would change in ``root``'s pipeline files (empty: up to date)."""
+    changes: list[str] = []
+    for name in DVC_YAMLS:
+        if not (root / name).is_file():
+            continue
+        text = (root / name).read_text(encoding="utf-8")
+        new, changed = rewrite(text, root)
+        if new != text and not changed:
+            changed = ["code deps' layout differs (run python -m longwriter.dvc_deps)"]
+        changes += [f"{name}: {c}" if name != DVC_YAML else c for c in changed]
     return changes
 
 
@@ -237,15 +245,18 @@ def main(only_check: bool, root: Path) -> None:
             click.echo(f"{DVC_YAML} is out of date: run python -m longwriter.dvc_deps", err=True)
             sys.exit(1)
         return
-    path = root / DVC_YAML
-    text = path.read_text(encoding="utf-8")
-    new, changes = rewrite(text, root)
-    if new != text:
-        path.write_text(new, encoding="utf-8")
-    for change in changes:
-        click.echo(change)
-    click.echo(f"{DVC_YAML}: {len(changes)} change(s)" if changes else
-               f"{DVC_YAML}: rewritten (layout only)" if new != text else f"{DVC_YAML}: up to date")
+    for name in DVC_YAMLS:
+        path = root / name
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        new, changes = rewrite(text, root)
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+        for change in changes:
+            click.echo(change)
+        click.echo(f"{name}: {len(changes)} change(s)" if changes else
+                   f"{name}: rewritten (layout only)" if new != text else f"{name}: up to date")
 
 
 if __name__ == "__main__":

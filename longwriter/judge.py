@@ -51,6 +51,15 @@ PAIR_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+# a request's own criterion (the WritingBench format, ``longwriter.eval.criteria``): one integer in 1..10
+CRITERION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"reason": {"type": "string"}, "score": {"type": "integer", "enum": list(range(1, 11))}},
+    "required": ["reason", "score"],
+    "additionalProperties": False,
+}
+
+
 @dataclass(frozen=True)
 class JudgeConfig:
     """The ``judge`` section: the model that rates answers, shared by longbench, compare and DPO pairs."""
@@ -136,6 +145,25 @@ def parse_rating(text: str) -> Rating:
     return Rating({d: _score(found[d], d) for d in DIMENSIONS}, analysis if isinstance(analysis, str) else "")
 
 
+def parse_criterion(text: str) -> tuple[int, str]:
+    """A criterion's score (1..10) and reason from a judge's reply."""
+    obj = extract_json(text)
+    if not isinstance(obj, dict):
+        raise UnusableJudgement("the reply holds no JSON object")
+    found = {_key(k): v for k, v in obj.items() if isinstance(k, str)}
+    if "score" not in found:
+        raise UnusableJudgement("missing score")
+    value = found["score"]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10:
+        raise UnusableJudgement(f"score must be an integer from 1 to 10, got {str(value)[:40]!r}")
+    reason = found.get("reason")
+    return value, reason if isinstance(reason, str) else ""
+
+
 def parse_verdict(text: str) -> Literal["A", "B", "tie"]:
     """The pairwise verdict from a judge's reply."""
     obj = extract_json(text)
@@ -190,6 +218,16 @@ def part_messages(request: str, before: str, part: str) -> list[dict[str, str]]:
     context = _tagged("text-before", nonce, before) if before else render_prompt("judge_part_beginning")
     user = render_prompt("judge_part_user", request=_tagged("request", nonce, request), context=context,
                          part=_tagged("part", nonce, part))
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def criterion_messages(request: str, answer: str, criterion: str) -> list[dict[str, str]]:
+    """The judge's prompt scoring one answer against one of its request's criteria (the criterion is the
+    benchmark file's, not the answer's: it goes in the instructions, the request and the answer are data)."""
+    nonce = _nonce(request, answer)
+    system = render_prompt("judge_criterion", criterion=criterion, data_rule=_data_rule(nonce))
+    user = render_prompt("judge_criterion_user", request=_tagged("request", nonce, request),
+                         response=_tagged("response", nonce, answer))
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -294,6 +332,14 @@ async def rate_part(llm: LLMClient, request: str, before: str, part: str, cfg: J
     rating, attempts, truncated, error = await _ask(
         llm, cfg, RATING_SCHEMA, parse_rating, [before, part], lambda shown: part_messages(request, *shown))
     return RatingOutcome(rating, attempts, truncated, error)
+
+
+async def score_criterion(llm: LLMClient, request: str, answer: str, criterion: str,
+                          cfg: JudgeConfig) -> tuple[tuple[int, str] | None, int, bool, str | None]:
+    """One answer scored against one criterion: (score, reason), attempts, whether the answer was shortened,
+    error; re-asked as ``rate`` is."""
+    return await _ask(llm, cfg, CRITERION_SCHEMA, parse_criterion, [answer],
+                      lambda shown: criterion_messages(request, shown[0], criterion))
 
 
 async def verdict(llm: LLMClient, request: str, first: str, second: str,

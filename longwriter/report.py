@@ -213,6 +213,14 @@ def _evaluation(m: dict[str, dict[str, Any]]) -> Section:
         lines.append(("pairwise", "; ".join(
             f"{k} win/tie/loss {fmt(v.get('win_rate'))}/{fmt(v.get('tie_rate'))}/{fmt(v.get('loss_rate'))}"
             for k, v in pairs)))
+    if get(compare, "elo", "anchor"):
+        lines.append(("Elo anchor", f"{compare['elo']['anchor']} = 1000 (compare.reference)"))
+    criteria = m.get("criteria")
+    if criteria is not None:
+        scored = [(k, v) for k, v in criteria.items() if isinstance(v, dict) and "mean_score" in v]
+        lines.append(("criteria (1-10)", "off (criteria.enabled: false)" if not criteria.get("enabled") else
+                      "; ".join(f"{k} {fmt(v['mean_score'])} over {v['judged']} of {v['criteria']}"
+                                for k, v in scored) or MISSING))
     if not rows:
         return Section("Evaluation", lines or [("models", MISSING)])
     return Section("Evaluation", lines, Table(EVAL_HEADER, rows))

@@ -219,6 +219,43 @@ class Comparisons(pa.DataFrameModel):
         unique = ["model_a", "model_b", "index"]
 
 
+class CriteriaAnswers(pa.DataFrameModel):
+    """A model's answer to one request of a criteria file (WritingBench's format: ``longwriter.eval.criteria``)."""
+
+    model: str
+    index: int = pa.Field(ge=0)
+    domain1: str
+    domain2: str
+    lang: str
+    prompt: str
+    text: str
+    words: int = pa.Field(ge=0)
+    finish_reason: str
+    completion_tokens: int = pa.Field(ge=0)
+
+    class Config:
+        strict = True
+        unique = ["model", "index"]
+
+
+class CriteriaScores(pa.DataFrameModel):
+    """The judge's score (1..10) of one answer against one of its request's own criteria, with the reason."""
+
+    model: str
+    index: int = pa.Field(ge=0)
+    domain1: str
+    domain2: str
+    criterion: str
+    score: int = pa.Field(ge=1, le=10)
+    reason: str
+    attempts: int = pa.Field(ge=1)
+    truncated: bool  # the answer was shown to the judge shortened (too long for its context)
+
+    class Config:
+        strict = True
+        unique = ["model", "index", "criterion"]
+
+
 class Chat(pa.DataFrameModel):
     """Chat-format training examples (general chat sets, the ``mix`` output): a ``messages`` list each."""
 

@@ -1,9 +1,10 @@
-"""compare: the judge compares two models' LongBench-Write answers to the same request, in both orders,
-and reports win/tie/loss rates per pair, and an Elo rating per model from all the pairs' verdicts (params:
-compare, judge, llm). With no pairs it writes empty outputs. Every (pair, request asked) ends as one row: a
-`left_out` failures row when compare.requests samples it out, a verdicts row when both models answered it, else
-an `unanswered` failures row (one or both did not answer); --answer-failures (the answering stage's failures)
-names the requests no model answered, which are among them too.
+"""compare: the judge compares two models' LongBench-Write answers to the same request, in both orders, and reports
+win/tie/loss rates per pair, and an Elo rating per model from all the pairs' verdicts (params: compare, judge, llm).
+compare.reference pairs every other model with that one (e.g. reference answers, provider answers) and anchors the
+Elo scale on it at 1000. With no pairs it writes empty outputs. Every (pair, request asked) ends as one row: a
+`left_out` failures row when compare.requests samples it out, a verdicts row when both models answered it, else an
+`unanswered` failures row (one or both did not answer); --answer-failures (the answering stage's failures) names the
+requests no model answered, which are among them too.
 """
 
 import click
@@ -34,14 +35,14 @@ def main(params_file: str, answers: str, output: str, failures: str, metrics: st
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
     result = run_compare(cfg, judge, settings, answers, output, failures, metrics, elo_plot, timings=timings,
                          answer_failures=answer_failures)
-    for a, b in cfg.pairs:
+    for a, b in result["pairs"]:
         name, m = f"{a}_vs_{b}", result[f"{a}_vs_{b}"]
         click.echo(f"compare {name}: win {m['win_rate']}, tie {m['tie_rate']}, loss {m['loss_rate']} "
                    f"over {m['judged']} requests, {m['failed']} failed, {m['unanswered']} unanswered")
     for model, r in result["elo"]["ratings"].items():
         click.echo(f"compare Elo {model}: {r['elo']} [{r['ci_low']}, {r['ci_high']}] over {r['games']} games")
-    if not cfg.pairs:
-        click.echo("compare: no pairs in params (compare.pairs); nothing to judge")
+    if not result["pairs"]:
+        click.echo("compare: no pairs in params (compare.pairs, compare.reference); nothing to judge")
 
 
 if __name__ == "__main__":

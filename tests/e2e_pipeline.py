@@ -44,6 +44,8 @@ TINY_PARAMS = {
     "judge": {"model": EMBEDDED, "sampling": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 256, "seed": 0},
               "max_attempts": 2, "max_answer_words": None},
     "compare": {"pairs": [["a", "b"]]},
+    # off as in the laptop default: the stage runs and writes its empty outputs (tests/test_criteria.py runs it on)
+    "criteria": {"enabled": False, "input": "data/eval/criteria.jsonl"},
 }
 EVAL_STAGES = ("ruler", "longbench_answer", "longbench", "compare")
 LLM_STAGES = ("select", "plan", "write", "general", "dpo_pairs", *EVAL_STAGES, "agreement")

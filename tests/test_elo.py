@@ -66,3 +66,20 @@ def test_no_games_no_ratings():
     result = elo_ratings(_table([("a", "b", 0, None, None)]), ["a", "b"])
     assert result["ratings"]["a"] == {"elo": None, "ci_low": None, "ci_high": None, "games": 0}
     assert result["position_bias"] == {"decisive": 0, "first_shown_win_share": None}
+
+
+def test_an_anchor_is_1000_and_a_models_rating_against_it_ignores_the_others():
+    """compare.reference: every model plays the reference answers only; anchored there, a model's rating is its
+    strength against them, the same whichever other models are rated beside it."""
+    # a beats ref 3 games in 4 (both orders of 2 requests), c splits with ref
+    a_rows = [("a", "ref", 0, "a", "a"), ("a", "ref", 1, "a", "b")]
+    c_rows = [("c", "ref", 0, "a", "b"), ("c", "ref", 1, "b", "a")]
+    alone = elo_ratings(_table(a_rows), ["a", "ref"], bootstrap=50, seed=0, anchor="ref")
+    both = elo_ratings(_table(a_rows + c_rows), ["a", "c", "ref"], bootstrap=50, seed=0, anchor="ref")
+    for result in (alone, both):
+        assert result["anchor"] == "ref" and result["ratings"]["ref"]["elo"] == 1000.0
+        assert result["ratings"]["a"]["elo"] == pytest.approx(1000 + 400 * math.log10(3), abs=0.1)
+    assert both["ratings"]["c"]["elo"] == pytest.approx(1000, abs=0.1)
+    assert both["ratings"]["ref"]["ci_low"] == both["ratings"]["ref"]["ci_high"] == 1000.0
+    unanchored = elo_ratings(_table(a_rows), ["a", "ref"], bootstrap=0)
+    assert unanchored["anchor"] is None and unanchored["ratings"]["ref"]["elo"] != 1000.0

@@ -93,8 +93,11 @@ def _dry_run(target: str, *args: str) -> list[str]:
 
 
 def _cmake_args(lines: list[str]) -> str:
+    """The flags both llama.cpp builds get: llama-cpp-python's (the embedded server) and llama-server's
+    (``longwriter.llm.llama_cpp_engine``, provider local), which must be the same."""
     found = [m.group(1) for line in lines for m in [re.search(r'CMAKE_ARGS="([^"]*)"', line)] if m]
-    assert len(found) == 1, lines
+    assert len(found) == 2 and found[0] == found[1], lines
+    assert any("-m longwriter.llm.llama_cpp_engine" in line for line in lines), lines
     return found[0]
 
 

@@ -194,6 +194,7 @@ def test_api_key_never_leaves_the_environment(fake_server, tmp_path, tokenizer):
             "longbench": {"input": "data/eval/longbench.jsonl"},
             "judge": {"model": gen},
             "compare": {"pairs": [["remote", "remote2"]]},
+            "criteria": {"enabled": False, "input": "data/eval/criteria.jsonl"},
             **training_params(gen),
             "base": TINY_BASE,
         })

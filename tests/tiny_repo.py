@@ -63,6 +63,7 @@ def make_repo(repo: Path, params: dict[str, Any]) -> Path:
     for fixture, target in inputs.items():
         (repo / target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(FIXTURES / fixture, repo / target)
+    shutil.copy(ROOT / "data" / "eval" / "criteria.jsonl", repo / "data" / "eval" / "criteria.jsonl")
     # dvc.yaml declares llm keys one by one, and DVC refuses a declared key params.yaml lacks: the defaults fill in
     declared = {p.split(".", 1)[1] for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()
                 for p in stage.get("params") or [] if p.startswith("llm.")}

@@ -6,6 +6,10 @@ orders above 0.5 is a win, 0.5 a tie, below a loss. Across every model the pairs
 game for an Elo rating (a Bradley-Terry fit with bootstrap intervals, ``longwriter.eval.elo``), reported with
 the judge's position bias.
 
+With ``compare.reference`` (a model of eval.models, typically ``provider: answers``: a fixed set of reference
+answers), every other model that answered is also paired with it, and the Elo scale puts the reference at 1000:
+Arena-Write's protocol, each model rated by its games against the same references.
+
 Every (pair, request asked) ends as one row: a verdicts row, or a failures row (``left_out`` by
 ``compare.requests``'s sample, or ``unanswered``: one or both of the pair did not answer it).
 """
@@ -13,6 +17,7 @@ Every (pair, request asked) ends as one row: a verdicts row, or a failures row (
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +46,8 @@ class CompareConfig:
     seed: int = 0
     # requests compared: a sample of this many (seeded), the same for every pair; null: all of them
     requests: int | None = 4
+    # a model (eval.models' name) every other model is compared with, and the Elo anchor (1000); null: none
+    reference: str | None = None
 
     def __post_init__(self) -> None:
         for pair in self.pairs:
@@ -103,6 +110,11 @@ def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings
     full = validate(read_table(answers_path), Answers, answers_path)
     failed = unanswered_requests(answer_failures) if answer_failures is not None else set()
     present = set(full["model"].unique().to_list()) | {m for (m, _) in failed}
+    if cfg.reference is not None:
+        if cfg.reference not in present:
+            raise ConfigError(f"compare.reference names model {cfg.reference!r} with no answers in {answers_path}")
+        against = tuple((m, cfg.reference) for m in sorted(present - {cfg.reference}))
+        cfg = dataclasses.replace(cfg, pairs=tuple(dict.fromkeys((*cfg.pairs, *against))))
     for pair in cfg.pairs:
         unknown = [m for m in pair if m not in present]
         if unknown:
@@ -151,7 +163,8 @@ def run_compare(cfg: CompareConfig, judge: JudgeConfig, settings: ClientSettings
     result["requests"] = len(indices)
     result["left_out_by_requests"] = len(asked) - len(indices)
     models = list(dict.fromkeys(m for pair in cfg.pairs for m in pair))
-    result["elo"] = elo_ratings(table, models, cfg.bootstrap, cfg.seed)
+    result["elo"] = elo_ratings(table, models, cfg.bootstrap, cfg.seed, anchor=cfg.reference)
+    result["pairs"] = [list(pair) for pair in cfg.pairs]
     if elo_plot is not None:
         ratings = result["elo"]["ratings"]
         write_csv(pl.DataFrame({"model": models, "elo": [ratings[m]["elo"] for m in models],

@@ -6,6 +6,10 @@ likelihood of the games (P(i beats j) = p_i / (p_i + p_j)), found with Hunter's 
 rating is 1000 + 400 log10(p_i / the geometric mean of p), the scale on which a 400-point gap means 10:1 odds.
 The confidence interval resamples requests (a request's games stay together) with replacement. A model that won
 no game has no finite rating: it is reported as None, as is an interval that includes such a resample.
+
+With an ``anchor`` (``compare.reference``: Arena-Write's protocol, every model against one fixed set of reference
+answers) the scale is shifted so that the anchor is 1000 in the fit and in every resample: a model's rating is then
+its strength against the references, comparable across runs that rate other models beside it.
 """
 
 from __future__ import annotations
@@ -62,19 +66,28 @@ def games_of(table: pl.DataFrame) -> dict[tuple[str, str, int], list[Game]]:
     return grouped
 
 
+def anchored(ratings: dict[str, float | None], anchor: str | None) -> dict[str, float | None]:
+    """``ratings`` shifted so that ``anchor`` is 1000 (unchanged without an anchor; all None when the anchor has
+    no finite rating: nothing can be placed against it)."""
+    if anchor is None:
+        return ratings
+    base = ratings.get(anchor)
+    return {m: None if v is None or base is None else v - base + 1000.0 for m, v in ratings.items()}
+
+
 def elo_ratings(table: pl.DataFrame, models: Sequence[str], bootstrap: int = 200, seed: int = 0,
-                level: float = 0.95) -> dict[str, Any]:
+                level: float = 0.95, anchor: str | None = None) -> dict[str, Any]:
     """Per model: Elo, its bootstrap interval at ``level`` and games played; plus the judge's position bias
-    (the share of decisive verdicts won by the answer shown first)."""
+    (the share of decisive verdicts won by the answer shown first). ``anchor``: the model fixed at 1000."""
     grouped = games_of(table)
     keys = sorted(grouped)
     all_games = [g for k in keys for g in grouped[k]]
-    point = bradley_terry(all_games, models)
+    point = anchored(bradley_terry(all_games, models), anchor)
     rng = random.Random(seed)
     samples: dict[str, list[float | None]] = {m: [] for m in models}
     for _ in range(bootstrap if keys else 0):
         drawn = [g for k in rng.choices(keys, k=len(keys)) for g in grouped[k]]
-        for m, value in bradley_terry(drawn, models).items():
+        for m, value in anchored(bradley_terry(drawn, models), anchor).items():
             samples[m].append(value)
     tail = (1.0 - level) / 2
 
@@ -97,6 +110,6 @@ def elo_ratings(table: pl.DataFrame, models: Sequence[str], bootstrap: int = 200
             if verdict in ("a", "b"):
                 decisive += 1
                 first_wins += verdict == first
-    return {"ratings": ratings, "bootstrap": bootstrap, "level": level,
+    return {"ratings": ratings, "bootstrap": bootstrap, "level": level, "anchor": anchor,
             "position_bias": {"decisive": decisive,
                               "first_shown_win_share": round(first_wins / decisive, 4) if decisive else None}}
