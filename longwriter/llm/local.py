@@ -108,29 +108,14 @@ def llama_cpp_server(checkpoint: Path, alias: str, spec: ModelSpec, cache_dir: P
     """llama-server for ``checkpoint`` (converted first) as a child process (``spawn_server``); yields the base
     URL once the model is loaded."""
     from longwriter.llm.llama_cpp_engine import server_binary
-    from longwriter.llm.server import _free_port, _ready, _tail
+    from longwriter.llm.server import _free_port
 
     binary = server_binary()
     gguf = converted_gguf(checkpoint, spec.gguf_outtype, cache_dir)
     port = _free_port()
-    log_path = cache_dir / "llama-server.log"
-    with log_path.open("ab") as log:
-        proc = spawn_server(llama_server_command(binary, gguf, alias, port, spec), log)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while not _ready(base_url):  # 503 while the model loads
-            if proc.poll() is not None:
-                raise LongwriterError(f"llama-server for {checkpoint} exited with code {proc.returncode} before "
-                                      f"answering; its log ({log_path}) ends with:\n{_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise LongwriterError(f"llama-server for {checkpoint} did not answer within {start_timeout_s:.0f} "
-                                      f"s (llm.server_start_timeout_s); its log ({log_path}) ends with:\n"
-                                      f"{_tail(log_path)}")
-            time.sleep(0.2)
+    with serving(llama_server_command(binary, gguf, alias, port, spec), f"llama-server for {checkpoint}",
+                 port, cache_dir / "llama-server.log", start_timeout_s, poll_s=0.2) as base_url:
         yield base_url
-    finally:
-        stop_server(proc)
 
 
 def spawn_server(cmd: list[str], log: IO[bytes]) -> subprocess.Popen:
@@ -165,6 +150,34 @@ def stop_server(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
     proc.wait()
 
 
+@contextlib.contextmanager
+def serving(cmd: list[str], what: str, port: int, log_path: Path, start_timeout_s: float,
+            poll_s: float) -> Iterator[str]:
+    """``cmd`` as a server child (``spawn_server``) on ``port``, logging to ``log_path``; yields its base URL once
+    ``/v1/models`` answers (llama-server says 503 while it loads), stops it when the block ends. A child that
+    exits first, or does not answer within ``start_timeout_s``, is an error quoting its log's tail."""
+    from longwriter.llm.server import _ready, _tail
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = spawn_server(cmd, log)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not _ready(base_url):
+            if proc.poll() is not None:
+                raise LongwriterError(f"{what} exited with code {proc.returncode} before answering; its log "
+                                      f"({log_path}) ends with:\n{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise LongwriterError(f"{what} did not answer within {start_timeout_s:.0f} s "
+                                      f"(llm.server_start_timeout_s); its log ({log_path}) ends with:\n"
+                                      f"{_tail(log_path)}")
+            time.sleep(poll_s)
+        yield base_url
+    finally:
+        stop_server(proc)
+
+
 def vllm_command(path: str | Path, alias: str, port: int, spec: ModelSpec) -> list[str]:
     """The command line of vLLM's OpenAI-compatible server (``vllm serve``'s engine arguments) for ``spec``."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path),
@@ -182,28 +195,12 @@ def vllm_command(path: str | Path, alias: str, port: int, spec: ModelSpec) -> li
 def vllm_server(path: str | Path, alias: str, spec: ModelSpec, log_dir: str | Path,
                 start_timeout_s: float) -> Iterator[str]:
     """vLLM's OpenAI-compatible server for ``path`` as a child process (``spawn_server``); yields the base URL."""
-    from longwriter.llm.server import _free_port, _ready, _tail
+    from longwriter.llm.server import _free_port
 
     port = _free_port()
-    log_path = Path(log_dir) / "vllm-server.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        proc = spawn_server(vllm_command(path, alias, port, spec), log)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while not _ready(base_url):
-            if proc.poll() is not None:
-                raise LongwriterError(f"vLLM server for {path} exited with code {proc.returncode} before "
-                                      f"answering; its log ({log_path}) ends with:\n{_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise LongwriterError(f"vLLM server for {path} did not answer within {start_timeout_s:.0f} s "
-                                      f"(llm.server_start_timeout_s); its log ({log_path}) ends with:\n"
-                                      f"{_tail(log_path)}")
-            time.sleep(1.0)
+    with serving(vllm_command(path, alias, port, spec), f"vLLM server for {path}", port,
+                 Path(log_dir) / "vllm-server.log", start_timeout_s, poll_s=1.0) as base_url:
         yield base_url
-    finally:
-        stop_server(proc)
 
 
 def local_model_path(spec: ModelSpec) -> Path:
