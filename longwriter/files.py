@@ -143,16 +143,12 @@ def write_csv(df: pl.DataFrame, path: str | Path) -> None:
         df.write_csv(tmp)
 
 
-def read_jsonl(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
-    """Read a JSONL file of objects; malformed lines and non-UTF-8 bytes raise ``InputError`` with the row.
-
-    Blank lines are skipped (but still counted, so row numbers match an editor's line numbers). ``columns``:
-    keep only these fields, so a loosely typed field nobody reads cannot make the file unreadable.
-    """
+def jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file; malformed lines, non-objects and non-UTF-8
+    bytes raise ``InputError`` with the row (blank lines are counted, so rows match an editor's line numbers)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
-    rows: list[dict[str, Any]] = []
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -168,10 +164,21 @@ def read_jsonl(path: str | Path, columns: list[str] | None = None) -> pl.DataFra
                 raise InputError(path, f"malformed JSON: {e.msg} at character {e.colno}", row=lineno) from None
             if not isinstance(obj, dict):
                 raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", row=lineno)
-            if columns is not None:
-                obj = {k: obj[k] for k in columns if k in obj}
-            obj["_row"] = lineno
-            rows.append(obj)
+            yield lineno, obj
+
+
+def read_jsonl(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """Read a JSONL file of objects (``jsonl_objects``) as a table with a ``_row`` column.
+
+    ``columns``: keep only these fields, so a loosely typed field nobody reads cannot make the file unreadable.
+    """
+    path = Path(path)
+    rows: list[dict[str, Any]] = []
+    for lineno, obj in jsonl_objects(path):
+        if columns is not None:
+            obj = {k: obj[k] for k in columns if k in obj}
+        obj["_row"] = lineno
+        rows.append(obj)
     if not rows:
         raise InputError(path, "file is empty")
     # polars would silently coerce a column of mixed types (2 -> "2", true -> 1): refuse it instead

@@ -18,7 +18,6 @@ says so in the metrics.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import polars as pl
 from longwriter.errors import InputError
 from longwriter.eval.answers import EvalConfig
 from longwriter.failures import Reason, failure_row, reason_counts, write_failures
-from longwriter.files import write_metrics
+from longwriter.files import jsonl_objects, write_metrics
 from longwriter.judge import JudgeConfig, failure_reason, score_criterion
 from longwriter.language import languages
 from longwriter.llm import ClientSettings, LLMCallError, LLMClient, run_with_llm
@@ -78,19 +77,9 @@ def _criterion_text(item: dict[str, Any]) -> str:
 def read_criteria(path: str | Path) -> list[Request]:
     """The requests of a criteria file; InputError names the file, the row and the field of what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found (criteria.input)")
     requests: list[Request] = []
     seen: set[int] = set()
-    for row, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(path, f"malformed JSON: {e.msg}", row=row) from None
-        if not isinstance(obj, dict):
-            raise InputError(path, "expected a JSON object", row=row)
+    for row, obj in jsonl_objects(path):
         for name, kind in (("index", int), ("domain1", str), ("query", str), ("checklist", list)):
             value = obj.get(name)
             if not isinstance(value, kind) or isinstance(value, bool) or (kind is str and not value.strip()):
