@@ -79,11 +79,13 @@ def test_project_longbench_files() -> None:
 
 def test_longbench_per_lang_asks_the_first_of_each_language_in_file_order() -> None:
     bench = read_benchmark(ROOT / "data" / "eval" / "longbench.jsonl")
-    asked = asked_requests(bench, LongBenchConfig().per_lang)
+    asked = asked_requests(bench, 2)
     assert asked.height == 4 and asked["lang"].value_counts().sort("lang")["count"].to_list() == [2, 2]
     for lang in ("en", "zh"):
         mine = bench.filter(pl.col("lang") == lang)["index"].to_list()
         assert asked.filter(pl.col("lang") == lang)["index"].to_list() == mine[:2]
+    default = asked_requests(bench, LongBenchConfig().per_lang)
+    assert default["lang"].value_counts().sort("lang")["count"].to_list() == [1, 1]
     assert asked_requests(bench, None).equals(bench)
     assert asked_requests(bench, 100).equals(bench)
 

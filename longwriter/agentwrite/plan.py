@@ -36,7 +36,7 @@ class PlanConfig:
     # per-paragraph budget bounds (the paper asks for 200-1000 words per paragraph)
     min_words: int = 300
     max_words: int = 400
-    max_attempts: int = 5
+    max_attempts: int = 3
     generator: ModelSpec = field(default_factory=ModelSpec)
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=1024))
 

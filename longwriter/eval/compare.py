@@ -45,7 +45,7 @@ class CompareConfig:
     bootstrap: int = 200
     seed: int = 0
     # requests compared: a sample of this many (seeded), the same for every pair; null: all of them
-    requests: int | None = 4
+    requests: int | None = 2
     # a model (eval.models' name) every other model is compared with, and the Elo anchor (1000); null: none
     reference: str | None = None
 

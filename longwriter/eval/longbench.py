@@ -38,7 +38,7 @@ class LongBenchConfig:
     en_file: str | None = None
     # requests asked per language: the first N of each in file order, so a sample keeps the file's language
     # balance and the same requests from run to run; None: all. The others are counted, never asked
-    per_lang: int | None = 2
+    per_lang: int | None = 1
 
     def __post_init__(self) -> None:
         if self.per_lang is not None and (isinstance(self.per_lang, bool) or not isinstance(self.per_lang, int)

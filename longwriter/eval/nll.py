@@ -45,7 +45,7 @@ class NllConfig:
     window: int = 2048                # tokens per scoring window (at most the model's context)
     positions: tuple[int, ...] = field(default_factory=lambda: (32, 64, 128, 256))
     tail_fraction: float = 0.5        # the slope is fitted over this last share of the curve
-    max_texts: int = 8                # per text set, the longest first
+    max_texts: int = 3                # per text set, the longest first
     seed: int = 0
 
     def __post_init__(self) -> None:
