@@ -72,11 +72,13 @@ def _languages_by_file(bench: pl.DataFrame, path: str | Path, en_file: str | Pat
 
 
 def read_benchmark(path: str | Path, lengths: list[int] | None = None,
-                   en_file: str | Path | None = None) -> pl.DataFrame:
+                   en_file: str | Path | None = None, allow_unstated: bool = False) -> pl.DataFrame:
     """The requests of ``path`` with ``index`` (0-based line order), ``lang`` and ``bucket`` added.
 
     ``lengths``: keep only requests asking for one of these lengths; each must occur in the file.
     ``en_file``: a file of English requests; a prompt it holds is en, any other zh (unless the file has ``lang``).
+    ``allow_unstated``: a request may leave ``length`` out (null ``required`` and ``bucket``: its length target,
+    ``longwriter.length_target``, decides them); otherwise that is an error naming the row.
     """
     # other fields are ignored, whatever they hold
     raw = read_table(path, columns=["prompt", "type", "length", "lang"])
@@ -87,7 +89,12 @@ def read_benchmark(path: str | Path, lengths: list[int] | None = None,
             raw = raw.with_columns(pl.col(column).cast(pl.Utf8 if column != "length" else pl.Int64))
     if "type" not in raw.columns:
         raw = raw.with_columns(pl.lit(None, dtype=pl.Utf8).alias("type"))
+    if "length" not in raw.columns and allow_unstated:
+        raw = raw.with_columns(pl.lit(None, dtype=pl.Int64).alias("length"))
     checked = validate(raw.drop("lang", strict=False), Benchmark, path)
+    if not allow_unstated and "length" in checked.columns and (missing := checked["length"].is_null().arg_true()).len():
+        raise InputError(path, "length is missing (a request without one needs length targets: "
+                               "length_target.enabled)", row=int(raw["_row"][int(missing[0])]), column="length")
     bench = checked.with_row_index("index").select(
         pl.col("index").cast(pl.Int64), "prompt", "type", pl.col("length").cast(pl.Int64).alias("required"))
     if "lang" in raw.columns:

@@ -25,7 +25,7 @@ T = TypeVar("T")
 SECTIONS = frozenset({
     "llm", "models", "select", "plan", "write", "postprocess", "base", "general", "mix", "train", "sft",
     "dpo_pairs", "dpo", "grpo", "eval", "ruler", "longbench", "judge", "compare", "export", "segments", "nll",
-    "agreement", "criteria",
+    "agreement", "criteria", "length_target",
 })
 
 

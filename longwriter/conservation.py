@@ -173,6 +173,24 @@ def mix_flow(ws: Workspace) -> Flow:
     return Flow("mix", inputs, out, _whole(ws.failures("mix")))
 
 
+def length_target_flow(ws: Workspace) -> Flow:
+    """Every prompt that states no length among its inputs (when enabled): a target row, or a failures row."""
+    from longwriter.eval.longbench import LongBenchConfig
+    from longwriter.length_target import LengthTargetConfig, wanted
+    from longwriter.train.grpo import GRPOSettings
+
+    inputs: set[str] = set()
+    if ws.config(LengthTargetConfig, "length_target").enabled:
+        pool = ws.config(GRPOSettings, "grpo").pool
+        need = wanted(ws.path("selected"), ws.at(pool) if pool else None,
+                      ws.at(ws.config(LongBenchConfig, "longbench").input))
+        inputs = {f"{s}/{i}" for s, i in need.select("source", "id").iter_rows()}
+    targets = ws.table("length_targets")
+    failures = ws.failures("length_target").filter(~pl.col("instruction_id").str.starts_with("agreement/"))
+    return Flow("length_target", inputs, {f"{s}/{i}" for s, i in targets.select("source", "id").iter_rows()},
+                _whole(failures))
+
+
 def dpo_pairs_flow(ws: Workspace) -> Flow:
     failures = ws.failures("dpo_pairs")
     return Flow("dpo_pairs", _ids(ws.table("selected")["id"]), _ids(ws.table("dpo_pairs")["prompt_id"]),
@@ -189,7 +207,7 @@ def grpo_flow(ws: Workspace) -> Flow:
     cfg = ws.config(GRPOSettings, "grpo")
     inputs = _ids(ws.table("selected")["id"]) if cfg.use_selected else set()
     if cfg.pool is not None:
-        inputs |= {f"pool:{i}" for i in read_benchmark(ws.at(cfg.pool))["index"]}
+        inputs |= {f"pool:{i}" for i in read_benchmark(ws.at(cfg.pool), allow_unstated=True)["index"]}
     failures = ws.failures("grpo").filter(~pl.col("reason").is_in(["llm_error", "unusable_output"]))
     return Flow("grpo", inputs, _ids(ws.table("grpo_prompts")["id"]), _whole(failures))
 
@@ -226,7 +244,8 @@ def longbench_answer_flow(ws: Workspace) -> Flow:
 
     cfg = ws.config(LongBenchConfig, "longbench")
     en = ws.at(cfg.en_file) if cfg.en_file else None
-    return _answers_flow(ws, "longbench_answer", read_benchmark(ws.at(cfg.input), en_file=en), "longbench_answers")
+    return _answers_flow(ws, "longbench_answer", read_benchmark(ws.at(cfg.input), en_file=en, allow_unstated=True),
+                         "longbench_answers")
 
 
 def longbench_flow(ws: Workspace) -> Flow:
@@ -277,8 +296,8 @@ def nll_flow(ws: Workspace) -> Flow:
 
 
 FLOWS: tuple[Callable[[Workspace], Flow], ...] = (
-    select_flow, plan_flow, write_flow, postprocess_flow, general_flow, mix_flow, dpo_pairs_flow, grpo_flow,
-    ruler_flow, longbench_answer_flow, longbench_flow, compare_flow, segments_flow, nll_flow,
+    select_flow, length_target_flow, plan_flow, write_flow, postprocess_flow, general_flow, mix_flow,
+    dpo_pairs_flow, grpo_flow, ruler_flow, longbench_answer_flow, longbench_flow, compare_flow, segments_flow, nll_flow,
 )
 
 

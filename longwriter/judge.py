@@ -59,6 +59,17 @@ CRITERION_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+# a prompt's length target (``longwriter.length_target``): a word range
+TARGET_MAX_WORDS = 100000
+TARGET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"reason": {"type": "string"},
+                   "min_words": {"type": "integer", "minimum": 1, "maximum": TARGET_MAX_WORDS},
+                   "max_words": {"type": "integer", "minimum": 1, "maximum": TARGET_MAX_WORDS}},
+    "required": ["reason", "min_words", "max_words"],
+    "additionalProperties": False,
+}
+
 
 @dataclass(frozen=True)
 class JudgeConfig:
@@ -164,6 +175,28 @@ def parse_criterion(text: str) -> tuple[int, str]:
     return value, reason if isinstance(reason, str) else ""
 
 
+def parse_target(text: str) -> tuple[int, int]:
+    """A length target's word range (min_words, max_words) from a judge's reply."""
+    obj = extract_json(text)
+    if not isinstance(obj, dict):
+        raise UnusableJudgement("the reply holds no JSON object")
+    found = {_key(k): v for k, v in obj.items() if isinstance(k, str)}
+    bounds = []
+    for name in ("min_words", "max_words"):
+        value = found.get(name)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= TARGET_MAX_WORDS:
+            raise UnusableJudgement(f"{name} must be an integer from 1 to {TARGET_MAX_WORDS}, got "
+                                    f"{str(value)[:40]!r}")
+        bounds.append(value)
+    if bounds[0] > bounds[1]:
+        raise UnusableJudgement(f"min_words {bounds[0]} is above max_words {bounds[1]}")
+    return bounds[0], bounds[1]
+
+
 def parse_verdict(text: str) -> Literal["A", "B", "tie"]:
     """The pairwise verdict from a judge's reply."""
     obj = extract_json(text)
@@ -228,6 +261,14 @@ def criterion_messages(request: str, answer: str, criterion: str) -> list[dict[s
     system = render_prompt("judge_criterion", criterion=criterion, data_rule=_data_rule(nonce))
     user = render_prompt("judge_criterion_user", request=_tagged("request", nonce, request),
                          response=_tagged("response", nonce, answer))
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def target_messages(request: str) -> list[dict[str, str]]:
+    """The judge's prompt asking the word range an answer to ``request`` needs (``longwriter.length_target``)."""
+    nonce = _nonce(request)
+    system = render_prompt("judge_length_target", data_rule=_data_rule(nonce))
+    user = render_prompt("judge_length_target_user", request=_tagged("request", nonce, request))
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -340,6 +381,15 @@ async def score_criterion(llm: LLMClient, request: str, answer: str, criterion: 
     error; re-asked as ``rate`` is."""
     return await _ask(llm, cfg, CRITERION_SCHEMA, parse_criterion, [answer],
                       lambda shown: criterion_messages(request, shown[0], criterion))
+
+
+async def length_target(llm: LLMClient, request: str, cfg: JudgeConfig
+                        ) -> tuple[tuple[int, int] | None, int, str | None]:
+    """The word range (min, max) an answer to ``request`` needs, in the judge's view: range, attempts, error;
+    re-asked as ``rate`` is (a request too long for the judge's context is shown shortened)."""
+    result, attempts, _, error = await _ask(llm, cfg, TARGET_SCHEMA, parse_target, [request],
+                                            lambda shown: target_messages(shown[0]))
+    return result, attempts, error
 
 
 async def verdict(llm: LLMClient, request: str, first: str, second: str,

@@ -221,6 +221,13 @@ def _evaluation(m: dict[str, dict[str, Any]]) -> Section:
         lines.append(("criteria (1-10)", "off (criteria.enabled: false)" if not criteria.get("enabled") else
                       "; ".join(f"{k} {fmt(v['mean_score'])} over {v['judged']} of {v['criteria']}"
                                 for k, v in scored) or MISSING))
+    targets = m.get("length_target")
+    if targets is not None:
+        t, a = targets.get("targets") or {}, targets.get("agreement") or {}
+        lines.append(("length targets", "off (length_target.enabled: false)" if not targets.get("enabled") else
+                      f"{fmt(t.get('predicted'))} of {fmt(t.get('needed'))} unstated; stated length hidden: "
+                      f"in range {fmt(a.get('in_range_share'))} of {fmt(a.get('predicted'))}, "
+                      f"S_l {fmt(a.get('S_l_of_stated'))}, rho {fmt(a.get('spearman'))}"))
     if not rows:
         return Section("Evaluation", lines or [("models", MISSING)])
     return Section("Evaluation", lines, Table(EVAL_HEADER, rows))

@@ -115,7 +115,8 @@ class Benchmark(pa.DataFrameModel):
 
     prompt: str = pa.Field(nullable=False)
     type: str | None = pa.Field(nullable=True)
-    length: int = pa.Field(nullable=False, gt=0)
+    # null: the request states no length (read_benchmark's allow_unstated; longwriter.length_target)
+    length: int = pa.Field(nullable=True, gt=0)
 
     @pa.check("prompt", name="not_blank", error="prompt is empty or whitespace")
     def prompt_not_blank(cls, data: pa.PolarsData) -> pl.LazyFrame:
@@ -123,6 +124,21 @@ class Benchmark(pa.DataFrameModel):
 
     class Config:
         strict = False
+
+
+class LengthTargets(pa.DataFrameModel):
+    """The judge's word range for each prompt that states no length (``longwriter.length_target``)."""
+
+    source: str = pa.Field(isin=["selected", "grpo_pool", "longbench"])
+    id: str = pa.Field(str_length={"min_value": 1})
+    prompt: str = pa.Field(unique=True)
+    min_words: int = pa.Field(ge=1)
+    max_words: int = pa.Field(ge=1)
+    attempts: int = pa.Field(ge=1)
+
+    @pa.dataframe_check(name="min_not_above_max", error="min_words is above max_words")
+    def ordered(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(pl.col("min_words") <= pl.col("max_words"))
 
 
 class Answers(pa.DataFrameModel):
@@ -396,6 +412,7 @@ class RLPrompts(pa.DataFrameModel):
     prompt: str
     lang: str
     required: int = pa.Field(ge=1)
+    required_min: int = pa.Field(ge=1)  # below required only for a length target's range
 
     class Config:
         strict = True

@@ -33,6 +33,16 @@ def length_score(required: int, produced: int) -> float:
     return 100.0 * max(0.0, 1.0 - (required / produced - 1.0) / 2.0)
 
 
+def range_length_score(low: int, high: int, produced: int) -> float:
+    """S_l against a word range (``longwriter.length_target``: a prompt that states no length): 100 anywhere in
+    [low, high], else ``length_score`` against the bound missed. A stated length L is the range [L, L]."""
+    if not 0 < low <= high:
+        raise ValueError(f"a word range needs 0 < low <= high, got [{low}, {high}]")
+    if produced > high:
+        return length_score(high, produced)
+    return length_score(low, produced) if produced < low else 100.0
+
+
 def bucket_of(required: int) -> str:
     """The LongBench-Write bucket label of a required length."""
     for lo, hi, label in BUCKETS:

@@ -23,18 +23,22 @@ from longwriter.train.pairs import PairsConfig, run_dpo_pairs
 @click.option("--failures", required=True, help="Failures.")
 @click.option("--metrics", required=True, help="Metrics JSON.")
 @click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
+@click.option("--targets", default=None,
+              help="Length targets table (length_target stage): instructions that state no length. Default: none.")
 @stage_entry
 def main(params_file: str, instructions: str, model: str, output: str, failures: str, metrics: str,
-         timings: str) -> None:
+         timings: str, targets: str | None) -> None:
     params = read_params(params_file)
     cfg = build(PairsConfig, section(params, "dpo_pairs", params_file), f"{params_file}:dpo_pairs")
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
-    r = run_dpo_pairs(cfg, judge, settings, instructions, model, output, failures, metrics, timings=timings)
+    r = run_dpo_pairs(cfg, judge, settings, instructions, model, output, failures, metrics, timings=timings,
+                      targets=targets)
     sampled = r["prompts"] - r["over_ceiling"] - r["no_required_length"]
     click.echo(f"dpo_pairs: {r['pairs']} pairs from {r['samples']} samples of {sampled} prompts "
                f"({r['over_ceiling']} asking more words than the ceiling holds tokens and {r['no_required_length']} "
-               f"with no required or estimated length, not sampled; rejected: {cfg.rejected}), "
+               f"with no required length, length target or estimate, not sampled; {r['length_targets']} scored "
+               f"against a length target; rejected: {cfg.rejected}), "
                f"mean margin {r['margin_mean']}")
 
 

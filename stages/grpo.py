@@ -2,7 +2,8 @@
 
 The policy starts from models/<grpo.start> and is rewarded for the length it is asked for (LongBench-Write's S_l of
 its effective words), the judge's quality rating, no repetition, and staying under the completion cap. Prompts: the
-selected instructions with their required lengths, plus grpo.pool. Writes models/grpo, the reward curves
+selected instructions with their required lengths, plus grpo.pool; a prompt that states no length is rewarded
+against its length target (--targets, the length_target stage). Writes models/grpo, the reward curves
 (plots/grpo_rewards.csv) and metrics/grpo.json. The default is a CPU smoke run: its figures are not a result about
 long writing.
 """
@@ -29,9 +30,11 @@ from longwriter.train.trainer import base_trust_remote_code
 @click.option("--failures", required=True,
               help="Prompts left out and completions the judge could not rate.")
 @click.option("--prompts-output", required=True, help="The prompts trained on, with their required lengths.")
+@click.option("--targets", default=None,
+              help="Length targets table (length_target stage): prompts that state no length. Default: none.")
 @stage_entry
 def main(params_file: str, model: str | None, instructions: str, plans: str, output: str, metrics: str, timings: str,
-         plot_csv: str, failures: str, prompts_output: str) -> None:
+         plot_csv: str, failures: str, prompts_output: str, targets: str | None) -> None:
     params = read_params(params_file)
     cfg = build(GRPOSettings, section(params, "grpo", params_file), f"{params_file}:grpo")
     judge = build(JudgeConfig, section(params, "judge", params_file), f"{params_file}:judge")
@@ -39,7 +42,8 @@ def main(params_file: str, model: str | None, instructions: str, plans: str, out
     # the training loaders honour the base model's trust_remote_code (custom-code models such as GLM-4)
     trust = base_trust_remote_code(section(params, "base", params_file), f"{params_file}:base")
     r = run_grpo(cfg, judge, settings, model or f"models/{cfg.start}", instructions, plans, output, metrics,
-                 plot_csv, failures, timings=timings, trust_remote_code=trust, prompts_output=prompts_output)
+                 plot_csv, failures, timings=timings, trust_remote_code=trust, prompts_output=prompts_output,
+                 targets=targets)
     first, last = r["first"], r["last"]
     click.echo(f"grpo: {r['prompts']} prompts ({sum(r['left_out'].values())} left out), {r['steps']} steps; reward "
                f"{first.get('reward')} -> {last.get('reward')} (length {first.get('length')} -> {last.get('length')}, "

@@ -21,13 +21,16 @@ from longwriter.llm import ClientSettings
               help="Failed answers.")
 @click.option("--metrics", required=True, help="Metrics JSON.")
 @click.option("--timings", required=True, help="Timing figures JSON (seconds, tokens/s): kept apart from the metrics.")
+@click.option("--targets", default=None,
+              help="Length targets table (length_target stage): requests that state no length. Default: none.")
 @stage_entry
-def main(params_file: str, output: str, failures: str, metrics: str, timings: str) -> None:
+def main(params_file: str, output: str, failures: str, metrics: str, timings: str, targets: str | None) -> None:
     params = read_params(params_file)
     cfg = build(LongBenchConfig, section(params, "longbench", params_file), f"{params_file}:longbench")
     eval_cfg = build(EvalConfig, section(params, "eval", params_file), f"{params_file}:eval")
     settings = build(ClientSettings, section(params, "llm", params_file), f"{params_file}:llm")
-    result = run_longbench_answers(cfg, eval_cfg, settings, output, failures, metrics, timings=timings)
+    result = run_longbench_answers(cfg, eval_cfg, settings, output, failures, metrics, timings=timings,
+                                   targets=targets)
     for model in eval_cfg.models:
         m = result[model.name]
         click.echo(f"longbench_answer {model.name}: {m['answers']} answers, mean {m['mean_words']} words, "
@@ -36,6 +39,9 @@ def main(params_file: str, output: str, failures: str, metrics: str, timings: st
     if asked["left_out_by_per_lang"]:
         click.echo(f"longbench_answer: {asked['asked']} of the file's {asked['in_file']} requests asked "
                    f"(longbench.per_lang)")
+    if asked["no_length"] or asked["length_targets"]:
+        click.echo(f"longbench_answer: {asked['length_targets']} requests that state no length asked with their "
+                   f"length targets, {asked['no_length']} without one not asked (failures: no_required_length)")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ TINY_PARAMS = {
     "compare": {"pairs": [["a", "b"]]},
     # off as in the laptop default: the stage runs and writes its empty outputs (tests/test_criteria.py runs it on)
     "criteria": {"enabled": False, "input": "data/eval/criteria.jsonl"},
+    # off as in the laptop default: an empty targets table (tests/test_length_target.py runs it on)
+    "length_target": {"enabled": False},
 }
 EVAL_STAGES = ("ruler", "longbench_answer", "longbench", "compare")
 LLM_STAGES = ("select", "plan", "write", "general", "dpo_pairs", *EVAL_STAGES, "agreement")

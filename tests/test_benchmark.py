@@ -138,7 +138,7 @@ class _Stop(Exception):
 
 def _params(tmp_path: Path, bench: Path, en_file: Path) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    params["longbench"] = {"input": str(bench), "en_file": str(en_file)}
+    params["longbench"] = {"input": str(bench), "en_file": str(en_file), "per_lang": None}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
     return path

@@ -100,14 +100,14 @@ def test_a_param_change_on_a_branch_shows_in_params_and_metrics_diff(shared):
     # judging only (pairs are judged; agreement asks the reference with the judge's settings; segments may judge;
     # grpo's quality reward is the judge's)
     (("judge", "max_attempts"), 3, {"longbench", "compare", "dpo_pairs", "agreement", "segments", "grpo",
-                                    "criteria"}),
+                                    "criteria", "length_target"}),
     (("sft", "train", "learning_rate"), 1e-4, {"sft"}),                     # no data generation
     (("write", "mode"), "parallel", {"write", "export"}),  # the dataset card names the mode
     (("eval", "sampling", "max_tokens"), 64, {"ruler", "longbench_answer", "criteria"}),
     # how many requests are in flight changes no output, except select's judging windows (llm/spec.py)
     (("llm", "max_concurrency"), 2, {"select"}),
     (("llm", "max_retries"), 3, {"select", "plan", "write", "general", "dpo_pairs", "grpo", *EVAL_STAGES,
-                                 "agreement", "segments", "criteria"}),
+                                 "agreement", "segments", "criteria", "length_target"}),
 ])
 def test_each_param_invalidates_exactly_the_stages_that_read_it(shared, key, value, expected):
     clone = shared["clone"]

@@ -25,7 +25,14 @@ import longwriter.prompts as prompts
 from longwriter.agentwrite.plan import PlanConfig, plan_messages
 from longwriter.agentwrite.select import SelectConfig
 from longwriter.agentwrite.write import WriteConfig, section_messages
-from longwriter.judge import DIMENSIONS, criterion_messages, pair_messages, part_messages, rating_messages
+from longwriter.judge import (
+    DIMENSIONS,
+    criterion_messages,
+    pair_messages,
+    part_messages,
+    rating_messages,
+    target_messages,
+)
 from longwriter.llm.spec import Sampling
 from longwriter.llm.structured import reask
 from longwriter.prompts import load_prompt, render_prompt
@@ -80,6 +87,8 @@ CASES: dict[str, Callable[[], str]] = {
     "judge_pairwise_user": lambda: pair_messages(INSTRUCTION, ANSWER, WRITTEN[1])[1]["content"],
     "judge_criterion": lambda: criterion_messages(INSTRUCTION, ANSWER, "Tone: polite {but} firm")[0]["content"],
     "judge_criterion_user": lambda: criterion_messages(INSTRUCTION, ANSWER, "Tone: polite")[1]["content"],
+    "judge_length_target": lambda: target_messages(INSTRUCTION)[0]["content"],
+    "judge_length_target_user": lambda: target_messages(INSTRUCTION)[1]["content"],
     "reask": _reask,
 }
 

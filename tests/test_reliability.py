@@ -195,6 +195,7 @@ def test_api_key_never_leaves_the_environment(fake_server, tmp_path, tokenizer):
             "judge": {"model": gen},
             "compare": {"pairs": [["remote", "remote2"]]},
             "criteria": {"enabled": False, "input": "data/eval/criteria.jsonl"},
+            "length_target": {"enabled": False},
             **training_params(gen),
             "base": TINY_BASE,
         })

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).parent.parent
-STAGES = ["select", "plan", "write", "postprocess", "ruler", "longbench_answer", "longbench", "compare"]
+STAGES = ["select", "length_target", "plan", "write", "postprocess", "ruler", "longbench_answer", "longbench",
+          "compare"]
 
 
 def run_stage(name: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

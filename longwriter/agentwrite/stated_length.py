@@ -68,6 +68,14 @@ def required_words_in(prompt: str) -> int | None:
     return _largest_length(_en_lengths(prompt) + _zh_lengths(prompt))
 
 
+def hide_stated_length(prompt: str) -> str:
+    """``prompt`` without the length statements ``required_words_in`` reads ("a 2,000-word essay" -> "an essay"
+    reads "a essay"; "写一篇800字的文章" -> "写一篇的文章"): what a prompt that states no length looks like, for
+    measuring a length predictor against the length the prompt stated (``longwriter.length_target``)."""
+    hidden = _ZH_LENGTH.sub("", _EN_LENGTH.sub("", prompt))
+    return re.sub(r"[ \t]{2,}", " ", hidden).strip()
+
+
 def required_words_expr(col: str = "prompt") -> pl.Expr:
     """``required_words_in`` as an expression: Polars finds the windows a length statement can be in, Python
     reads only those (a million prompts cost as many Python calls as there are prompts mentioning words or 字)."""

@@ -53,6 +53,7 @@ from longwriter.failures import Reason, failure_row, reason_counts, write_failur
 from longwriter.files import read_table, write_csv, write_metrics
 from longwriter.generation import LengthCap
 from longwriter.judge import JudgeConfig, read_prompt_template
+from longwriter.length_target import read_targets
 from longwriter.llm import ClientSettings, ResponseCache, open_endpoint
 from longwriter.schemas import Instructions, Plans, RLPrompts, validate, write_checked
 from longwriter.train.checkpoint import discard_checkpoints, resume_checkpoint, run_fingerprint
@@ -125,35 +126,46 @@ class GRPOSettings:
 
 
 def rl_prompts(cfg: GRPOSettings, instructions_path: str | Path, plans_path: str | Path,
-               seed: int = 0) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-    """The prompts (id, prompt, lang, required) and the failures rows of those left out."""
+               seed: int = 0, targets: dict[str, tuple[int, int]] | None = None
+               ) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """The prompts (id, prompt, lang, required, required_min) and the failures rows of those left out. The
+    length rewarded: a stated one ([L, L]), else the prompt's length target (``targets``, the
+    ``longwriter.length_target`` table: [min, max]), else, for a selected instruction, its plan's total."""
+    targets = targets or {}
     rows: list[dict[str, Any]] = []
+
+    def with_range(row: dict[str, Any], stated: int | None, fallback: int | None = None) -> dict[str, Any]:
+        low, high = (stated, stated) if stated else targets.get(row["prompt"], (fallback, fallback))
+        return {**row, "required": high, "required_min": low}
+
     if cfg.use_selected:
         instructions = validate(read_table(instructions_path), Instructions, instructions_path)
         plans = validate(read_table(plans_path), Plans, plans_path)
         planned = dict(plans.group_by("instruction_id").agg(pl.col("words").sum()).iter_rows())
         for r in instructions.iter_rows(named=True):
-            rows.append({"id": r["id"], "prompt": r["prompt"], "lang": r["lang"],
-                         "required": r["required_words"] or planned.get(r["id"])})
+            rows.append(with_range({"id": r["id"], "prompt": r["prompt"], "lang": r["lang"]}, r["required_words"],
+                                   planned.get(r["id"])))
     if cfg.pool is not None:
-        for r in read_benchmark(cfg.pool).iter_rows(named=True):
-            rows.append({"id": f"pool:{r['index']}", "prompt": r["prompt"], "lang": r["lang"],
-                         "required": r["required"]})
+        for r in read_benchmark(cfg.pool, allow_unstated=True).iter_rows(named=True):
+            rows.append(with_range({"id": f"pool:{r['index']}", "prompt": r["prompt"], "lang": r["lang"]},
+                                   r["required"]))
     cap, failures, kept = LengthCap(), [], []
     for r in rows:
         if r["required"] is None:
-            failures.append(failure_row("grpo", Reason.NO_REQUIRED_LENGTH, "no length stated in the prompt and no plan",
-                                        instruction_id=r["id"]))
+            failures.append(failure_row("grpo", Reason.NO_REQUIRED_LENGTH, "no length stated in the prompt, no length "
+                                        "target and no plan", instruction_id=r["id"]))
             continue
-        need = cap.tokens(r["required"], r["lang"], ratio=1.0)
+        # a range's bottom is enough for the full reward
+        need = cap.tokens(r["required_min"], r["lang"], ratio=1.0)
         if need > cfg.max_completion_length:
             failures.append(failure_row("grpo", Reason.OVER_MAX_LENGTH,
-                                        f"{r['required']} words need about {need} tokens > max_completion_length "
+                                        f"{r['required_min']} words need about {need} tokens > max_completion_length "
                                         f"{cfg.max_completion_length}: the length reward could only punish",
                                         instruction_id=r["id"]))
             continue
         kept.append(r)
-    table = pl.DataFrame(kept, schema={"id": pl.Utf8, "prompt": pl.Utf8, "lang": pl.Utf8, "required": pl.Int64})
+    table = pl.DataFrame(kept, schema={"id": pl.Utf8, "prompt": pl.Utf8, "lang": pl.Utf8, "required": pl.Int64,
+                                       "required_min": pl.Int64})
     if cfg.max_prompts is not None and table.height > cfg.max_prompts:
         sampled = table.sample(cfg.max_prompts, seed=seed).sort("id")
         failures += [failure_row("grpo", Reason.LEFT_OUT, f"not in the seeded sample of grpo.max_prompts "
@@ -235,8 +247,10 @@ def _float(value: Any) -> float | None:
 def run_grpo(cfg: GRPOSettings, judge: JudgeConfig, settings: ClientSettings, model_dir: str | Path,
              instructions_path: str | Path, plans_path: str | Path, output_dir: str | Path, metrics: str | Path,
              plot_csv: str | Path, failures: str | Path, timings: str | Path | None = None,
-             trust_remote_code: bool = False, prompts_output: str | Path | None = None) -> dict[str, Any]:
-    """The whole stage; ``prompts_output`` (the stage always names it) gets the prompts trained on."""
+             trust_remote_code: bool = False, prompts_output: str | Path | None = None,
+             targets: str | Path | None = None) -> dict[str, Any]:
+    """The whole stage; ``prompts_output`` (the stage always names it) gets the prompts trained on; ``targets``:
+    the length targets table (prompts that state no length)."""
     import tempfile
 
     from accelerate.utils import gather_object
@@ -245,13 +259,14 @@ def run_grpo(cfg: GRPOSettings, judge: JudgeConfig, settings: ClientSettings, mo
     from trl.rewards import get_soft_overlong_punishment
 
     t = cfg.train
-    prompts, failure_rows = rl_prompts(cfg, instructions_path, plans_path, t.seed)
+    target_of = read_targets(targets)
+    prompts, failure_rows = rl_prompts(cfg, instructions_path, plans_path, t.seed, target_of)
     if prompts.height == 0:
         raise ConfigError(f"grpo: no prompt left to train on ({len(failure_rows)} left out: "
                          f"{reason_counts(failure_rows)}); add a pool or raise max_completion_length")
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "required": r["required"]}
-                                 for r in prompts.iter_rows(named=True)])
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "required": r["required"],
+                                  "required_min": r["required_min"]} for r in prompts.iter_rows(named=True)])
     template = read_prompt_template(judge.prompt_file) if judge.prompt_file is not None else None
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -286,7 +301,8 @@ def run_grpo(cfg: GRPOSettings, judge: JudgeConfig, settings: ClientSettings, mo
                                           train_dataset=dataset,
                                           processing_class=tokenizer, peft_config=t.peft_config())
         trainer.train(resume_from_checkpoint=resume_checkpoint(trainer, run_fingerprint(
-            "grpo", cfg, [model_dir, instructions_path, plans_path, *([cfg.pool] if cfg.pool else [])], judge)))
+            "grpo", cfg, [model_dir, instructions_path, plans_path, *([cfg.pool] if cfg.pool else []),
+                     *([targets] if targets else [])], judge)))
         history = list(trainer.state.log_history)
         publish(trainer, tokenizer, output_dir, t.lora is not None, model_dir, trust_remote_code)
         discard_checkpoints(trainer)
@@ -297,6 +313,8 @@ def run_grpo(cfg: GRPOSettings, judge: JudgeConfig, settings: ClientSettings, mo
     first, last = (curve.row(0, named=True), curve.row(-1, named=True)) if curve.height else ({}, {})
     result = {
         "start": cfg.start, "prompts": prompts.height, "left_out": reason_counts(failure_rows),
+        # prompts whose length reward is against a length target's range (they state no length)
+        "length_targets": int(prompts["prompt"].is_in(list(target_of)).sum()),
         "steps": int(curve["step"].max()) if curve.height else 0,
         # per optimizer step: a batch per process per accumulation step (each completion is used once)
         "completions": trainer.state.global_step * t.per_device_train_batch_size * t.gradient_accumulation_steps

@@ -1,15 +1,16 @@
 """Stage ``dpo_pairs``: preference pairs the paper's way.
 
 For each long-writing instruction the SFT model writes ``samples`` answers; the judge scores each one with
-LongBench-Write's scorer, S = (S_l + S_q) / 2 (length against the instruction's required or estimated
-words, quality from the six ratings). The best answer is ``chosen``; ``rejected`` is, as in the paper, a random
+LongBench-Write's scorer, S = (S_l + S_q) / 2 (length against the instruction's required words, else its
+length target's range (``longwriter.length_target``), else the selector's estimate; quality from the six
+ratings). The best answer is ``chosen``; ``rejected`` is, as in the paper, a random
 one of the other answers (``rejected: random_other``, seeded per prompt), equal scores included: when the one
 drawn scores the same as the best, the prompt gives no pair (failures: zero_margin). ``rejected: random_lower``
 (ours, not the paper's) draws only among the answers scoring strictly lower than the best: a pair whenever one
 answer scores lower, no pair only when all score the same. Answers that are not complete text
 (``longwriter.completeness``: cut off at the token limit, empty, refused) and answers the judge could not rate
-take no part; a prompt with fewer than two such answers gives no pair, nor does an instruction with neither a
-required nor an estimated length (nothing to score length against: failures no_required_length, not sampled).
+take no part; a prompt with fewer than two such answers gives no pair, nor does an instruction with no
+required length, length target or estimate (nothing to score length against: failures no_required_length, not sampled).
 Each of these is a failures row: every prompt of the input ends as a pair or at least one failures row.
 Sampling sizes each prompt's ``max_tokens`` from its required words, as the evaluation does, so an answer
 that may be complete is not cut by one small limit for all.
@@ -31,9 +32,10 @@ from longwriter.failures import Reason, failure_row, reason_counts, write_failur
 from longwriter.files import read_table, write_metrics
 from longwriter.generation import LOSSLESS_RATIO, EvalModel, LengthCap, generate_answers
 from longwriter.judge import DIMENSIONS, JudgeConfig, judge_answers
+from longwriter.length_target import read_targets
 from longwriter.llm import CallStats, ClientSettings, ModelSpec, Sampling
 from longwriter.schemas import Answers, Instructions, Pairs, empty, validate, write_checked
-from longwriter.scoring import bucket_of, dimension_score, length_score, overall, quality_score
+from longwriter.scoring import bucket_of, dimension_score, overall, quality_score, range_length_score
 
 REJECTED_RULES = ("random_other", "random_lower")
 
@@ -109,23 +111,29 @@ def build_pairs(candidates: list[dict[str, Any]], seed: int, dropped: list[dict[
     return pairs
 
 
-def length_requests(instructions: pl.DataFrame) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-    """Instructions as benchmark requests: the length to score against is the required, else estimated one. An
-    instruction with neither has no length to score an answer against: a failures row (no_required_length)."""
+def length_requests(instructions: pl.DataFrame, targets: dict[str, tuple[int, int]] | None = None
+                    ) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Instructions as benchmark requests with the word range to score against (``required_min``..``required``):
+    the stated length, else the prompt's length target (``longwriter.length_target``), else the selector's
+    estimate. An instruction with none has no length to score an answer against: a failures row
+    (no_required_length)."""
     rows, no_length = [], []
     for i, r in enumerate(instructions.sort("id").iter_rows(named=True)):
-        required = r["required_words"] or r["estimated_words"]
-        if required:
-            rows.append({"index": i, "id": r["id"], "prompt": r["prompt"], "type": None, "required": int(required),
-                         "lang": r["lang"], "bucket": bucket_of(int(required))})
+        stated = r["required_words"]
+        low, high = ((stated, stated) if stated else (targets or {}).get(r["prompt"])
+                     or (r["estimated_words"], r["estimated_words"]))
+        if high:
+            rows.append({"index": i, "id": r["id"], "prompt": r["prompt"], "type": None, "required": int(high),
+                         "required_min": int(low), "lang": r["lang"], "bucket": bucket_of(int(high))})
         else:
             no_length.append(failure_row("dpo_pairs", Reason.NO_REQUIRED_LENGTH,
-                                         f"neither a required nor an estimated length (required_words "
-                                         f"{r['required_words']}, estimated_words {r['estimated_words']}): "
-                                         "nothing to score an answer's length against, not sampled",
-                                         instruction_id=r["id"]))
+                                         f"neither a required length, a length target nor an estimate "
+                                         f"(required_words {r['required_words']}, estimated_words "
+                                         f"{r['estimated_words']}): nothing to score an answer's length against, "
+                                         "not sampled", instruction_id=r["id"]))
     return pl.DataFrame(rows, schema={"index": pl.Int64, "id": pl.Utf8, "prompt": pl.Utf8, "type": pl.Utf8,
-                                      "required": pl.Int64, "lang": pl.Utf8, "bucket": pl.Utf8}), no_length
+                                      "required": pl.Int64, "required_min": pl.Int64, "lang": pl.Utf8,
+                                      "bucket": pl.Utf8}), no_length
 
 
 def split_over_ceiling(requests: pl.DataFrame, ceiling: int) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
@@ -141,18 +149,22 @@ def split_over_ceiling(requests: pl.DataFrame, ceiling: int) -> tuple[pl.DataFra
 
 def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings, instructions_path: str | Path,
                   model_dir: str | Path, output: str | Path, failures: str | Path, metrics: str | Path,
-                  timings: str | Path | None = None) -> dict[str, Any]:
+                  timings: str | Path | None = None, targets: str | Path | None = None) -> dict[str, Any]:
     instructions = validate(read_table(instructions_path), Instructions, instructions_path)
-    with_length, no_length = length_requests(instructions)
+    target_of = read_targets(targets)
+    with_length, no_length = length_requests(instructions, target_of)
+    targeted = sum(1 for r in instructions.iter_rows(named=True)
+                   if not r["required_words"] and r["prompt"] in target_of)
     requests, over_ceiling = split_over_ceiling(with_length, cfg.sampling.max_tokens)
     policy = EvalModel("policy", ModelSpec(provider="local", path=str(model_dir), max_batch=cfg.max_batch))
     if requests.height:
-        answers, unanswered, gen_stats = generate_answers(requests.drop("id"), (policy,), cfg.sampling, settings,
-                                                          "dpo_pairs", samples=cfg.samples,
+        answers, unanswered, gen_stats = generate_answers(requests.drop("id", "required_min"), (policy,),
+                                                          cfg.sampling, settings, "dpo_pairs", samples=cfg.samples,
                                                           cap=LengthCap(ratio=cfg.cap_ratio))
     else:  # nothing to sample: no model is loaded
         answers, unanswered, gen_stats = empty(Answers), [], {"policy": CallStats()}
     ids = dict(zip(requests["index"].to_list(), requests["id"].to_list(), strict=True))
+    lows = dict(zip(requests["index"].to_list(), requests["required_min"].to_list(), strict=True))
     # an answer that is not complete text (cut off, empty, refused) is neither chosen nor rejected: DPO would
     # teach the model to stop in mid-sentence, or to prefer that over another answer
     why = [incomplete_reason(t, f) for t, f in zip(answers["text"].to_list(), answers["finish_reason"].to_list(),
@@ -171,7 +183,7 @@ def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings
         score = None
         if o.rating is not None:
             s_q = quality_score({d: dimension_score([o.rating.scores[d]]) for d in DIMENSIONS})
-            score = overall(length_score(a["required"], a["words"]), s_q)
+            score = overall(range_length_score(lows[a["index"]], a["required"], a["words"]), s_q)
         else:
             unrated.append(failure_row("dpo_pairs", o.reason, o.error, instruction_id=ids[a["index"]],
                                        section=a["sample"], attempts=o.attempts))
@@ -189,7 +201,7 @@ def run_dpo_pairs(cfg: PairsConfig, judge: JudgeConfig, settings: ClientSettings
     write_failures(failure_rows, failures)
     scores = [c["score"] for c in candidates if c["score"] is not None]
     # prompts: every instruction of the input; no_required_length and over_ceiling ones are not sampled
-    result = {"prompts": instructions.height, "no_required_length": len(no_length),
+    result = {"prompts": instructions.height, "no_required_length": len(no_length), "length_targets": targeted,
               "over_ceiling": len(over_ceiling),
               "samples": len(candidates), "unanswered": len(unanswered),
               "incomplete": len(incomplete), "unrated": len(unrated), "pairs": pairs.height,

@@ -1,7 +1,8 @@
 """The rewards of the ``grpo`` stage, each a function over (prompt, completion) in TRL's reward form.
 
 TRL calls each with ``prompts`` and ``completions`` (conversational: lists of messages), ``completion_ids`` and
-every other column of the prompt dataset as keyword arguments (here ``required``: the words the prompt asks for),
+every other column of the prompt dataset as keyword arguments (here ``required`` and ``required_min``: the words
+the prompt asks for, a range for a prompt that states none and has a length target),
 and weighs them with ``GRPOConfig.reward_weights``: a completion's reward is r = sum_k w_k * reward_k. A judge that
 could not rate a completion gives None, never a made-up score. TRL 1.16 alone would sum the others over it (its
 ``nansum``: a None counts as 0, inside the group's mean), so the stage masks that completion out of its group
@@ -10,7 +11,8 @@ and std, and advantage 0 (the formula: ``longwriter.train.grpo``).
 
 - ``length``: LongBench-Write's length score S_l of the completion's effective words (the words before it falls
   into a loop, ``longwriter.repetition.degeneration``) against the required length, scaled to [0, 1]: 1 at the
-  required length, falling linearly to 0 at a third of it or four times it (the paper's own curve).
+  required length, falling linearly to 0 at a third of it or four times it (the paper's own curve); for a
+  length target's range [min, max]: 1 anywhere inside it, the same curve against the bound it misses.
 - ``quality``: the judge's six-dimension rating (``longwriter.judge.rate``), S_q scaled to [0, 1], asked
   through the project's client: cached (a rerun of the same completions pays nothing), concurrent, retried and
   counted; a failed judgement is recorded (``JudgeReward.failures``: a row with the cause, ``llm_error`` or
@@ -31,7 +33,7 @@ from longwriter.judge import DIMENSIONS, JudgeConfig, rate
 from longwriter.llm import CallStats, ClientSettings, Endpoint, LLMClient, ResponseCache
 from longwriter.llm.runner import run_each
 from longwriter.repetition import degeneration, repetition
-from longwriter.scoring import dimension_score, length_score, quality_score
+from longwriter.scoring import dimension_score, quality_score, range_length_score
 
 
 def completion_text(completion: Any) -> str:
@@ -48,10 +50,13 @@ def prompt_text(prompt: Any) -> str:
     return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
 
 
-def length_reward(completions: list[Any], required: list[int], **_: Any) -> list[float]:
-    """S_l / 100 of each completion's effective words against its required words."""
-    return [length_score(int(req), degeneration(completion_text(c))[0]) / 100.0
-            for c, req in zip(completions, required, strict=True)]
+def length_reward(completions: list[Any], required: list[int], required_min: list[int] | None = None,
+                  **_: Any) -> list[float]:
+    """S_l / 100 of each completion's effective words against its required words, or against the range
+    [required_min, required] of a prompt's length target (1 anywhere inside it)."""
+    lows = required if required_min is None else required_min
+    return [range_length_score(int(low), int(req), degeneration(completion_text(c))[0]) / 100.0
+            for c, req, low in zip(completions, required, lows, strict=True)]
 
 
 def repetition_reward(n: int = 4) -> Callable[..., list[float]]:
