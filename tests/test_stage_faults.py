@@ -247,7 +247,7 @@ def test_compare_records_requests_one_model_did_not_answer(fake_server, tmp_path
     answers = pl.DataFrame([row("a", 0), row("b", 0), row("a", 1), row("b", 2)], schema=empty(Answers).schema)
     write_checked(answers, Answers, tmp_path / "answers.parquet")
     with fake_server() as srv:
-        m = run_compare(CompareConfig(pairs=(("a", "b"),)), JudgeConfig(model=fake_spec(srv)),
+        m = run_compare(CompareConfig(pairs=(("a", "b"),), requests=None), JudgeConfig(model=fake_spec(srv)),
                         fast_settings(tmp_path), tmp_path / "answers.parquet", tmp_path / "c.parquet",
                         tmp_path / "f.parquet", tmp_path / "m.json", tmp_path / "elo.csv")
     failures = pl.read_parquet(tmp_path / "f.parquet").filter(pl.col("reason") == "unanswered")
