@@ -129,15 +129,22 @@ def _key(name: str) -> str:
     return re.sub(r"[^a-z]+", "_", name.lower()).strip("_")
 
 
-def _score(value: Any, name: str) -> int:
+def _integer(value: Any) -> int | None:
+    """A reply's integer as a backend without a schema may write it (7, 7.0, "7"); None for anything else (a
+    bool, 7.5, "seven", "²": str.isdigit would take it)."""
     if isinstance(value, bool):
-        raise UnusableJudgement(f"score '{name}' is not an integer: {value!r}")
+        return None
     if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):  # not str.isdigit: "²" is a digit
-        value = int(value)
-    if not isinstance(value, int):
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
+        return int(value)
+    return value if isinstance(value, int) else None
+
+
+def _score(value: Any, name: str) -> int:
+    if (number := _integer(value)) is None:
         raise UnusableJudgement(f"score '{name}' is not an integer: {str(value)[:40]!r}")
+    value = number
     if not 1 <= value <= 5:
         raise UnusableJudgement(f"score '{name}' is {value}, outside 1..5")
     return value
@@ -164,13 +171,9 @@ def parse_criterion(text: str) -> tuple[int, str]:
     found = {_key(k): v for k, v in obj.items() if isinstance(k, str)}
     if "score" not in found:
         raise UnusableJudgement("missing score")
-    value = found["score"]
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10:
-        raise UnusableJudgement(f"score must be an integer from 1 to 10, got {str(value)[:40]!r}")
+    value = _integer(found["score"])
+    if value is None or not 1 <= value <= 10:
+        raise UnusableJudgement(f"score must be an integer from 1 to 10, got {str(found['score'])[:40]!r}")
     reason = found.get("reason")
     return value, reason if isinstance(reason, str) else ""
 
@@ -183,14 +186,10 @@ def parse_target(text: str) -> tuple[int, int]:
     found = {_key(k): v for k, v in obj.items() if isinstance(k, str)}
     bounds = []
     for name in ("min_words", "max_words"):
-        value = found.get(name)
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= TARGET_MAX_WORDS:
+        value = _integer(found.get(name))
+        if value is None or not 1 <= value <= TARGET_MAX_WORDS:
             raise UnusableJudgement(f"{name} must be an integer from 1 to {TARGET_MAX_WORDS}, got "
-                                    f"{str(value)[:40]!r}")
+                                    f"{str(found.get(name))[:40]!r}")
         bounds.append(value)
     if bounds[0] > bounds[1]:
         raise UnusableJudgement(f"min_words {bounds[0]} is above max_words {bounds[1]}")

@@ -24,7 +24,6 @@ behaves as before; a prompt without a target in the table keeps its old treatmen
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from longwriter.files import read_table, write_metrics
 from longwriter.judge import JudgeConfig, failure_reason, length_target
 from longwriter.llm import ClientSettings, LLMClient, run_with_llm
 from longwriter.llm.runner import run_each
+from longwriter.rank_correlation import spearman
 from longwriter.schemas import Instructions, LengthTargets, empty, validate, write_checked
 from longwriter.scoring import bucket_of, range_length_score, rounded
 
@@ -84,18 +84,6 @@ def agreement_set(benchmark: str | Path, first: int | None) -> pl.DataFrame:
                         pl.col("prompt").map_elements(hide_stated_length, return_dtype=pl.Utf8).alias("hidden"))
 
 
-def _spearman(xs: list[float], ys: list[float]) -> float | None:
-    if len(xs) < 3:
-        return None
-    rx, ry = pl.Series(xs).rank().to_list(), pl.Series(ys).rank().to_list()
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
-    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
-    if sx == 0 or sy == 0:
-        return None
-    return sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True)) / (sx * sy)
-
-
 def agreement_metrics(stated: list[int], ranges: list[tuple[int, int] | None]) -> dict[str, Any]:
     """The predicted ranges against the lengths the prompts stated (a None range: the judge gave none)."""
     pairs = [(s, r) for s, r in zip(stated, ranges, strict=True) if r is not None]
@@ -108,7 +96,7 @@ def agreement_metrics(stated: list[int], ranges: list[tuple[int, int] | None]) -
         "midpoint_to_stated_median": rounded(statistics.median(m / s for m, (s, _) in zip(mids, pairs,
                                                                                              strict=True)), 3)
         if pairs else None,
-        "spearman": rounded(_spearman([s for s, _ in pairs], mids), 3),
+        "spearman": rounded(spearman([s for s, _ in pairs], mids), 3),
     }
 
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from longwriter.checks import within
@@ -33,6 +32,7 @@ from longwriter.failures import failure_row, reason_counts, write_failures
 from longwriter.files import read_table, write_csv, write_metrics
 from longwriter.judge import DIMENSIONS, JudgeConfig, judge_answers
 from longwriter.llm import ClientSettings, ModelSpec, Sampling
+from longwriter.rank_correlation import kendall_tau_b, spearman
 from longwriter.schemas import Answers, JudgeRatings, Scores, validate, write_checked
 from longwriter.scoring import dimension_score, quality_score
 
@@ -56,28 +56,6 @@ class AgreementConfig:
             raise ValueError("sample must be at least 2 (or null: all)")
         if self.bootstrap < 0 or not 0 < self.level < 1:
             raise ValueError("bootstrap must be >= 0 and level within (0, 1)")
-
-
-def spearman(a: list[int], b: list[int]) -> float | None:
-    """Spearman's rho (average ranks for ties); None when either side is constant or there are < 2 pairs."""
-    if len(a) < 2 or len(set(a)) < 2 or len(set(b)) < 2:
-        return None
-    frame = pl.DataFrame({"a": a, "b": b})
-    return float(frame.select(pl.corr("a", "b", method="spearman")).item())
-
-
-def kendall_tau_b(a: list[int], b: list[int]) -> float | None:
-    """Kendall's tau-b (tie-corrected); None when either side is constant. O(n^2): a few hundred answers at most,
-    and polars has no Kendall (scipy would be a dependency for this one function)."""
-    if len(a) < 2 or len(set(a)) < 2 or len(set(b)) < 2:
-        return None
-    x, y = np.asarray(a), np.asarray(b)
-    dx, dy = np.sign(x[:, None] - x[None, :]), np.sign(y[:, None] - y[None, :])
-    upper = np.triu_indices(len(x), k=1)
-    dx, dy = dx[upper], dy[upper]
-    concordant_minus_discordant = float((dx * dy).sum())
-    untied_x, untied_y = float((dx != 0).sum()), float((dy != 0).sum())
-    return concordant_minus_discordant / (untied_x * untied_y) ** 0.5
 
 
 def agreement_metrics(judge: list[dict[str, int]], reference: list[dict[str, int]], cfg: AgreementConfig
