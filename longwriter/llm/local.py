@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import IO
@@ -152,10 +152,11 @@ def stop_server(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
 
 @contextlib.contextmanager
 def serving(cmd: list[str], what: str, port: int, log_path: Path, start_timeout_s: float,
-            poll_s: float) -> Iterator[str]:
+            poll_s: float, when_ready: Callable[[str, subprocess.Popen], None] | None = None) -> Iterator[str]:
     """``cmd`` as a server child (``spawn_server``) on ``port``, logging to ``log_path``; yields its base URL once
     ``/v1/models`` answers (llama-server says 503 while it loads), stops it when the block ends. A child that
-    exits first, or does not answer within ``start_timeout_s``, is an error quoting its log's tail."""
+    exits first, or does not answer within ``start_timeout_s``, is an error quoting its log's tail.
+    ``when_ready(base_url, process)`` runs before the URL is yielded (the embedded server's smoke test)."""
     from longwriter.llm.server import _ready, _tail
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +174,8 @@ def serving(cmd: list[str], what: str, port: int, log_path: Path, start_timeout_
                                       f"(llm.server_start_timeout_s); its log ({log_path}) ends with:\n"
                                       f"{_tail(log_path)}")
             time.sleep(poll_s)
+        if when_ready is not None:
+            when_ready(base_url, proc)
         yield base_url
     finally:
         stop_server(proc)

@@ -8,12 +8,10 @@ SIGTERM (via ``errors.stage_entry``), and on Linux the kernel kills it if the st
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import importlib.util
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -77,11 +75,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _ready(base_url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{base_url}/models", timeout=2) as r:
@@ -94,6 +87,7 @@ def _ready(base_url: str) -> bool:
 def embedded_server(spec: ModelSpec, log_dir: str | Path, start_timeout_s: float = 180.0) -> Iterator[str]:
     """Start llama.cpp's server for ``spec`` and yield its base URL (``http://127.0.0.1:PORT/v1``)."""
     from longwriter.llm import llama_server
+    from longwriter.llm.local import serving
 
     gguf = resolve_gguf(spec)
     # the CPUs this process may run on (taskset, cgroups, a pinned test worker), not every CPU of the machine:
@@ -126,24 +120,9 @@ def embedded_server(spec: ModelSpec, log_dir: str | Path, start_timeout_s: float
         # the penalties' window (ModelSpec.penalty_last_n): llama.cpp's default 64 tokens lets a long text loop
         "--last_n_tokens_size", str(spec.penalty_last_n),
     ]
-    base_url = f"http://127.0.0.1:{port}/v1"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while not _ready(base_url):
-            if proc.poll() is not None:
-                raise LongwriterError(f"embedded llama.cpp server exited with code {proc.returncode} "
-                                      f"before answering; its log ({log_path}) ends with:\n{_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise LongwriterError(f"embedded llama.cpp server did not answer within {start_timeout_s:.0f} s; "
-                                      f"see {log_path}")
-            time.sleep(0.2)
-        _smoke_test(base_url, spec.model or DEFAULT_ALIAS, proc, log_path)
-        yield base_url
-    finally:
-        _stop(proc)
+    with serving(cmd, "embedded llama.cpp server", port, log_path, start_timeout_s, poll_s=0.2,
+                 when_ready=lambda url, proc: _smoke_test(url, spec.model or DEFAULT_ALIAS, proc, log_path)) as url:
+        yield url
 
 
 def _smoke_test(base_url: str, model: str, proc: subprocess.Popen, log_path: Path) -> None:
@@ -167,17 +146,6 @@ def _smoke_test(base_url: str, model: str, proc: subprocess.Popen, log_path: Pat
         f"probably built for instructions this CPU mishandles: reinstall it with the portable build from the "
         f"Makefile (CMAKE_ARGS=..., pip install --no-cache-dir --force-reinstall llama-cpp-python). "
         f"Log {log_path} ends with:\n{_tail(log_path)}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _tail(path: Path, lines: int = 15) -> str:
