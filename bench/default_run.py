@@ -15,6 +15,12 @@ time and, from the clone's metrics, each stage's LLM calls, cache hits and paid 
 Results go to bench/results/default_run.json: ``seconds`` (the whole ``dvc repro``), ``stages.<name>.seconds``,
 ``forced_rerun.seconds`` and ``forced_rerun.llm.<stage>.{calls,cache_hits,sent_calls}``, plus the commit and
 each stage's metrics from the run (``metrics.<stage>``).
+
+Wall times of different sessions' 2-core machines are not comparable (the same work has taken 2.2 to 2.7 times
+as long on one as on another), so the run is bracketed by ``bench/machine_speed.py``'s measurement, right before
+and right after it (about 5 minutes together; ``--no-machine-speed`` skips it): ``reference_machine`` holds both
+ratios to the machine of commit 689c9a8's default run, their mean, and ``estimated_seconds``, the run's seconds
+divided by that mean: an estimate of the same run on that machine, from one stage's LLM work timed on both.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from typing import Any
 
 import click
 from common import ROOT, save_result, sigterm_as_exit, table
+from machine_speed import REFERENCE_COMMIT
+from machine_speed import measure as measure_machine
 
 AGENTWRITE_LLM_STAGES = ("select", "plan", "write")
 
@@ -85,13 +93,16 @@ def read_metrics(repo: Path) -> dict[str, Any]:
               help="Clone into this (new) directory and keep it, instead of a temporary one.")
 @click.option("--timeout-min", default=120.0, show_default=True, help="Give up on a dvc repro after this long.")
 @click.option("--name", default="default_run", show_default=True, help="Results file bench/results/NAME.json.")
-def main(keep: Path | None, timeout_min: float, name: str) -> None:
+@click.option("--machine-speed/--no-machine-speed", default=True, show_default=True,
+              help=f"Time commit {REFERENCE_COMMIT}'s general stage before and after the run (bench/machine_speed.py).")
+def main(keep: Path | None, timeout_min: float, name: str, machine_speed: bool) -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.strip()
     if dirty:
         click.echo("WARNING: uncommitted changes are not part of the run (it clones HEAD)", err=True)
+    before = measure_machine() if machine_speed else None
     with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="default-run-") as tmp:
         repo = keep if keep is not None else Path(tmp) / "repo"
         subprocess.run(["git", "clone", "-q", "--no-local", str(ROOT), str(repo)], check=True)
@@ -102,6 +113,7 @@ def main(keep: Path | None, timeout_min: float, name: str) -> None:
         metrics = read_metrics(repo)
         forced_s, forced_starts, _ = timed_repro(repo, "-f", "postprocess", timeout_s=timeout_min * 60)
         forced_metrics = read_metrics(repo)
+    after = measure_machine() if machine_speed else None
     llm = {s: {k: forced_metrics[s]["llm"][k] for k in ("calls", "cache_hits", "sent_calls")}
            for s in AGENTWRITE_LLM_STAGES}
     result = {
@@ -114,8 +126,17 @@ def main(keep: Path | None, timeout_min: float, name: str) -> None:
                          "stages_run": [s for s, _ in forced_starts], "llm": llm},
         "metrics": metrics,
     }
+    if before is not None and after is not None:
+        ratio = (before["ratio"] + after["ratio"]) / 2
+        result["reference_machine"] = {"commit": before["commit"], "ratio_before": before["ratio"],
+                                       "ratio_after": after["ratio"], "ratio": round(ratio, 2),
+                                       "estimated_seconds": round(seconds / ratio, 1)}
     click.echo(table(["stage", "seconds"], [[s, v["seconds"]] for s, v in stages.items()] + [["total", seconds]]))
     click.echo(f"forced rerun of the AgentWrite part: {forced_s:.1f} s; LLM calls {json.dumps(llm)}")
+    if "reference_machine" in result:
+        ref = result["reference_machine"]
+        click.echo(f"this machine: {ref['ratio_before']} x / {ref['ratio_after']} x the time of {ref['commit']}'s "
+                   f"machine before / after the run; the run there: about {ref['estimated_seconds']:.0f} s (estimate)")
     click.echo(f"results: {save_result(name, result)}")
 
 

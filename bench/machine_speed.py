@@ -32,10 +32,13 @@ def _show(commit: str, path: str) -> str:
                           text=True).stdout
 
 
-@click.command(help=__doc__)
-@click.option("--commit", default="689c9a8", show_default=True,
-              help="A commit whose bench/results/default_run.json holds the stage's time on its machine.")
-def main(commit: str) -> None:
+REFERENCE_COMMIT = "689c9a8"
+
+
+def measure(commit: str = REFERENCE_COMMIT) -> dict:
+    """Rerun ``commit``'s ``general`` stage here (its params, an empty response cache) and time it against that
+    commit's default run: ``commit``, ``stage``, ``seconds_there``, ``seconds_here``, ``completion_tokens`` and
+    ``ratio`` (seconds here / seconds there). Raises if the work was not the same (other completion tokens)."""
     past = json.loads(_show(commit, "bench/results/default_run.json"))
     there = past["stages"]["general"]["seconds"]
     tokens_there = past["metrics"]["general"]["llm"]["completion_tokens"]
@@ -58,11 +61,18 @@ def main(commit: str) -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     if tokens_here != tokens_there:
         raise click.ClickException(f"not the same work: {tokens_here} completion tokens here, {tokens_there} there")
-    result = {"commit": commit, "stage": "general", "seconds_there": there, "seconds_here": round(here, 1),
-              "completion_tokens": tokens_here, "ratio": round(here / there, 2)}
+    return {"commit": commit, "stage": "general", "seconds_there": there, "seconds_here": round(here, 1),
+            "completion_tokens": tokens_here, "ratio": round(here / there, 2)}
+
+
+@click.command(help=__doc__)
+@click.option("--commit", default=REFERENCE_COMMIT, show_default=True,
+              help="A commit whose bench/results/default_run.json holds the stage's time on its machine.")
+def main(commit: str) -> None:
+    result = measure(commit)
     save_result("machine_speed", result)
-    click.echo(f"general at {commit}: {result['seconds_here']} s here, {there} s on the machine of its default run "
-               f"({tokens_here} completion tokens both): ratio {result['ratio']}")
+    click.echo(f"general at {commit}: {result['seconds_here']} s here, {result['seconds_there']} s on the machine of "
+               f"its default run ({result['completion_tokens']} completion tokens both): ratio {result['ratio']}")
 
 
 if __name__ == "__main__":
