@@ -37,7 +37,7 @@ from typing import Any
 
 import click
 from common import ROOT, save_result, sigterm_as_exit, table
-from machine_speed import REFERENCE_COMMIT
+from machine_speed import REFERENCE_COMMIT, reference_machine
 from machine_speed import measure as measure_machine
 
 AGENTWRITE_LLM_STAGES = ("select", "plan", "write")
@@ -127,10 +127,7 @@ def main(keep: Path | None, timeout_min: float, name: str, machine_speed: bool) 
         "metrics": metrics,
     }
     if before is not None and after is not None:
-        ratio = (before["ratio"] + after["ratio"]) / 2
-        result["reference_machine"] = {"commit": before["commit"], "ratio_before": before["ratio"],
-                                       "ratio_after": after["ratio"], "ratio": round(ratio, 2),
-                                       "estimated_seconds": round(seconds / ratio, 1)}
+        result["reference_machine"] = reference_machine(seconds, before, after)
     click.echo(table(["stage", "seconds"], [[s, v["seconds"]] for s, v in stages.items()] + [["total", seconds]]))
     click.echo(f"forced rerun of the AgentWrite part: {forced_s:.1f} s; LLM calls {json.dumps(llm)}")
     if "reference_machine" in result:

@@ -65,6 +65,14 @@ def measure(commit: str = REFERENCE_COMMIT) -> dict:
             "completion_tokens": tokens_here, "ratio": round(here / there, 2)}
 
 
+def reference_machine(seconds: float, before: dict, after: dict) -> dict:
+    """A wall time measured between two ``measure()`` calls, put on the reference machine: both ratios, their
+    mean, and ``estimated_seconds`` (``seconds`` over the mean: an estimate from one stage's LLM work)."""
+    ratio = (before["ratio"] + after["ratio"]) / 2
+    return {"commit": before["commit"], "ratio_before": before["ratio"], "ratio_after": after["ratio"],
+            "ratio": round(ratio, 2), "estimated_seconds": round(seconds / ratio, 1)}
+
+
 @click.command(help=__doc__)
 @click.option("--commit", default=REFERENCE_COMMIT, show_default=True,
               help="A commit whose bench/results/default_run.json holds the stage's time on its machine.")
