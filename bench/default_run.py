@@ -16,11 +16,12 @@ Results go to bench/results/default_run.json: ``seconds`` (the whole ``dvc repro
 ``forced_rerun.seconds`` and ``forced_rerun.llm.<stage>.{calls,cache_hits,sent_calls}``, plus the commit and
 each stage's metrics from the run (``metrics.<stage>``).
 
-Wall times of different sessions' 2-core machines are not comparable (the same work has taken 2.2 to 2.7 times
-as long on one as on another), so the run is bracketed by ``bench/machine_speed.py``'s measurement, right before
-and right after it (about 5 minutes together; ``--no-machine-speed`` skips it): ``reference_machine`` holds both
-ratios to the machine of commit 689c9a8's default run, their mean, and ``estimated_seconds``, the run's seconds
-divided by that mean: an estimate of the same run on that machine, from one stage's LLM work timed on both.
+Wall times of different sessions' 2-core machines are not comparable (the same work has taken more than twice
+as long on one as on another: bench/results/machine_speed.json), so the run is bracketed by
+``bench/machine_speed.py``'s measurement, right before and right after it (about 5 minutes together;
+``--no-machine-speed`` skips it): ``reference_machine`` holds both ratios to the machine of commit 689c9a8's
+default run, their mean, and ``estimated_seconds``, the run's seconds divided by that mean: an estimate of the
+same run on that machine, from one stage's LLM work timed on both.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 
 import click
 from common import ROOT, save_result, sigterm_as_exit, table
-from machine_speed import REFERENCE_COMMIT, reference_machine
+from machine_speed import REFERENCE_COMMIT, describe, reference_machine
 from machine_speed import measure as measure_machine
 
 AGENTWRITE_LLM_STAGES = ("select", "plan", "write")
@@ -131,9 +132,7 @@ def main(keep: Path | None, timeout_min: float, name: str, machine_speed: bool) 
     click.echo(table(["stage", "seconds"], [[s, v["seconds"]] for s, v in stages.items()] + [["total", seconds]]))
     click.echo(f"forced rerun of the AgentWrite part: {forced_s:.1f} s; LLM calls {json.dumps(llm)}")
     if "reference_machine" in result:
-        ref = result["reference_machine"]
-        click.echo(f"this machine: {ref['ratio_before']} x / {ref['ratio_after']} x the time of {ref['commit']}'s "
-                   f"machine before / after the run; the run there: about {ref['estimated_seconds']:.0f} s (estimate)")
+        click.echo(describe(result["reference_machine"], "the run"))
     click.echo(f"results: {save_result(name, result)}")
 
 

@@ -73,6 +73,12 @@ def reference_machine(seconds: float, before: dict, after: dict) -> dict:
             "ratio": round(ratio, 2), "estimated_seconds": round(seconds / ratio, 1)}
 
 
+def describe(ref: dict, what: str) -> str:
+    """One line for a ``reference_machine()`` result, ``what`` naming the timed work."""
+    return (f"this machine: {ref['ratio_before']} x / {ref['ratio_after']} x the time of {ref['commit']}'s machine "
+            f"before / after {what}; {what} there: about {ref['estimated_seconds']:.0f} s (estimate)")
+
+
 @click.command(help=__doc__)
 @click.option("--commit", default=REFERENCE_COMMIT, show_default=True,
               help="A commit whose bench/results/default_run.json holds the stage's time on its machine.")

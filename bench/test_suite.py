@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 from common import ROOT, save_result, sigterm_as_exit, table
-from machine_speed import REFERENCE_COMMIT, reference_machine
+from machine_speed import REFERENCE_COMMIT, describe, reference_machine
 from machine_speed import measure as measure_machine
 
 
@@ -70,9 +70,7 @@ def main(pytest_args: tuple[str, ...], name: str, machine_speed: bool) -> None:
               "slowest": [{"test": t, "seconds": round(s, 1)} for t, s in slowest]}
     if before is not None and after is not None:
         result["reference_machine"] = reference_machine(seconds, before, after)
-        click.echo(f"this machine: {before['ratio']} x / {after['ratio']} x the time of {REFERENCE_COMMIT}'s machine "
-                   f"before / after; the suite there: about {result['reference_machine']['estimated_seconds']:.0f} s "
-                   f"(estimate)")
+        click.echo(describe(result["reference_machine"], "the suite"))
     click.echo(table(["test", "seconds"], [[t, round(s, 1)] for t, s in slowest] + [["total (wall)", seconds]]))
     click.echo(f"results: {save_result(name, result)}")
     sys.exit(rc)
